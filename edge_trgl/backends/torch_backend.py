@@ -1,0 +1,256 @@
+"""PyTorch backend (CPU, or CUDA with --device cuda): the module-wise training loop."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from ..cache import CacheWriter, cache_dir
+from ..memory.measure import release_memory
+from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
+                       optimizer_to_numpy, save_module, to_numpy_state)
+from ..sources import epoch_rng
+from ..store import checkpoint_path, load_tensors, optim_path, prefixed, save_tensors, unprefixed
+from ..trgl import AdaptiveWeight, module_loss
+
+
+class BudgetExceeded(RuntimeError):
+    pass
+
+
+def autocast(cfg, device: torch.device):
+    if cfg.amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def forward_module(blocks, head, x):
+    energy = x.new_zeros(())
+    for block in blocks:
+        x, e = block(x)
+        energy = energy + e
+    return x, head(x), energy
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+@torch.no_grad()
+def evaluate(blocks, head, source, batch_size: int, device, cfg) -> float | None:
+    if source is None or source.count == 0:
+        return None
+    for m in [*blocks, head]:
+        m.eval()
+    correct = 0
+    for x, y in source.batches(batch_size):
+        with autocast(cfg, device):
+            _, logits, _ = forward_module(blocks, head, to_device(x, device))
+        correct += int((logits.argmax(1).cpu().numpy() == y).sum())
+    return correct / source.count
+
+
+def check_budget(ctx) -> None:
+    dog = ctx.watchdog
+    if dog is not None and dog.exceeded_bytes is not None and ctx.cfg.extra.get("on_over_budget", "stop") == "stop":
+        from ..budget import format_size
+        raise BudgetExceeded(
+            f"Measured RSS reached {format_size(dog.exceeded_bytes)}, over the budget of "
+            f"{format_size(dog.limit_bytes)}. The run stopped at a safe point; this is a planner "
+            f"bug, please report it with the run's plan.json. Resume with a smaller --batch-size "
+            f"or a lower --mem-budget margin.")
+
+
+def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight, adaptive,
+                scaler, device, desc: str) -> dict:
+    cfg = ctx.cfg
+    for m in [*blocks, head]:
+        m.train()
+    totals = {"loss": 0.0, "ce": 0.0, "energy": 0.0, "correct": 0, "seen": 0}
+    start = time.perf_counter()
+    batches = source.batches(ctx.batch_size, order_rng, aug_rng)
+    for x_np, y_np in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size), desc=desc):
+        x, y = to_device(x_np, device), to_device(y_np, device)
+        w = adaptive.weight if adaptive is not None else weight
+        with autocast(cfg, device):
+            _, logits, energy = forward_module(blocks, head, x)
+            loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        ce_value = float(ce.detach())
+        if adaptive is not None:
+            adaptive.update(ce_value)
+        n = len(y_np)
+        totals["loss"] += float(loss.detach()) * n
+        totals["ce"] += ce_value * n
+        totals["energy"] += float(energy.detach()) * n
+        totals["correct"] += int((logits.argmax(1) == y).sum())
+        totals["seen"] += n
+        check_budget(ctx)
+    seconds = time.perf_counter() - start
+    seen = max(1, totals["seen"])
+    return {"train_loss": totals["loss"] / seen, "train_ce": totals["ce"] / seen,
+            "energy": totals["energy"] / seen, "train_acc": totals["correct"] / seen,
+            "seconds": seconds, "samples_per_s": totals["seen"] / max(seconds, 1e-9)}
+
+
+def make_scaler(cfg, device):
+    if cfg.amp == "fp16" and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+
+    # --- training ---------------------------------------------------------------------------
+    def train_module(self, ctx, task) -> dict:
+        cfg, run, device = self.cfg, ctx.run, self.device
+        blocks, head = load_module(run, cfg, ctx.in_shape, ctx.num_classes, task.lo, task.hi,
+                                   task.k, device)
+        optimizer = make_optimizer(cfg, module_parameters(blocks, head))
+        if run.checksum(optim_path(task.k)) is not None:  # later laps keep the optimizer state
+            state, _ = load_tensors(run.root, optim_path(task.k), run.checksum(optim_path(task.k)))
+            optimizer_from_numpy(optimizer, state)
+        adaptive = AdaptiveWeight() if task.energy_weight is None else None
+        scaler = make_scaler(cfg, device)
+        start_epoch = 0
+        progress = run.manifest["progress"]
+        if (progress.get("phase") == "train" and progress.get("lap") == task.lap
+                and progress.get("module") == task.k and progress.get("ckpt")):
+            start_epoch = self._load_checkpoint(run, progress["ckpt"], blocks, head, optimizer,
+                                                adaptive)
+        val_source = ctx.source(task.k, "val")
+        last = {}
+        for epoch in range(start_epoch, task.epochs):
+            source, aug_rng = ctx.train_source(task.k, task.lap, epoch, task.input_views)
+            order_rng = epoch_rng(cfg.seed, task.lap, task.k, epoch)
+            stats = train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng,
+                                task.energy_weight, adaptive, scaler, device,
+                                desc=f"lap {task.lap} module {task.k} epoch {epoch + 1}/{task.epochs}")
+            stats["val_acc"] = evaluate(blocks, head, val_source, ctx.eval_batch_size, device, cfg)
+            stats.update({"scheme": cfg.scheme, "lap": task.lap, "module": task.k, "epoch": epoch + 1,
+                          "energy_weight": adaptive.weight if adaptive else task.energy_weight,
+                          "rss_bytes": ctx.rss_now()})
+            ctx.log_epoch(stats)
+            self._save_checkpoint(run, task, epoch + 1, blocks, head, optimizer, adaptive)
+            last = stats
+            ctx.check_interrupt()
+        save_module(run, blocks, head, task.lo, task.k, optimizer)
+        old = run.manifest["progress"].get("ckpt")
+        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "cache"}
+        if old:
+            run.forget_files(old)
+        run.save()
+        if old:
+            (run.root / old).unlink(missing_ok=True)
+        del blocks, head, optimizer
+        release_memory()
+        return last
+
+    def _save_checkpoint(self, run, task, epoch_done, blocks, head, optimizer, adaptive) -> None:
+        tensors = {}
+        for offset, block in enumerate(blocks):
+            tensors.update(prefixed(to_numpy_state(block), f"block{task.lo + offset}."))
+        tensors.update(prefixed(to_numpy_state(head), "head."))
+        tensors.update(prefixed(optimizer_to_numpy(optimizer), "optim."))
+        meta = {"epoch_done": epoch_done, "adaptive": adaptive.state() if adaptive else None}
+        rel = checkpoint_path(task.k, task.lap, epoch_done)
+        run.record_file(rel, save_tensors(run.root, rel, tensors, meta))
+        old = run.manifest["progress"].get("ckpt")
+        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "train",
+                                    "epoch_done": epoch_done, "ckpt": rel}
+        if old and old != rel:
+            run.forget_files(old)
+        run.save()
+        if old and old != rel:
+            (run.root / old).unlink(missing_ok=True)
+
+    def _load_checkpoint(self, run, rel, blocks, head, optimizer, adaptive) -> int:
+        tensors, meta = load_tensors(run.root, rel, run.checksum(rel))
+        for block_index, block in self._indexed(blocks, tensors):
+            block.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                                   unprefixed(tensors, f"block{block_index}.").items()})
+        head.load_state_dict({k: torch.from_numpy(np.array(v))
+                              for k, v in unprefixed(tensors, "head.").items()})
+        optim_state = unprefixed(tensors, "optim.")
+        if optim_state:
+            optimizer_from_numpy(optimizer, optim_state)
+        if adaptive is not None and meta.get("adaptive"):
+            adaptive.load_state(meta["adaptive"])
+        return int(meta["epoch_done"])
+
+    @staticmethod
+    def _indexed(blocks, tensors):
+        indices = sorted({int(k.split(".", 1)[0][len("block"):]) for k in tensors if k.startswith("block")})
+        return zip(indices, blocks)
+
+    # --- feature cache ----------------------------------------------------------------------
+    @torch.no_grad()
+    def write_features(self, ctx, task) -> dict:
+        cfg, run, device = self.cfg, ctx.run, self.device
+        blocks, head = load_module(run, cfg, ctx.in_shape, ctx.num_classes, task.lo, task.hi,
+                                   task.k, device)
+        for m in [*blocks, head]:
+            m.eval()
+        out_shape = tuple(blocks[-1].out_shape)
+        rel_dir = cache_dir(task.k)
+        run.remove_tree(rel_dir)
+        run.forget_files(rel_dir + "/")
+        entry = {"dtype": cfg.cache_dtype, "shape": list(out_shape), "views": task.views,
+                 "lap": task.lap, "complete": False, "splits": {}}
+        jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)]
+        jobs += [("val", ctx.cache_input(task.k, "val")), ("test", ctx.cache_input(task.k, "test"))]
+        accuracy = {}
+        write = not task.is_last
+        for name, (source, aug_rng) in jobs:
+            if source is None:
+                continue
+            writer = CacheWriter(run.root, rel_dir, name, source.count, out_shape,
+                                 cfg.cache_dtype) if write else None
+            correct = 0
+            try:
+                for x_np, y_np in ctx.progress_bar(source.batches(ctx.eval_batch_size, None, aug_rng),
+                                                   total=-(-source.count // ctx.eval_batch_size),
+                                                   desc=f"module {task.k} features {name}"):
+                    with autocast(cfg, device):
+                        feats, logits, _ = forward_module(blocks, head, to_device(x_np, device))
+                    correct += int((logits.argmax(1).cpu().numpy() == y_np).sum())
+                    if writer is not None:
+                        writer.write(feats.float().cpu().numpy())
+                    check_budget(ctx)
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
+            if writer is not None:
+                shards = writer.finish()
+                entry["splits"][name] = [s.to_json() for s in shards]
+                for s in shards:
+                    run.record_file(s.file, s.sha256)
+            if name in ("val", "test"):
+                accuracy[f"{name}_acc"] = correct / source.count if source.count else None
+        entry["complete"] = True
+        run.manifest["caches"][str(task.k)] = entry
+        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "done"}
+        run.save()
+        del blocks, head
+        release_memory()
+        return accuracy

@@ -1,0 +1,215 @@
+"""The feature cache: module k's outputs over the train views, val and test sets, written once
+after module k is trained and read back as module k+1's inputs.
+
+Each split is a list of `.npy` shards (plain arrays, no pickle), written as a stream (header
+first, then batch after batch) to a temp file that is fsynced and renamed when full; the manifest
+records each shard's sha256 and the reader verifies it before use.
+
+Reading uses `os.pread` of single samples rather than `np.memmap`: pages of a memory-mapped file
+that a process touches count in its RSS (as file-backed pages) and stay there until the kernel
+needs them, so one epoch over a memory-mapped cache would grow the measured peak by the cache's
+whole size. pread goes through the page cache, which the kernel owns and reclaims, and costs the
+process only the batch buffer. numpy-only, so the torch-free ORT worker uses it too.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import commit_file, sha256_file
+from .errors import UserError
+
+SHARD_BYTES = 32 * 1024 * 1024
+DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+def cache_dir(k: int) -> str:
+    return f"cache/module_{k:02d}"
+
+
+@dataclass
+class Shard:
+    file: str       # relative to the run root
+    count: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "count": self.count, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Shard":
+        return cls(d["file"], int(d["count"]), d["sha256"])
+
+
+def _disk_full(path: Path) -> UserError:
+    return UserError(
+        f"The disk filled up while writing the feature cache at {path}. Nothing already saved was "
+        f"lost; free some space (or point --out at a larger disk), or make the cache smaller with "
+        f"--cache-dtype fp16, fewer --aug-views or a smaller --train-fraction, then resume with "
+        f"`edge-trgl train --resume RUN_DIR`.")
+
+
+class CacheWriter:
+    """Streams `total` samples of shape `sample_shape` into shards under root/rel_dir."""
+
+    def __init__(self, root: Path, rel_dir: str, name: str, total: int,
+                 sample_shape: tuple[int, ...], dtype: str, shard_bytes: int = SHARD_BYTES):
+        self.root, self.rel_dir, self.name = Path(root), rel_dir, name
+        self.total, self.sample_shape = total, tuple(sample_shape)
+        self.dtype = np.dtype(DTYPES[dtype])
+        sample_bytes = int(np.prod(self.sample_shape)) * self.dtype.itemsize
+        self.per_shard = max(1, shard_bytes // max(1, sample_bytes))
+        self.shards: list[Shard] = []
+        self.written = 0
+        self._fh = None
+        self._tmp: Path | None = None
+        self._digest = None
+        self._in_shard = 0
+        self._shard_count = 0
+        (self.root / rel_dir).mkdir(parents=True, exist_ok=True)
+
+    def _open_shard(self) -> None:
+        index = len(self.shards)
+        self._shard_count = min(self.per_shard, self.total - self.written)
+        final = self.root / self.rel_dir / f"{self.name}-{index:05d}.npy"
+        self._tmp = final.with_name(f".{final.name}.tmp")
+        self._fh = open(self._tmp, "wb")
+        self._digest = hashlib.sha256()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self._shard_count, *self.sample_shape)}
+        self._write_raw(_header_bytes(header))
+        self._in_shard = 0
+
+    def _write_raw(self, data: bytes) -> None:
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            self.abort()
+            if exc.errno == errno.ENOSPC:
+                raise _disk_full(self.root / self.rel_dir) from None
+            raise
+        self._digest.update(data)
+
+    def _close_shard(self) -> None:
+        try:
+            self._fh.flush()
+            self._fh.close()
+            final = self._tmp.with_name(self._tmp.name[1:-len(".tmp")])
+            commit_file(self._tmp, final)
+        except OSError as exc:
+            self.abort()
+            if exc.errno == errno.ENOSPC:
+                raise _disk_full(self.root / self.rel_dir) from None
+            raise
+        rel = f"{self.rel_dir}/{final.name}"
+        self.shards.append(Shard(rel, self._shard_count, self._digest.hexdigest()))
+        self._fh = None
+
+    def write(self, batch: np.ndarray) -> None:
+        batch = np.ascontiguousarray(batch, dtype=self.dtype)
+        if batch.shape[1:] != self.sample_shape:
+            raise ValueError(f"cache {self.name}: got {batch.shape[1:]}, expected {self.sample_shape}")
+        start = 0
+        while start < len(batch):
+            if self._fh is None:
+                if self.written >= self.total:
+                    raise ValueError(f"cache {self.name}: more than {self.total} samples written")
+                self._open_shard()
+            take = min(len(batch) - start, self._shard_count - self._in_shard)
+            self._write_raw(batch[start:start + take].tobytes())
+            start += take
+            self._in_shard += take
+            self.written += take
+            if self._in_shard == self._shard_count:
+                self._close_shard()
+
+    def finish(self) -> list[Shard]:
+        if self.written != self.total or self._fh is not None:
+            raise ValueError(f"cache {self.name}: wrote {self.written} of {self.total} samples")
+        return self.shards
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+def _header_bytes(header: dict) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+class CacheReader:
+    """Random access to the samples of one cached split, verified against the manifest."""
+
+    def __init__(self, root: Path, shards: list[Shard], verify: bool = True):
+        self.root = Path(root)
+        self._files = []
+        self._starts = []
+        total = 0
+        shape = dtype = None
+        for shard in shards:
+            path = self.root / shard.file
+            if verify:
+                if not path.exists() or sha256_file(path) != shard.sha256:
+                    raise UserError(
+                        f"The feature-cache shard {path} is missing or does not match the checksum "
+                        f"in the run manifest (corrupted or half-written). Resume the run with "
+                        f"`edge-trgl train --resume RUN_DIR` after deleting that module's cache "
+                        f"folder; it will be rebuilt from the saved module weights.")
+            fh = open(path, "rb")
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shard_shape, _, shard_dtype = read_header(fh)
+            self._files.append((fh.fileno(), fh, fh.tell(), shard_shape[0]))
+            self._starts.append(total)
+            total += shard_shape[0]
+            shape, dtype = shard_shape[1:], shard_dtype
+        self.count = total
+        self.sample_shape = tuple(shape) if shape is not None else ()
+        self.dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
+        self.sample_bytes = int(np.prod(self.sample_shape)) * self.dtype.itemsize
+        self._starts_arr = np.asarray(self._starts, dtype=np.int64)
+
+    def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Samples at `indices` (any order), as float32, shape (len(indices), *sample_shape)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        raw = np.empty((len(indices), *self.sample_shape), dtype=self.dtype)
+        flat = raw.reshape(len(indices), -1).view(np.uint8)
+        shard_of = np.searchsorted(self._starts_arr, indices, side="right") - 1
+        for row, (idx, s) in enumerate(zip(indices.tolist(), shard_of.tolist())):
+            fd, _, offset, _ = self._files[s]
+            local = idx - self._starts[s]
+            got = os.preadv(fd, [flat[row]], offset + local * self.sample_bytes)
+            if got != self.sample_bytes:
+                raise UserError(f"A feature-cache shard under {self.root} is truncated; delete "
+                                f"that module's cache folder and resume to rebuild it.")
+        if out is not None:
+            out[...] = raw
+            return out
+        return raw.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        for _, fh, _, _ in self._files:
+            fh.close()
+        self._files = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,1 @@
+"""Command-line interface: one file per subcommand, each a thin layer over library functions."""

@@ -1,0 +1,32 @@
+"""`edge-trgl env`: which backends, devices and optional extras this machine has."""
+
+from __future__ import annotations
+
+import json
+
+HELP = "report backends, devices, versions and installed extras"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("env", help=HELP, description=HELP, allow_abbrev=False)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..envinfo import report
+    info = report()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"python {info['python']} on {info['platform']} ({info['cpu_count']} CPUs)")
+    print(f"torch {info['torch']} ({info['torch_threads']} threads)")
+    for name, ok in info["backends"].items():
+        print(f"  backend {name:<10} {'available' if ok else 'not available'}")
+    if info["cuda"]:
+        c = info["cuda"]
+        print(f"  CUDA device: {c['device']}, {c['total_bytes'] / 1e9:.1f} GB, bf16={c['bf16']}")
+    for extra, pkgs in info["extras"].items():
+        desc = ", ".join(f"{k}={v}" for k, v in pkgs.items())
+        print(f"  extra {extra}: {desc}")
+    return 0

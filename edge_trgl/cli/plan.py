@@ -1,0 +1,64 @@
+"""`edge-trgl plan`: show what the planner would choose for a budget, without training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..budget import format_size
+from .common import add_run_options, config_from_args
+
+HELP = "show the module split, batch size and estimated peak memory for a budget"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plan", help=HELP, description=HELP + " (nothing is trained or written).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    add_run_options(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)
+
+
+def format_plan(plan: dict) -> str:
+    lines = []
+    budget = plan.get("budget_bytes")
+    head = f"batch size {plan['batch_size']}, {len(plan['splits'])} modules, cache {plan['cache_dtype']}"
+    head += f", {plan['views']} augmented view(s)" if plan["views"] else ""
+    if budget:
+        head += f", budget {format_size(budget)}"
+    lines.append(head)
+    if plan.get("module_estimates"):
+        lines.append(f"{'module':>6} {'blocks':>9} {'probe peak':>11} {'dataset':>9} {'buffers':>9} "
+                     f"{'estimate':>10} {'headroom':>10} {'composed':>10}")
+        for k, est in enumerate(plan["module_estimates"]):
+            lo, hi = est["blocks"]
+            lines.append(
+                f"{k:>6} {lo:>4}-{hi - 1:<4} {format_size(est['measured_probe_bytes']):>11} "
+                f"{format_size(est['dataset_bytes']):>9} "
+                f"{format_size(est['batch_buffer_bytes'] + est['cache_buffer_bytes']):>9} "
+                f"{format_size(est['estimated_peak_bytes']):>10} "
+                f"{format_size(budget - est['estimated_peak_bytes']):>10} "
+                f"{100 * est['composition_error']:>+9.1f}%")
+        lines.append("probe peak: one training step of that module (+ head, optimizer) measured in "
+                     "a fresh process, framework included; composed: the per-block estimate's "
+                     "error against that measurement")
+    else:
+        for k, (lo, hi) in enumerate(plan["splits"]):
+            lines.append(f"module {k}: blocks {lo}-{hi - 1}")
+    for note in plan.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from ..modules import architecture
+    from ..profiles import apply_profile
+    from ..train import load_data, make_plan, set_threads
+    cfg = config_from_args(args).validate()
+    apply_profile(cfg)
+    dataset = load_data(cfg)
+    set_threads(cfg)
+    arch = architecture(cfg, dataset.in_shape, dataset.num_classes)
+    plan = make_plan(cfg, dataset, arch).to_json()
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0

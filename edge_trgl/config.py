@@ -1,0 +1,141 @@
+"""Typed run configuration. The CLI fills a TrainConfig from its options; library users build one
+directly. `validate()` turns every bad value into a UserError before anything touches the disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+SCHEMES = ("sequential", "multilap", "parallel", "e2e")
+TAU_MODES = ("varying", "constant", "adaptive")
+OPTIMIZERS = ("sgd", "adamw")
+BACKENDS = ("torch", "ort")
+DEVICES = ("cpu", "cuda")
+AUG_POLICIES = ("views", "none")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "synthetic"
+    data_dir: str | None = None
+    train_fraction: float = 1.0
+    val_fraction: float = 0.1
+    synthetic_train: int = 4000
+    synthetic_test: int = 1000
+    # model
+    model: str = "resnet20"
+    width: float = 1.0
+    head: str = "conv"
+    # grouping of blocks into modules: exactly one of these, or none (then `modules`=4 or the plan)
+    module_size: int | None = None
+    modules: int | None = None
+    splits: list[int] | None = None  # block indices where modules 1..K-1 start
+    # method
+    scheme: str = "sequential"
+    tau: float = 1.0
+    tau_mode: str = "varying"
+    e2e_energy: bool = False        # end-to-end with the kinetic regulariser on all blocks
+    laps: int = 5                    # multilap only
+    epochs: int = 3                  # module k gets epochs + epochs_growth * k (authors: 50 + 10k)
+    epochs_growth: int = 0
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    label_smoothing: float = 0.1
+    augment: bool = True
+    aug_policy: str = "views"        # how later modules see augmented data: cached views, or none
+    aug_views: int | None = None     # None: the planner picks
+    cache_dtype: str = "fp16"
+    seed: int = 0
+    threads: int | None = None
+    # where and how
+    backend: str = "torch"
+    device: str = "cpu"
+    amp: str | None = None           # None, "fp16", "bf16" (CUDA)
+    mem_budget: str | None = None
+    disk_budget: str | None = None
+    profile: str | None = None
+    out: str | None = None
+    keep_cache: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        def bad(msg: str):
+            raise UserError(msg)
+
+        if self.scheme not in SCHEMES:
+            bad(f"Unknown --scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}.")
+        if self.tau_mode not in TAU_MODES:
+            bad(f"Unknown --tau-mode {self.tau_mode!r}; choose one of {', '.join(TAU_MODES)}.")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"Unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        if self.backend not in BACKENDS:
+            bad(f"Unknown --backend {self.backend!r}; choose one of {', '.join(BACKENDS)}.")
+        if self.device not in DEVICES:
+            bad(f"Unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.aug_policy not in AUG_POLICIES:
+            bad(f"Unknown --aug-policy {self.aug_policy!r}; choose one of {', '.join(AUG_POLICIES)}.")
+        if self.cache_dtype not in ("fp16", "fp32"):
+            bad(f"--cache-dtype must be fp16 or fp32, not {self.cache_dtype!r}.")
+        if self.amp not in (None, "fp16", "bf16"):
+            bad(f"--amp must be fp16 or bf16, not {self.amp!r}.")
+        if not (self.tau > 0 or math.isinf(self.tau)) or math.isnan(self.tau):
+            bad(f"--tau must be a positive number or 'inf' (plain greedy), not {self.tau}.")
+        for name in ("epochs", "batch_size", "laps"):
+            if getattr(self, name) < 1:
+                bad(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+        if self.epochs_growth < 0:
+            bad("--epochs-growth must be zero or positive.")
+        if not self.lr > 0:
+            bad(f"--lr must be positive, not {self.lr}.")
+        if self.width <= 0:
+            bad(f"--width must be positive, not {self.width}.")
+        if self.threads is not None and self.threads < 1:
+            bad(f"--threads must be at least 1, not {self.threads}.")
+        if self.aug_views is not None and self.aug_views < 1:
+            bad(f"--aug-views must be at least 1, not {self.aug_views}.")
+        given = [n for n in ("module_size", "modules", "splits") if getattr(self, n) is not None]
+        if len(given) > 1:
+            bad(f"Give only one of --module-size, --modules and --splits (got {', '.join(given)}).")
+        if self.module_size is not None and self.module_size < 1:
+            bad(f"--module-size must be at least 1 block, not {self.module_size}.")
+        if self.modules is not None and self.modules < 1:
+            bad(f"--modules must be at least 1, not {self.modules}.")
+        if self.device == "cuda" and self.backend == "ort":
+            bad("--backend ort runs on the CPU only; use --backend torch with --device cuda.")
+        if self.backend == "ort" and self.scheme not in ("sequential", "multilap"):
+            bad(f"--backend ort trains one module at a time, so it supports --scheme sequential and "
+                f"multilap, not {self.scheme}; use --backend torch for {self.scheme}.")
+        return self
+
+    def module_epochs(self, k: int) -> int:
+        return self.epochs + self.epochs_growth * k
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"The run config has unknown keys {unknown}; it was written by another "
+                            f"version of edge-trgl. Start a new run.")
+        return cls(**d)
+
+    def identity_hash(self) -> str:
+        """Hash of what determines the training result; --resume refuses if it changed. Options
+        that only affect display or where files go are left out."""
+        d = self.to_json()
+        for k in ("out", "progress", "keep_cache", "threads"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

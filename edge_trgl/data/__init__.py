@@ -1,0 +1,174 @@
+"""Datasets as numpy arrays: the built-in synthetic set, CIFAR-10 and MNIST.
+
+This package must never import torch: it is also imported by a torch-free worker process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from edge_trgl.data.arrays import ArraySet, Dataset
+from edge_trgl.data.augment import augment_batch, normalize
+from edge_trgl.errors import UserError
+
+__all__ = [
+    "DATASETS",
+    "ArraySet",
+    "Dataset",
+    "load_dataset",
+    "augment_batch",
+    "normalize",
+    "class_balanced_split",
+]
+
+DATASETS = ("synthetic", "cifar10", "mnist")
+
+# Independent RNG streams for the two seeded selections, so each depends only on (seed, purpose).
+_SUBSET_STREAM = 0x5B5E7
+_VAL_STREAM = 0x7A1
+
+
+def class_balanced_split(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator, *, keep_one: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into ``(chosen, rest)`` taking ``round(fraction * n_c)`` of each class c.
+
+    Within each class the chosen indices are a uniformly random subset (drawn from ``rng``).
+    With ``keep_one`` every class keeps at least one chosen index; otherwise every class keeps at
+    least one index in ``rest``. Both outputs are sorted.
+    """
+    labels = np.asarray(labels)
+    chosen, rest = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        n = idx.size
+        k = int(math.floor(fraction * n + 0.5))
+        if keep_one:
+            k = max(k, 1)
+        else:
+            k = min(k, n - 1)
+        perm = rng.permutation(idx)
+        chosen.append(perm[:k])
+        rest.append(perm[k:])
+    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(chosen).astype(np.int64), cat(rest).astype(np.int64)
+
+
+def _check_fraction(name: str, value, lo_open: bool, hi_open: bool, option: str) -> float:
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    v = float(value) if ok else float("nan")
+    if ok and math.isfinite(v):
+        ok = (v > 0.0 if lo_open else v >= 0.0) and (v < 1.0 if hi_open else v <= 1.0)
+    else:
+        ok = False
+    if not ok:
+        interval = ("(" if lo_open else "[") + "0, 1" + (")" if hi_open else "]")
+        raise UserError(
+            f"{name} must be a number in {interval}, got {value!r}. Pass {option} with a value "
+            f"such as {'0.1' if name == 'val_fraction' else '1.0 (all data) or 0.1 (10%)'}."
+        )
+    return v
+
+
+def _per_channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean/std of ``images / 255`` (via a histogram, so no float copies)."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for ch in range(images.shape[1]):
+        counts = np.bincount(images[:, ch].reshape(-1), minlength=256).astype(np.float64)
+        total = counts.sum()
+        m = float(counts @ values / total)
+        var = float(counts @ (values - m) ** 2 / total)
+        means.append(round(m, 4))
+        stds.append(round(math.sqrt(var), 4))
+    return tuple(means), tuple(stds)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    train_fraction: float = 1.0,
+    val_fraction: float = 0.1,
+    synthetic_train: int = 4000,
+    synthetic_test: int = 1000,
+) -> Dataset:
+    """Load a dataset by name and split it into train / val / test.
+
+    ``train_fraction`` in (0, 1] keeps a seeded, class-stratified subset of the original train
+    set (each class keeps ``round(fraction * its count)`` images, so 0.1 of CIFAR-10 is exactly
+    500 per class). ``val_fraction`` in [0, 1) then moves a seeded, class-stratified part of that
+    subset into the validation split (empty when 0). The test split is always the full test set.
+    The same ``seed`` always yields the same subsets; subsets for growing ``train_fraction`` are
+    nested.
+    """
+    if not isinstance(name, str) or name.lower() not in DATASETS:
+        raise UserError(
+            f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)} (e.g. --dataset "
+            "synthetic, which needs no download)."
+        )
+    name = name.lower()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(
+            f"The data seed must be a non-negative integer, got {seed!r}. Pass e.g. --seed 0."
+        )
+    seed = int(seed)
+    train_fraction = _check_fraction("train_fraction", train_fraction, True, False, "--train-fraction")
+    val_fraction = _check_fraction("val_fraction", val_fraction, False, True, "--val-fraction")
+
+    if name == "synthetic":
+        from edge_trgl.data.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic
+
+        full_train, test = make_synthetic(seed, n_train=synthetic_train, n_test=synthetic_test)
+        class_names = list(SYNTHETIC_CLASS_NAMES)
+        mean, std = _per_channel_stats(full_train.images)
+    else:
+        if data_dir is None:
+            folder = "cifar-10-batches-py" if name == "cifar10" else "mnist"
+            raise UserError(
+                f"The {name} dataset is read from disk, but no data directory was given. Pass "
+                f"--data-dir pointing at the folder that holds the original '{folder}' files (or "
+                "its parent), or use --dataset synthetic, which needs no download."
+            )
+        if name == "cifar10":
+            from edge_trgl.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
+
+            full_train, test, class_names = load_cifar10(data_dir)
+            mean, std = CIFAR10_MEAN, CIFAR10_STD
+        else:
+            from edge_trgl.data.idx import MNIST_MEAN, MNIST_STD, load_mnist
+
+            full_train, test, class_names = load_mnist(data_dir)
+            mean, std = MNIST_MEAN, MNIST_STD
+
+    num_classes = len(class_names)
+    if train_fraction < 1.0:
+        rng = np.random.default_rng([seed, _SUBSET_STREAM])
+        keep, _ = class_balanced_split(full_train.labels, train_fraction, rng, keep_one=True)
+        pool = full_train.subset(keep)
+    else:
+        pool = full_train
+    if val_fraction > 0.0:
+        rng = np.random.default_rng([seed, _VAL_STREAM])
+        val_idx, train_idx = class_balanced_split(pool.labels, val_fraction, rng, keep_one=False)
+        train, val = pool.subset(train_idx), pool.subset(val_idx)
+    else:
+        train = pool
+        val = ArraySet(
+            images=np.zeros((0, *pool.images.shape[1:]), dtype=np.uint8),
+            labels=np.zeros((0,), dtype=np.int64),
+        )
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=num_classes,
+        mean=tuple(mean),
+        std=tuple(std),
+        class_names=class_names,
+    )

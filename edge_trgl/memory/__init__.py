@@ -1,0 +1,1 @@
+"""Memory measurement, estimation and planning."""

@@ -1,0 +1,161 @@
+"""The memory estimator: what one module (blocks lo..hi-1 + head + optimizer) costs to train at a
+batch size, in bytes of process RSS, framework included.
+
+Most of a conv block's cost on CPU is the convolution kernels' temporary buffers, which counting
+tensors misses, so the estimate is built from measurements:
+
+1. per distinct block signature, a child-process probe (probe.py) trains that block + a head at
+   two batch sizes; a line peak(b) = a + c*b is fitted (a includes the framework baseline);
+2. for a module of several blocks, the largest block's fitted peak counts once, and every other
+   block adds what stays alive across the whole step: parameters, gradients, optimizer state
+   (4 x parameter bytes with SGD momentum, 5 x with AdamW) and its saved activations, which are
+   counted exactly with saved-tensor hooks on a small real forward pass;
+3. the run's own data costs are added: the dataset arrays held in memory and the batch buffers.
+
+The planner then verifies each chosen module by probing it directly (`probe_module`), so the
+number it reports is a measurement of that exact module, and the composition's error against
+that measurement is reported with the plan.
+
+Probe results are cached in ~/.cache/edge-trgl (keyed by torch version, threads, device and the
+module's structure) so re-planning is fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+PROBE_BATCHES = (8, 32)
+
+
+def cache_file() -> Path:
+    root = Path(os.environ.get("EDGE_TRGL_CACHE", Path.home() / ".cache" / "edge-trgl"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root / "probes.json"
+
+
+def _load_cache() -> dict:
+    try:
+        return json.loads(cache_file().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _store_cache(cache: dict) -> None:
+    from ..atomic import atomic_write_json
+    atomic_write_json(cache_file(), cache)
+
+
+def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
+    import torch
+    ident = {"torch": torch.__version__, "threads": threads, "device": cfg.device,
+             "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
+             "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
+             "in_shape": list(in_shape)}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:
+    """Measured peak RSS bytes of training blocks lo..hi-1 + head, per batch size (child process)."""
+    signatures = [arch[i].signature() for i in range(lo, hi)]
+    key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
+    cache = _load_cache()
+    if key in cache:
+        return {int(b): v for b, v in cache[key].items()}
+    spec = {"config": asdict(cfg), "in_shape": list(in_shape), "num_classes": num_classes,
+            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": 2}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed for blocks {lo}..{hi - 1}: {proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    peaks = {r["batch"]: r["peak_bytes"] for r in result["results"]}
+    cache[key] = {str(b): v for b, v in peaks.items()}
+    _store_cache(cache)
+    return peaks
+
+
+def saved_activation_bytes_per_sample(block, in_shape) -> int:
+    """Bytes of tensors autograd saves for backward, per sample (exact, via saved-tensor hooks)."""
+    import torch
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    block = block.train()
+    x = torch.randn(2, *in_shape, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, e = block(x)
+        (out.float().mean() + e).backward()
+    return total // 2
+
+
+class BlockCosts:
+    """Per-block measured line fits and exact static/saved costs for one model."""
+
+    def __init__(self, cfg, in_shape, num_classes, arch, threads):
+        import torch
+
+        from ..models.blocks import init_weights, make_generator
+        self.cfg, self.in_shape, self.num_classes, self.arch = cfg, in_shape, num_classes, arch
+        self.threads = threads
+        state_factor = 5 if cfg.optimizer == "adamw" else 4  # param + grad + state(s) + save copy
+        self.static_bytes = []
+        self.saved_per_sample = []
+        self.fits: dict[str, tuple[float, float]] = {}
+        by_sig: dict[str, int] = {}
+        for i, meta_block in enumerate(arch):
+            params = sum(p.numel() * p.element_size() for p in meta_block.parameters())
+            self.static_bytes.append(state_factor * params)
+            by_sig.setdefault(meta_block.signature(), i)
+        from ..modules import architecture
+        real_arch = architecture(cfg, in_shape, num_classes)
+        saved_by_sig = {}
+        for sig, i in by_sig.items():
+            block = real_arch[i].to_empty(device="cpu")
+            init_weights(block, make_generator(0))
+            with torch.enable_grad():
+                saved_by_sig[sig] = saved_activation_bytes_per_sample(block, tuple(block.in_shape))
+            peaks = probe_module(cfg, in_shape, num_classes, arch, i, i + 1, PROBE_BATCHES, threads)
+            (b1, p1), (b2, p2) = sorted(peaks.items())
+            slope = max(0.0, (p2 - p1) / (b2 - b1))
+            self.fits[sig] = (p1 - slope * b1, slope)
+        self.saved_per_sample = [saved_by_sig[b.signature()] for b in arch]
+
+    def block_peak(self, i: int, batch: int) -> float:
+        a, c = self.fits[self.arch[i].signature()]
+        return a + c * batch
+
+    def module_estimate(self, lo: int, hi: int, batch: int) -> dict:
+        """Composed estimate of training blocks lo..hi-1 (see the module docstring)."""
+        peaks = [self.block_peak(i, batch) for i in range(lo, hi)]
+        top = lo + max(range(len(peaks)), key=peaks.__getitem__)
+        others_static = sum(self.static_bytes[i] for i in range(lo, hi) if i != top)
+        others_saved = sum(self.saved_per_sample[i] * batch for i in range(lo, hi) if i != top)
+        return {"largest_block": top, "largest_block_peak_bytes": int(peaks[top - lo]),
+                "other_blocks_static_bytes": int(others_static),
+                "other_blocks_saved_activation_bytes": int(others_saved),
+                "module_bytes": int(peaks[top - lo] + others_static + others_saved)}
+
+
+def data_bytes(dataset, batch: int, views_sample_bytes: int = 0) -> dict:
+    """Memory the run's data path holds on top of the module: the dataset arrays resident in the
+    process and the batch buffers (a uint8 batch, its float32 normalised copy and the tensor, plus
+    the cache writer's output batch)."""
+    arrays = sum(a.images.nbytes + a.labels.nbytes
+                 for a in (dataset.train, dataset.val, dataset.test))
+    c, h, w = dataset.in_shape
+    batch_buffers = batch * c * h * w * (1 + 4 + 4 + 4)
+    return {"dataset_bytes": int(arrays), "batch_buffer_bytes": int(batch_buffers),
+            "cache_buffer_bytes": int(batch * views_sample_bytes)}
+

@@ -1,0 +1,114 @@
+"""Honest memory readings on Linux.
+
+- `peak_rss_bytes()` is VmHWM, the kernel's high-water mark of this process's resident set.
+- `reset_peak()` writes 5 to /proc/self/clear_refs, which resets VmHWM, for per-phase peaks.
+- `run_measured()` runs a command as a child and returns the child's own ru_maxrss from
+  os.wait4 (getrusage(RUSAGE_CHILDREN) would be the max over every child ever waited for).
+- `RssWatchdog` samples VmRSS on a thread so a run notices when it crosses its budget.
+tracemalloc cannot see torch tensors, so none of this uses it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import threading
+import time
+
+
+def _status_field(field: str, pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    return _status_field("VmRSS", pid)
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    peak = _status_field("VmHWM", pid)
+    if peak == 0:  # not Linux: ru_maxrss is KiB on Linux/BSD, bytes on macOS
+        import resource
+        import sys
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = maxrss if sys.platform == "darwin" else maxrss * 1024
+    return peak
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = None,
+                 stdout=None, stderr=None, timeout_s: float | None = None) -> tuple[int, int, float]:
+    """Run `cmd` as a fresh child; return (exit status, the child's peak RSS bytes, wall seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+    deadline = None if timeout_s is None else start + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            proc.kill()
+        time.sleep(0.02)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024, time.perf_counter() - start
+
+
+class RssWatchdog:
+    """Samples this process's RSS every `interval_s`; remembers the maximum it saw and whether it
+    ever crossed `limit_bytes`. VmHWM stays the authoritative peak: the sampler can miss a spike
+    shorter than its interval, the kernel's high-water mark cannot."""
+
+    def __init__(self, limit_bytes: int | None = None, interval_s: float = 0.02):
+        self.limit_bytes = limit_bytes
+        self.interval_s = interval_s
+        self.max_seen_bytes = 0
+        self.exceeded_bytes: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-watchdog", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> int:
+        now = rss_bytes()
+        self.max_seen_bytes = max(self.max_seen_bytes, now)
+        if self.limit_bytes is not None and now > self.limit_bytes and self.exceeded_bytes is None:
+            self.exceeded_bytes = now
+        return now
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()

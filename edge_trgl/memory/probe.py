@@ -1,0 +1,70 @@
+"""A memory probe, run as a fresh child process: build one module (given blocks + head) exactly as
+the trainer does, run a few training steps at each requested batch size (ascending), and report
+the process's peak RSS (VmHWM) for each. Invoked by estimate.py as
+`python -m edge_trgl.memory.probe '<json spec>'`; prints one JSON line.
+
+Why a child process and ascending batches: VmHWM is per process and glibc keeps freed memory, so
+the only honest reading of "what does this need" is a process that did nothing else first. The
+batch sizes of one probe run in ascending order, so each later reading is dominated by its own
+need, not by leftovers of a smaller earlier one; clear_refs resets VmHWM between them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    import torch
+
+    from ..config import TrainConfig
+    from ..models import make_head
+    from ..models.blocks import init_weights, make_generator
+    from ..modules import architecture, make_optimizer, module_parameters
+    from ..trgl import module_loss
+    from .measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes
+
+    torch.set_num_threads(int(spec["threads"]))
+    cfg = TrainConfig(**spec["config"])
+    device = torch.device(cfg.device)
+    baseline = rss_bytes()
+    arch = architecture(cfg, tuple(spec["in_shape"]), spec["num_classes"])
+    blocks = [arch[i].to_empty(device=device) for i in range(spec["lo"], spec["hi"])]
+    del arch
+    gen = make_generator(0)
+    for b in blocks:
+        init_weights(b, gen)
+    head = make_head(cfg.head, tuple(blocks[-1].out_shape), spec["num_classes"]).to(device)
+    optimizer = make_optimizer(cfg, module_parameters(blocks, head))
+    in_shape = tuple(blocks[0].in_shape)
+    results = []
+    for batch in sorted(spec["batches"]):
+        release_memory()
+        reset_peak()
+        for _ in range(int(spec.get("steps", 2))):
+            x = torch.randn(batch, *in_shape, device=device)
+            y = torch.randint(0, spec["num_classes"], (batch,), device=device)
+            energy = x.new_zeros(())
+            out = x
+            for block in blocks:
+                out, e = block(out)
+                energy = energy + e
+            loss, _ = module_loss(head(out), y, energy, 0.5, 0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            del x, y, out, energy, loss
+        entry = {"batch": batch, "peak_bytes": peak_rss_bytes()}
+        if device.type == "cuda":
+            entry["cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            entry["cuda_reserved_bytes"] = torch.cuda.max_memory_reserved()
+            torch.cuda.reset_peak_memory_stats()
+        results.append(entry)
+    print(json.dumps({"baseline_bytes": baseline, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,108 @@
+"""Assembling a module (a run of consecutive blocks + its auxiliary head) from the block store,
+and moving its weights and optimizer state between torch and the store's numpy arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import build_blocks, make_head
+from .models.blocks import init_weights, make_generator
+from .store import block_path, head_path, load_tensors, optim_path, save_tensors
+
+
+def architecture(cfg, in_shape, num_classes) -> list:
+    """The model's blocks without real weights (meta device): shapes and structure only, so the
+    planner and the trainer can inspect the whole network without allocating it."""
+    with torch.device("meta"):
+        return build_blocks(cfg.model, in_shape, num_classes, width=cfg.width, seed=None)
+
+
+def make_heads_for(cfg, blocks, splits, num_classes, seed: int) -> list[nn.Module]:
+    heads = []
+    for k, (_, hi) in enumerate(splits):
+        head = make_head(cfg.head, tuple(blocks[hi - 1].out_shape), num_classes)
+        init_weights(head, make_generator(seed * 1000 + 17 + k))
+        heads.append(head)
+    return heads
+
+
+def to_numpy_state(module: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in module.state_dict().items()}
+
+
+def load_numpy_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+
+
+def init_store(run, cfg, in_shape, num_classes, splits) -> None:
+    """Write the initial weights of every block and head (one file each) into the run."""
+    blocks = build_blocks(cfg.model, in_shape, num_classes, width=cfg.width, seed=cfg.seed)
+    for i, block in enumerate(blocks):
+        run.record_file(block_path(i), save_tensors(run.root, block_path(i), to_numpy_state(block)))
+    for k, head in enumerate(make_heads_for(cfg, blocks, splits, num_classes, cfg.seed)):
+        run.record_file(head_path(k), save_tensors(run.root, head_path(k), to_numpy_state(head)))
+
+
+def load_module(run, cfg, in_shape, num_classes, lo: int, hi: int, k: int,
+                device: torch.device) -> tuple[list[nn.Module], nn.Module]:
+    """Blocks lo..hi-1 and head k, with the weights from the store (checksums verified). Only
+    these are materialised; the rest of the architecture stays on the meta device."""
+    arch = architecture(cfg, in_shape, num_classes)
+    blocks = []
+    for i in range(lo, hi):
+        block = arch[i].to_empty(device=device)
+        state, _ = load_tensors(run.root, block_path(i), run.checksum(block_path(i)))
+        load_numpy_state(block, state)
+        blocks.append(block)
+    del arch
+    with torch.device("meta"):
+        head = make_head(cfg.head, tuple(blocks[-1].out_shape), num_classes)
+    head = head.to_empty(device=device)
+    state, _ = load_tensors(run.root, head_path(k), run.checksum(head_path(k)))
+    load_numpy_state(head, state)
+    return blocks, head
+
+
+def save_module(run, blocks, head, lo: int, k: int, optimizer=None) -> None:
+    for offset, block in enumerate(blocks):
+        rel = block_path(lo + offset)
+        run.record_file(rel, save_tensors(run.root, rel, to_numpy_state(block)))
+    run.record_file(head_path(k), save_tensors(run.root, head_path(k), to_numpy_state(head)))
+    if optimizer is not None:
+        rel = optim_path(k)
+        run.record_file(rel, save_tensors(run.root, rel, optimizer_to_numpy(optimizer)))
+
+
+def optimizer_to_numpy(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    out = {}
+    for pidx, pstate in optimizer.state_dict()["state"].items():
+        for name, value in pstate.items():
+            arr = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+            out[f"{pidx}.{name}"] = np.ascontiguousarray(arr)
+    return out
+
+
+def optimizer_from_numpy(optimizer: torch.optim.Optimizer, arrays: dict[str, np.ndarray]) -> None:
+    sd = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for key, arr in arrays.items():
+        pidx, name = key.split(".", 1)
+        state.setdefault(int(pidx), {})[name] = torch.from_numpy(np.array(arr))
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def module_parameters(blocks, head):
+    for block in blocks:
+        yield from block.parameters()
+    yield from head.parameters()

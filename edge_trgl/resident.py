@@ -1,0 +1,181 @@
+"""The parallel (batch-wise) and end-to-end schemes: every block is resident for the whole run.
+They exist as baselines and for users who have the memory; they read raw images only."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .backends.torch_backend import (autocast, check_budget, evaluate, forward_module,
+                                     make_scaler, to_device)
+from .memory.measure import release_memory
+from .modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
+                      optimizer_to_numpy, save_module, to_numpy_state)
+from .sources import epoch_rng
+from .store import load_tensors, prefixed, save_tensors, unprefixed
+from .trgl import energy_weight, module_loss
+
+CKPT = "ckpt/resident-epoch{:03d}.safetensors"
+
+
+def _modules(ctx, device):
+    loaded = []
+    for k, (lo, hi) in enumerate(ctx.splits):
+        loaded.append(load_module(ctx.run, ctx.cfg, ctx.in_shape, ctx.num_classes, lo, hi, k,
+                                  device))
+    return loaded
+
+
+def train_resident(ctx) -> None:
+    from .schemes import module_weights
+    cfg, run = ctx.cfg, ctx.run
+    device = torch.device(cfg.device)
+    modules = _modules(ctx, device)
+    e2e = cfg.scheme == "e2e"
+    if e2e:
+        all_blocks = [b for blocks, _ in modules for b in blocks]
+        final_head = modules[-1][1]
+        optimizers = [make_optimizer(cfg, module_parameters(all_blocks, final_head))]
+        weights = [energy_weight(cfg.tau) if cfg.e2e_energy else 0.0]
+    else:
+        optimizers = [make_optimizer(cfg, module_parameters(b, h)) for b, h in modules]
+        weights = [w if w is not None else energy_weight(cfg.tau)
+                   for w in module_weights(cfg, len(modules))]
+    scaler = make_scaler(cfg, device)
+    start_epoch = _resume(ctx, modules, optimizers)
+    raw_train = ctx._raw("train")
+    val = ctx._raw("val")
+    epochs = cfg.epochs
+    for epoch in range(start_epoch, epochs):
+        order_rng = epoch_rng(cfg.seed, 0, 0, epoch)
+        aug_rng = epoch_rng(cfg.seed, 0, 0, epoch, 1) if cfg.augment else None
+        for blocks, head in modules:
+            for m in [*blocks, head]:
+                m.train()
+        sums = np.zeros(4)  # loss, ce, energy, correct (of the last module)
+        seen = 0
+        start = time.perf_counter()
+        batches = raw_train.batches(ctx.batch_size, order_rng, aug_rng)
+        for x_np, y_np in ctx.progress_bar(batches, total=-(-raw_train.count // ctx.batch_size),
+                                           desc=f"{cfg.scheme} epoch {epoch + 1}/{epochs}"):
+            x, y = to_device(x_np, device), to_device(y_np, device)
+            if e2e:
+                with autocast(cfg, device):
+                    _, logits, energy = forward_module(all_blocks, final_head, x)
+                    loss, ce = module_loss(logits.float(), y, energy.float(), weights[0],
+                                           cfg.label_smoothing)
+                _step(optimizers[0], loss, scaler)
+            else:
+                for (blocks, head), opt, w in zip(modules, optimizers, weights):
+                    with autocast(cfg, device):
+                        out, logits, energy = forward_module(blocks, head, x)
+                        loss, ce = module_loss(logits.float(), y, energy.float(), w,
+                                               cfg.label_smoothing)
+                    _step(opt, loss, scaler)
+                    x = out.detach()
+            n = len(y_np)
+            sums += np.array([float(loss.detach()), float(ce.detach()), float(energy.detach()),
+                              int((logits.argmax(1) == y).sum())]) * np.array([n, n, n, 1])
+            seen += n
+            check_budget(ctx)
+        seconds = time.perf_counter() - start
+        stats = {"scheme": cfg.scheme, "lap": 0, "module": len(modules) - 1, "epoch": epoch + 1,
+                 "train_loss": sums[0] / seen, "train_ce": sums[1] / seen,
+                 "energy": sums[2] / seen, "train_acc": sums[3] / seen, "seconds": seconds,
+                 "samples_per_s": seen / max(seconds, 1e-9), "rss_bytes": ctx.rss_now(),
+                 "val_acc": _chain_accuracy(ctx, modules, val, device)[-1]}
+        ctx.log_epoch(stats)
+        _checkpoint(ctx, epoch + 1, modules, optimizers)
+        ctx.check_interrupt()
+    for k, ((blocks, head), (lo, hi)) in enumerate(zip(modules, ctx.splits)):
+        save_module(run, blocks, head, lo, k, None)
+    test = ctx._raw("test")
+    val_accs = _chain_accuracy(ctx, modules, val, device)
+    test_accs = _chain_accuracy(ctx, modules, test, device)
+    for k, (lo, hi) in enumerate(ctx.splits):
+        trained = (not e2e) or k == len(modules) - 1
+        run.manifest["modules"][str(k)] = {
+            "lo": lo, "hi": hi, "lap": 0,
+            "val_acc": val_accs[k] if trained else None,
+            "test_acc": test_accs[k] if trained else None}
+    old = run.manifest["progress"].get("ckpt")
+    run.manifest["progress"] = {"lap": 0, "module": len(modules) - 1, "phase": "done"}
+    if old:
+        run.forget_files(old)
+    run.save()
+    if old:
+        (run.root / old).unlink(missing_ok=True)
+    del modules, optimizers
+    release_memory()
+
+
+def _step(optimizer, loss, scaler) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def _chain_accuracy(ctx, modules, source, device) -> list[float | None]:
+    """Accuracy of every module's head, each on the output of the modules before it."""
+    if source is None:
+        return [None] * len(modules)
+    for blocks, head in modules:
+        for m in [*blocks, head]:
+            m.eval()
+    correct = [0] * len(modules)
+    for x_np, y_np in source.batches(ctx.eval_batch_size):
+        x = to_device(x_np, device)
+        for k, (blocks, head) in enumerate(modules):
+            with autocast(ctx.cfg, device):
+                x, logits, _ = forward_module(blocks, head, x)
+            correct[k] += int((logits.argmax(1).cpu().numpy() == y_np).sum())
+    return [c / source.count for c in correct]
+
+
+def _checkpoint(ctx, epoch_done, modules, optimizers) -> None:
+    run = ctx.run
+    tensors = {}
+    for k, ((blocks, head), (lo, _)) in enumerate(zip(modules, ctx.splits)):
+        for offset, block in enumerate(blocks):
+            tensors.update(prefixed(to_numpy_state(block), f"block{lo + offset}."))
+        tensors.update(prefixed(to_numpy_state(head), f"head{k}."))
+    for i, opt in enumerate(optimizers):
+        tensors.update(prefixed(optimizer_to_numpy(opt), f"optim{i}."))
+    rel = CKPT.format(epoch_done)
+    run.record_file(rel, save_tensors(run.root, rel, tensors, {"epoch_done": epoch_done}))
+    old = run.manifest["progress"].get("ckpt")
+    run.manifest["progress"] = {"lap": 0, "module": 0, "phase": "train",
+                                "epoch_done": epoch_done, "ckpt": rel}
+    if old and old != rel:
+        run.forget_files(old)
+    run.save()
+    if old and old != rel:
+        (run.root / old).unlink(missing_ok=True)
+
+
+def _resume(ctx, modules, optimizers) -> int:
+    progress = ctx.run.manifest["progress"]
+    rel = progress.get("ckpt") if progress.get("phase") == "train" else None
+    if not rel:
+        return 0
+    tensors, meta = load_tensors(ctx.run.root, rel, ctx.run.checksum(rel))
+
+    def state(prefix):
+        return {k: torch.from_numpy(np.array(v)) for k, v in unprefixed(tensors, prefix).items()}
+    for k, ((blocks, head), (lo, _)) in enumerate(zip(modules, ctx.splits)):
+        for offset, block in enumerate(blocks):
+            block.load_state_dict(state(f"block{lo + offset}."))
+        head.load_state_dict(state(f"head{k}."))
+    for i, opt in enumerate(optimizers):
+        arrays = unprefixed(tensors, f"optim{i}.")
+        if arrays:
+            optimizer_from_numpy(opt, arrays)
+    return int(meta["epoch_done"])

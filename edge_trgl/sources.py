@@ -1,0 +1,73 @@
+"""Where a module's input batches come from: the raw images (module 0, augmented on the fly) or
+the feature cache of the module before it. numpy-only, shared by the torch trainer and the
+torch-free ONNX Runtime worker.
+
+Augmentation policy for modules after the first ("views"): the cache of module k holds V
+augmented views of the train set; view v of module 0's cache is module 0 applied to the raw train
+images augmented with the seed of view v, and view v of module k's cache is module k applied to
+view v of module k-1's cache, so every view is one consistent augmented copy of the data pushed
+through the trained prefix. Epoch e of a later module reads view e mod V. With policy "none" (or
+augmentation off) the cache holds one un-augmented view: cheaper, and later modules see no
+augmentation at all -- the planner says so when it picks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cache import CacheReader
+from .data import augment_batch, normalize
+
+
+def epoch_rng(seed: int, *parts: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *parts])
+
+
+def view_rng(seed: int, view: int) -> np.random.Generator:
+    # Distinct stream from the epoch streams (which are keyed by lap/module/epoch).
+    return np.random.default_rng([seed, 7919, view])
+
+
+@dataclass
+class RawSource:
+    """Raw uint8 images; normalised (and optionally augmented) per batch."""
+    images: np.ndarray
+    labels: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool = True
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, order_rng: np.random.Generator | None = None,
+                aug_rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = order_rng.permutation(self.count) if order_rng is not None else np.arange(self.count)
+        for start in range(0, self.count, batch_size):
+            idx = np.sort(order[start:start + batch_size]) if order_rng is None else order[start:start + batch_size]
+            images = self.images[idx]
+            if aug_rng is not None:
+                images = augment_batch(images, aug_rng, pad=4, flip=self.flip)
+            yield normalize(images, self.mean, self.std), self.labels[idx]
+
+
+@dataclass
+class CachedSource:
+    """Samples of one cached split, read with pread (see cache.py)."""
+    reader: CacheReader
+    labels: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return self.reader.count
+
+    def batches(self, batch_size: int, order_rng: np.random.Generator | None = None,
+                aug_rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = order_rng.permutation(self.count) if order_rng is not None else np.arange(self.count)
+        for start in range(0, self.count, batch_size):
+            idx = order[start:start + batch_size]
+            yield self.reader.read(idx), self.labels[idx]

@@ -1,0 +1,215 @@
+"""`train(config)`: the whole run, from data to summary. The CLI's `train` is a thin layer over
+this; tests and benchmarks call it directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import UserError
+from .memory.measure import RssWatchdog, peak_rss_bytes, release_memory, rss_bytes
+
+
+def resolve_splits(num_blocks: int, cfg: TrainConfig, default_modules: int = 4) -> list[tuple[int, int]]:
+    """Module boundaries (lo, hi) from --module-size, --modules or --splits."""
+    if cfg.splits is not None:
+        points = list(cfg.splits)
+        if points != sorted(set(points)) or any(p <= 0 or p >= num_blocks for p in points):
+            raise UserError(
+                f"--splits {','.join(map(str, cfg.splits))} is not valid for {cfg.model}, which has "
+                f"{num_blocks} blocks: give strictly increasing block indices between 1 and "
+                f"{num_blocks - 1} where modules 1, 2, ... start (e.g. --splits 3,6).")
+        bounds = [0, *points, num_blocks]
+        return list(zip(bounds[:-1], bounds[1:]))
+    if cfg.module_size is not None:
+        size = min(cfg.module_size, num_blocks)
+        return [(lo, min(lo + size, num_blocks)) for lo in range(0, num_blocks, size)]
+    k = cfg.modules if cfg.modules is not None else min(default_modules, num_blocks)
+    if k > num_blocks:
+        raise UserError(f"--modules {k} is more than the {num_blocks} blocks of {cfg.model}; "
+                        f"use at most {num_blocks} (block-wise training).")
+    sizes = [len(a) for a in np.array_split(np.arange(num_blocks), k)]
+    bounds = np.cumsum([0, *sizes]).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def load_data(cfg: TrainConfig):
+    from .data import load_dataset
+    return load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed, train_fraction=cfg.train_fraction,
+                        val_fraction=cfg.val_fraction, synthetic_train=cfg.synthetic_train,
+                        synthetic_test=cfg.synthetic_test)
+
+
+def environment() -> dict:
+    import torch
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(),
+            "machine": platform.machine(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    try:
+        from importlib.metadata import version
+        info["edge_trgl"] = version("edge-trgl")
+    except Exception:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.model}-{cfg.scheme}"
+
+
+def set_threads(cfg: TrainConfig) -> None:
+    import torch
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+
+def make_plan(cfg: TrainConfig, dataset, arch):
+    from .memory.planner import plan_run
+    return plan_run(cfg, dataset, arch)
+
+
+def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
+    """Run (or resume) a training run; return its summary (also written to summary.json)."""
+    from .backends import get_backend
+    from .modules import architecture, init_store
+    from .run import Run
+    from .schemes import Context, Interrupted, run_modulewise, run_resident
+
+    started = time.time()
+    if resume is not None:
+        run = Run.open(Path(resume))
+        stored = TrainConfig.from_json(run.read_json("config.json"))
+        stored.progress, stored.threads = cfg.progress, cfg.threads or stored.threads
+        cfg = stored.validate()
+        dataset = load_data(cfg)
+        set_threads(cfg)
+        if dataset.fingerprint() != run.manifest.get("data_fingerprint"):
+            raise UserError(
+                f"The dataset differs from the one the run in {run.root} started with (its "
+                f"fingerprint changed). Resuming would mix two datasets; point --data-dir at the "
+                f"original data, or start a new run.")
+        if cfg.identity_hash() != run.manifest.get("config_hash"):
+            raise UserError(f"The config of the run in {run.root} was changed after it started; "
+                            f"restore config.json or start a new run.")
+        plan = run.read_json("plan.json")
+        if run.manifest.get("status") == "complete":
+            return run.read_json("summary.json")
+    else:
+        from .profiles import apply_profile
+        cfg.validate()
+        apply_profile(cfg)
+        # Data first, torch second: loading CIFAR briefly holds every batch file, and that
+        # transient should not stack on top of torch's ~220 MB.
+        dataset = load_data(cfg)
+        release_memory()
+        set_threads(cfg)
+        arch = architecture(cfg, dataset.in_shape, dataset.num_classes)
+        plan = make_plan(cfg, dataset, arch).to_json()
+        out = Path(cfg.out) if cfg.out else default_out(cfg)
+        cfg.out = str(out)
+        run = Run.staging(out)
+        try:
+            run.write_json("config.json", cfg.to_json())
+            run.write_json("plan.json", plan)
+            splits = [tuple(s) for s in plan["splits"]]
+            init_store(run, cfg, dataset.in_shape, dataset.num_classes, splits)
+            run.manifest.update({"status": "running", "config_hash": cfg.identity_hash(),
+                                 "data_fingerprint": dataset.fingerprint()})
+            run.publish()
+        except BaseException:
+            run.discard()
+            raise
+    splits = [tuple(s) for s in plan["splits"]]
+    budget = plan.get("budget_bytes")
+    watchdog = RssWatchdog(limit_bytes=budget)
+    ctx = Context(run, cfg, dataset, dataset.in_shape, dataset.num_classes, splits,
+                  plan["batch_size"], plan["views"], watchdog)
+    previous = ctx.install_signal_handlers()
+    import signal
+    try:
+        with watchdog:
+            if cfg.scheme in ("sequential", "multilap"):
+                run_modulewise(ctx, get_backend(cfg))
+            else:
+                run_resident(ctx)
+    except Interrupted:
+        raise UserError(f"Training was interrupted; everything up to the last finished epoch is "
+                        f"saved. Continue with `edge-trgl train --resume {run.root}`.") from None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        ctx.close_readers()
+    summary = summarize(run, cfg, plan, watchdog, time.time() - started)
+    run.write_json("summary.json", summary)
+    run.manifest["status"] = "complete"
+    run.save()
+    return summary
+
+
+def summarize(run, cfg, plan, watchdog, seconds) -> dict:
+    from .schemes import best_module
+    modules = run.manifest["modules"]
+    best = best_module(modules)
+    rows = []
+    for k in sorted(modules, key=int):
+        rec = modules[k]
+        rows.append({"module": int(k), "blocks": [rec["lo"], rec["hi"]],
+                     "val_acc": rec.get("val_acc"), "test_acc": rec.get("test_acc")})
+    peak = peak_rss_bytes()
+    prior = run.manifest.get("peak_rss_bytes_before_resume", 0)
+    summary = {
+        "run_dir": str(run.root), "model": cfg.model, "data": cfg.data, "scheme": cfg.scheme,
+        "backend": cfg.backend, "device": cfg.device, "tau": cfg.tau, "tau_mode": cfg.tau_mode,
+        "modules": rows, "best_module": best,
+        "best_val_acc": modules[str(best)].get("val_acc") if best is not None else None,
+        "best_test_acc": modules[str(best)].get("test_acc") if best is not None else None,
+        "seconds": seconds,
+        "batch_size": plan["batch_size"],
+        "peak_rss_bytes": max(peak, prior),
+        "peak_rss_method": "VmHWM of the training process (/proc/self/status), whole process",
+        "watchdog_max_rss_bytes": watchdog.max_seen_bytes,
+        "budget_bytes": plan.get("budget_bytes"),
+        "estimated_peak_bytes": plan.get("estimated_peak_bytes"),
+        "over_budget": bool(plan.get("budget_bytes") and peak > plan["budget_bytes"]),
+        "final_rss_bytes": rss_bytes(),
+        "environment": environment(),
+    }
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    from .budget import format_size
+    lines = [f"{'module':>6}  {'blocks':>9}  {'val acc':>8}  {'test acc':>8}"]
+    for row in summary["modules"]:
+        mark = " <- best" if row["module"] == summary["best_module"] else ""
+        fmt = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        lines.append(f"{row['module']:>6}  {row['blocks'][0]:>4}-{row['blocks'][1] - 1:<4}  "
+                     f"{fmt(row['val_acc']):>8}  {fmt(row['test_acc']):>8}{mark}")
+    lines.append(f"best module: {summary['best_module']}   time: {summary['seconds']:.1f} s   "
+                 f"peak RSS: {format_size(summary['peak_rss_bytes'])}"
+                 + (f" (budget {format_size(summary['budget_bytes'])}, estimate "
+                    f"{format_size(summary['estimated_peak_bytes'])})" if summary.get("budget_bytes") else ""))
+    lines.append(f"run directory: {summary['run_dir']}")
+    return "\n".join(lines)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)
