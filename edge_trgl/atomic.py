@@ -3,10 +3,14 @@ A reader (or a resumed run) sees either the old file or the complete new one, ne
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from pathlib import Path
+
+from .errors import UserError
+from .killpoints import armed, kill_point
 
 
 def fsync_dir(path: Path) -> None:
@@ -17,24 +21,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, event: str | None = None) -> None:
+    """`event` names this write for the crash-test hook (killpoints.py), which can kill the
+    process when the temp file holds only half of `data`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
+            if event is not None and armed(event):
+                half = len(data) // 2
+                fh.write(data[:half])
+                fh.flush()
+                kill_point(event)
+                data = data[half:]
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path) from None
         raise
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def disk_full(path: Path) -> UserError:
+    return UserError(
+        f"The disk filled up while writing {path}. The write was abandoned and every file written "
+        f"before it is intact; free some space (or use a larger disk), then continue a training "
+        f"run with `edge-trgl train --resume RUN_DIR`.")
+
+
+def atomic_write_json(path: str | os.PathLike, obj, event: str | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), event)
 
 
 def commit_file(tmp: Path, path: Path) -> None:
@@ -55,7 +76,12 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one JSON line and fsync; a torn last line is dropped on resume (see run.py)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line.rstrip("\n") + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(Path(path)) from None
+        raise

@@ -24,6 +24,7 @@ import numpy as np
 
 from .atomic import commit_file, sha256_file
 from .errors import UserError
+from .killpoints import kill_point
 
 SHARD_BYTES = 32 * 1024 * 1024
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
@@ -123,6 +124,7 @@ class CacheWriter:
                 self._open_shard()
             take = min(len(batch) - start, self._shard_count - self._in_shard)
             self._write_raw(batch[start:start + take].tobytes())
+            kill_point("cache")
             start += take
             self._in_shard += take
             self.written += take

@@ -65,6 +65,7 @@ class TrainConfig:
     profile: str | None = None
     out: str | None = None
     keep_cache: bool = False
+    module_peaks: bool = False       # reset VmHWM per module for exact per-module peaks (schemes.py)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -136,6 +137,6 @@ class TrainConfig:
         """Hash of what determines the training result; --resume refuses if it changed. Options
         that only affect display or where files go are left out."""
         d = self.to_json()
-        for k in ("out", "progress", "keep_cache", "threads"):
+        for k in ("out", "progress", "keep_cache", "threads", "module_peaks"):
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

@@ -7,3 +7,10 @@ class UserError(Exception):
     The message must say what was wrong and what to do about it; the CLI prints it as one
     paragraph and exits with status 2, never with a traceback.
     """
+
+
+class Stopped(UserError):
+    """The user stopped the program (Ctrl-C, SIGTERM) and it stopped cleanly at a safe point; the
+    message says how to continue. The CLI exits with 130, the shell's code for SIGINT."""
+
+    exit_code = 130

@@ -46,22 +46,29 @@ def init_store(run, cfg, in_shape, num_classes, splits) -> None:
 
 
 def load_module(run, cfg, in_shape, num_classes, lo: int, hi: int, k: int,
-                device: torch.device) -> tuple[list[nn.Module], nn.Module]:
+                device: torch.device, *, from_store: bool = True) -> tuple[list[nn.Module], nn.Module]:
     """Blocks lo..hi-1 and head k, with the weights from the store (checksums verified). Only
-    these are materialised; the rest of the architecture stays on the meta device."""
+    these are materialised; the rest of the architecture stays on the meta device.
+
+    from_store=False leaves the weights uninitialised, for a caller that fills every one of them
+    from a checkpoint (strict load_state_dict): a resume from a mid-module checkpoint must not read
+    the store, because a crash while the finished module was being written back can leave some of
+    its store files newer than the checksums in the manifest."""
     arch = architecture(cfg, in_shape, num_classes)
     blocks = []
     for i in range(lo, hi):
         block = arch[i].to_empty(device=device)
-        state, _ = load_tensors(run.root, block_path(i), run.checksum(block_path(i)))
-        load_numpy_state(block, state)
+        if from_store:
+            state, _ = load_tensors(run.root, block_path(i), run.checksum(block_path(i)))
+            load_numpy_state(block, state)
         blocks.append(block)
     del arch
     with torch.device("meta"):
         head = make_head(cfg.head, tuple(blocks[-1].out_shape), num_classes)
     head = head.to_empty(device=device)
-    state, _ = load_tensors(run.root, head_path(k), run.checksum(head_path(k)))
-    load_numpy_state(head, state)
+    if from_store:
+        state, _ = load_tensors(run.root, head_path(k), run.checksum(head_path(k)))
+        load_numpy_state(head, state)
     return blocks, head
 
 

@@ -14,25 +14,29 @@ from .memory.measure import release_memory
 from .modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                       optimizer_to_numpy, save_module, to_numpy_state)
 from .sources import epoch_rng
-from .store import load_tensors, prefixed, save_tensors, unprefixed
+from .store import block_path, head_path, load_tensors, prefixed, save_tensors, unprefixed
 from .trgl import energy_weight, module_loss
 
 CKPT = "ckpt/resident-epoch{:03d}.safetensors"
 
 
-def _modules(ctx, device):
+def _modules(ctx, device, from_store: bool = True):
     loaded = []
     for k, (lo, hi) in enumerate(ctx.splits):
         loaded.append(load_module(ctx.run, ctx.cfg, ctx.in_shape, ctx.num_classes, lo, hi, k,
-                                  device))
+                                  device, from_store=from_store))
     return loaded
 
 
 def train_resident(ctx) -> None:
     from .schemes import module_weights
     cfg, run = ctx.cfg, ctx.run
+    if run.manifest["progress"].get("phase") == "done":  # resumed after the last save: nothing left
+        return
     device = torch.device(cfg.device)
-    modules = _modules(ctx, device)
+    # Resuming from a checkpoint: it holds every weight, and the store may be torn by a crash
+    # during the final write-back (see modules.load_module), so the store is not read.
+    modules = _modules(ctx, device, from_store=_checkpoint_to_resume(ctx) is None)
     e2e = cfg.scheme == "e2e"
     if e2e:
         all_blocks = [b for blocks, _ in modules for b in blocks]
@@ -89,6 +93,9 @@ def train_resident(ctx) -> None:
         ctx.log_epoch(stats)
         _checkpoint(ctx, epoch + 1, modules, optimizers)
         ctx.check_interrupt()
+    # Until the new checksums are recorded, the last checkpoint is the network's state.
+    run.unlist([block_path(i) for i in range(ctx.splits[-1][1])]
+               + [head_path(k) for k in range(len(ctx.splits))])
     for k, ((blocks, head), (lo, hi)) in enumerate(zip(modules, ctx.splits)):
         save_module(run, blocks, head, lo, k, None)
     test = ctx._raw("test")
@@ -161,9 +168,13 @@ def _checkpoint(ctx, epoch_done, modules, optimizers) -> None:
         (run.root / old).unlink(missing_ok=True)
 
 
-def _resume(ctx, modules, optimizers) -> int:
+def _checkpoint_to_resume(ctx) -> str | None:
     progress = ctx.run.manifest["progress"]
-    rel = progress.get("ckpt") if progress.get("phase") == "train" else None
+    return progress.get("ckpt") if progress.get("phase") == "train" else None
+
+
+def _resume(ctx, modules, optimizers) -> int:
+    rel = _checkpoint_to_resume(ctx)
     if not rel:
         return 0
     tensors, meta = load_tensors(ctx.run.root, rel, ctx.run.checksum(rel))

@@ -19,9 +19,10 @@ import time
 import numpy as np
 
 from .backends.base import ModuleTask
+from .atomic import sha256_file
 from .cache import CacheReader, Shard, cache_dir
 from .errors import UserError
-from .memory.measure import rss_bytes
+from .memory.measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes
 from .sources import CachedSource, RawSource, epoch_rng, view_rng
 from .trgl import energy_weight, tau_schedule
 
@@ -112,6 +113,33 @@ class Context:
     def rss_now() -> int:
         return rss_bytes()
 
+    # Per-module peaks: VmHWM is reset (clear_refs) when a module starts, read when it ends; the
+    # process-wide peak is the max over all phases, kept here since each reset forgets it.
+    # Resetting VmHWM also resets what the parent later reads as the child's ru_maxrss (the kernel
+    # takes it from the same high-water mark at exit), so it is opt-in (--module-peaks); by
+    # default a module's peak is the RSS watchdog's sampled maximum during that module.
+    def start_phase(self) -> None:
+        self.peak_bytes = max(getattr(self, "peak_bytes", 0), peak_rss_bytes())
+        release_memory()
+        if self.cfg.module_peaks:
+            reset_peak()
+        if self.watchdog is not None:
+            self.watchdog.start_phase()
+
+    def end_phase(self) -> int:
+        if self.cfg.module_peaks:
+            phase = peak_rss_bytes()
+        else:
+            phase = self.watchdog.phase_max_bytes if self.watchdog is not None else peak_rss_bytes()
+        self.peak_bytes = max(getattr(self, "peak_bytes", 0), phase)
+        # survives a crash: a resumed run's summary reports the peak of all its processes
+        manifest = self.run.manifest
+        manifest["peak_rss_bytes_so_far"] = max(manifest.get("peak_rss_bytes_so_far", 0), phase)
+        return phase
+
+    def process_peak_bytes(self) -> int:
+        return max(getattr(self, "peak_bytes", 0), peak_rss_bytes())
+
     # --- interruption ---------------------------------------------------------------------------
     def install_signal_handlers(self):
         def handler(signum, frame):
@@ -154,16 +182,28 @@ def run_modulewise(ctx: Context, backend) -> None:
     num_modules = len(ctx.splits)
     weights = module_weights(cfg, num_modules)
     laps = cfg.laps if cfg.scheme == "multilap" else 1
+
+    def make_task(lap: int, k: int) -> ModuleTask:
+        lo, hi = ctx.splits[k]
+        return ModuleTask(k=k, lap=lap, lo=lo, hi=hi, num_modules=num_modules,
+                          epochs=lap_epochs(cfg, k), energy_weight=weights[k],
+                          batch_size=ctx.batch_size,
+                          views=0 if k == num_modules - 1 else ctx.views, input_views=ctx.views)
+
+    first = True
     for lap in range(laps):
         for k, (lo, hi) in enumerate(ctx.splits):
             where = _position(run.manifest["progress"])
-            if where >= (lap, k, PHASES["done"]):
+            # "done" counts only once the module's accuracies are saved with it: a crash between
+            # the backend's last save and the record below redoes the cache phase.
+            recorded = run.manifest["modules"].get(str(k), {}).get("lap") == lap
+            if where > (lap, k, PHASES["done"]) or (where == (lap, k, PHASES["done"]) and recorded):
                 continue
-            task = ModuleTask(k=k, lap=lap, lo=lo, hi=hi, num_modules=num_modules,
-                              epochs=lap_epochs(cfg, k), energy_weight=weights[k],
-                              batch_size=ctx.batch_size,
-                              views=0 if k == num_modules - 1 else ctx.views,
-                              input_views=ctx.views)
+            task = make_task(lap, k)
+            if first and k > 0:
+                restore_input_cache(ctx, backend, lap, k, make_task)
+            first = False
+            ctx.start_phase()
             if where < (lap, k, PHASES["cache"]):
                 train_stats = backend.train_module(ctx, task)
                 run.manifest["modules"].setdefault(str(k), {})["train"] = train_stats
@@ -171,14 +211,51 @@ def run_modulewise(ctx: Context, backend) -> None:
             acc = backend.write_features(ctx, task)
             record = run.manifest["modules"].setdefault(str(k), {})
             record.update({"lo": lo, "hi": hi, "lap": lap, **acc})
+            record["measured_peak_bytes"] = max(record.get("measured_peak_bytes", 0), ctx.end_phase())
             ctx.close_readers(k - 1)
             if k > 0 and not cfg.keep_cache:
-                run.remove_tree(cache_dir(k - 1))
-                run.forget_files(cache_dir(k - 1) + "/")
-                run.manifest["caches"].pop(str(k - 1), None)
+                run.drop_cache(k - 1)
             run.save()
             ctx.check_interrupt()
     ctx.close_readers()
+
+
+def cache_intact(run, k: int, lap: int) -> bool:
+    """Module k's cache is listed as complete for this lap and every shard matches its sha256."""
+    entry = run.manifest["caches"].get(str(k))
+    if not entry or not entry.get("complete") or entry.get("lap") != lap:
+        return False
+    for shards in entry["splits"].values():
+        for shard in shards:
+            path = run.root / shard["file"]
+            if not path.is_file() or sha256_file(path) != shard["sha256"]:
+                return False
+    return True
+
+
+def restore_input_cache(ctx: Context, backend, lap: int, k: int, make_task) -> None:
+    """On resume, module k reads cache k-1. If a crash, a full disk or damage left it missing or
+    corrupt, rebuild it from the saved weights of the finished modules before it (going back as far
+    as the nearest intact cache, or the raw images); the rebuilt cache is bit-identical, since the
+    forward passes are deterministic. The resume point (progress) is kept."""
+    run = ctx.run
+    j = k - 1
+    while j >= 0 and not cache_intact(run, j, lap):
+        j -= 1
+    if j == k - 1:
+        return
+    print(f"the feature cache of module {k - 1} is missing or damaged; rebuilding it from the saved "
+          f"weights of modules {j + 1}..{k - 1}", file=sys.stderr, flush=True)
+    saved = dict(run.manifest["progress"])
+    for m in range(j + 1, k):
+        ctx.close_readers()
+        backend.write_features(ctx, make_task(lap, m))
+        if m > 0 and not ctx.cfg.keep_cache:
+            ctx.close_readers()
+            run.drop_cache(m - 1)
+    ctx.close_readers()
+    run.manifest["progress"] = saved
+    run.save()
 
 
 def run_resident(ctx: Context) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .cache import CacheReader
 from .data import augment_batch, normalize
+from .killpoints import kill_point
 
 
 def epoch_rng(seed: int, *parts: int) -> np.random.Generator:
@@ -52,6 +53,7 @@ class RawSource:
             images = self.images[idx]
             if aug_rng is not None:
                 images = augment_batch(images, aug_rng, pad=4, flip=self.flip)
+            kill_point("batch")
             yield normalize(images, self.mean, self.std), self.labels[idx]
 
 
@@ -70,4 +72,5 @@ class CachedSource:
         order = order_rng.permutation(self.count) if order_rng is not None else np.arange(self.count)
         for start in range(0, self.count, batch_size):
             idx = order[start:start + batch_size]
+            kill_point("batch")
             yield self.reader.read(idx), self.labels[idx]

@@ -42,7 +42,7 @@ def save_tensors(root: Path, rel: str, tensors: dict[str, np.ndarray],
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     meta = {"edge_trgl": json.dumps(metadata or {})}
     data = st_save(arrays, metadata=meta)
-    atomic_write_bytes(root / rel, data)
+    atomic_write_bytes(root / rel, data, event="save")
     return hashlib.sha256(data).hexdigest()
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .errors import UserError
+from .errors import Stopped, UserError
+from .killpoints import kill_point
 from .memory.measure import RssWatchdog, peak_rss_bytes, release_memory, rss_bytes
 
 
@@ -47,17 +48,27 @@ def load_data(cfg: TrainConfig):
 
 
 def environment() -> dict:
-    import torch
-    info = {"python": platform.python_version(), "torch": torch.__version__,
+    import sys
+    torch = sys.modules.get("torch")  # not imported for this: the ORT orchestrator stays torch-free
+    info = {"python": platform.python_version(),
+            "torch": torch.__version__ if torch is not None else _dist_version("torch"),
             "numpy": np.__version__, "platform": platform.platform(),
             "machine": platform.machine(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads() if torch is not None else None}
     try:
         from importlib.metadata import version
         info["edge_trgl"] = version("edge-trgl")
     except Exception:
         pass
     return info
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:
+        return None
 
 
 def _cpu_model() -> str:
@@ -88,6 +99,10 @@ def make_plan(cfg: TrainConfig, dataset, arch):
 
 def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
     """Run (or resume) a training run; return its summary (also written to summary.json)."""
+    from .backends.ort_backend import is_ort_run
+    if is_ort_run(cfg, resume):  # torch-free orchestrator; torch only in a set-up child
+        from .backends.ort_backend import train_ort
+        return train_ort(cfg, resume=resume)
     from .backends import get_backend
     from .modules import architecture, init_store
     from .run import Run
@@ -95,27 +110,19 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
 
     started = time.time()
     if resume is not None:
-        run = Run.open(Path(resume))
-        stored = TrainConfig.from_json(run.read_json("config.json"))
-        stored.progress, stored.threads = cfg.progress, cfg.threads or stored.threads
-        cfg = stored.validate()
+        from .resume import check_data, open_for_resume
+        run, cfg, plan = open_for_resume(resume, cfg)
         dataset = load_data(cfg)
         set_threads(cfg)
-        if dataset.fingerprint() != run.manifest.get("data_fingerprint"):
-            raise UserError(
-                f"The dataset differs from the one the run in {run.root} started with (its "
-                f"fingerprint changed). Resuming would mix two datasets; point --data-dir at the "
-                f"original data, or start a new run.")
-        if cfg.identity_hash() != run.manifest.get("config_hash"):
-            raise UserError(f"The config of the run in {run.root} was changed after it started; "
-                            f"restore config.json or start a new run.")
-        plan = run.read_json("plan.json")
+        check_data(run, dataset)
         if run.manifest.get("status") == "complete":
             return run.read_json("summary.json")
     else:
         from .profiles import apply_profile
         cfg.validate()
         apply_profile(cfg)
+        if cfg.out:  # refuse a bad --out before the (slow) data loading and planning
+            Run.check_new_root(Path(cfg.out))
         # Data first, torch second: loading CIFAR briefly holds every batch file, and that
         # transient should not stack on top of torch's ~220 MB.
         dataset = load_data(cfg)
@@ -127,12 +134,14 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
         cfg.out = str(out)
         run = Run.staging(out)
         try:
+            run.lock()
             run.write_json("config.json", cfg.to_json())
             run.write_json("plan.json", plan)
             splits = [tuple(s) for s in plan["splits"]]
             init_store(run, cfg, dataset.in_shape, dataset.num_classes, splits)
             run.manifest.update({"status": "running", "config_hash": cfg.identity_hash(),
                                  "data_fingerprint": dataset.fingerprint()})
+            kill_point("setup")
             run.publish()
         except BaseException:
             run.discard()
@@ -151,20 +160,21 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
             else:
                 run_resident(ctx)
     except Interrupted:
-        raise UserError(f"Training was interrupted; everything up to the last finished epoch is "
-                        f"saved. Continue with `edge-trgl train --resume {run.root}`.") from None
+        raise Stopped(f"Training stopped at a safe point as asked; everything up to the last "
+                      f"finished epoch is saved in {run.root}. Continue with "
+                      f"`edge-trgl train --resume {run.root}`.") from None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
         ctx.close_readers()
-    summary = summarize(run, cfg, plan, watchdog, time.time() - started)
+    summary = summarize(run, cfg, plan, watchdog, time.time() - started, ctx.process_peak_bytes())
     run.write_json("summary.json", summary)
     run.manifest["status"] = "complete"
     run.save()
     return summary
 
 
-def summarize(run, cfg, plan, watchdog, seconds) -> dict:
+def summarize(run, cfg, plan, watchdog, seconds, peak) -> dict:
     from .schemes import best_module
     modules = run.manifest["modules"]
     best = best_module(modules)
@@ -172,9 +182,15 @@ def summarize(run, cfg, plan, watchdog, seconds) -> dict:
     for k in sorted(modules, key=int):
         rec = modules[k]
         rows.append({"module": int(k), "blocks": [rec["lo"], rec["hi"]],
-                     "val_acc": rec.get("val_acc"), "test_acc": rec.get("test_acc")})
-    peak = peak_rss_bytes()
-    prior = run.manifest.get("peak_rss_bytes_before_resume", 0)
+                     "val_acc": rec.get("val_acc"), "test_acc": rec.get("test_acc"),
+                     "measured_peak_bytes": rec.get("measured_peak_bytes")})
+    estimates = plan.get("module_estimates") or []
+    if len(estimates) == len(rows) and cfg.scheme in ("sequential", "multilap"):
+        for row, est in zip(rows, estimates):
+            row["estimated_peak_bytes"] = est["estimated_peak_bytes"]
+            if row["measured_peak_bytes"]:
+                row["estimate_error"] = (est["estimated_peak_bytes"] - row["measured_peak_bytes"]) / row["measured_peak_bytes"]
+    prior = run.manifest.get("peak_rss_bytes_so_far", 0)
     summary = {
         "run_dir": str(run.root), "model": cfg.model, "data": cfg.data, "scheme": cfg.scheme,
         "backend": cfg.backend, "device": cfg.device, "tau": cfg.tau, "tau_mode": cfg.tau_mode,
@@ -184,8 +200,12 @@ def summarize(run, cfg, plan, watchdog, seconds) -> dict:
         "seconds": seconds,
         "batch_size": plan["batch_size"],
         "peak_rss_bytes": max(peak, prior),
-        "peak_rss_method": "VmHWM of the training process (/proc/self/status), whole process",
+        "peak_rss_method": "VmHWM of the training process (/proc/self/status); with "
+                           "--module-peaks the max over per-module VmHWM readings",
         "watchdog_max_rss_bytes": watchdog.max_seen_bytes,
+        "module_peak_method": ("VmHWM per module (reset with clear_refs at module start)"
+                               if cfg.module_peaks else
+                               "RSS sampled every 20 ms during the module (a lower bound)"),
         "budget_bytes": plan.get("budget_bytes"),
         "estimated_peak_bytes": plan.get("estimated_peak_bytes"),
         "over_budget": bool(plan.get("budget_bytes") and peak > plan["budget_bytes"]),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+# torch is imported inside module_loss only: the tau schedule and the energy weight are also
+# used by the torch-free ONNX Runtime orchestrator and worker (backends/ort_*.py).
 
 
 def tau_schedule(tau: float, num_modules: int, varying: bool = True) -> list[float]:
@@ -59,6 +59,7 @@ class AdaptiveWeight:
 def module_loss(logits: torch.Tensor, targets: torch.Tensor, energy: torch.Tensor,
                 weight: float, label_smoothing: float = 0.0):
     """Return (total loss, cross-entropy) for one module."""
+    import torch.nn.functional as F
     ce = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
     if weight == 0.0:
         return ce, ce

@@ -43,6 +43,8 @@ def test_torn_metrics_line_is_dropped_on_open(tmp_path):
     run = Run.staging(tmp_path / "r")
     run.publish()
     run.log_metrics({"epoch": 1})
+    run.save()  # a line counts once a manifest save (the epoch's checkpoint) follows it
+    run.log_metrics({"epoch": 2, "uncommitted": True})  # crash before the checkpoint: redone
     with open(run.root / "metrics.jsonl", "a") as fh:
         fh.write('{"epoch": 2, "tr')
     reopened = Run.open(run.root)

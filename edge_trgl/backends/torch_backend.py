@@ -13,7 +13,8 @@ from ..memory.measure import release_memory
 from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
 from ..sources import epoch_rng
-from ..store import checkpoint_path, load_tensors, optim_path, prefixed, save_tensors, unprefixed
+from ..store import (block_path, checkpoint_path, head_path, load_tensors, optim_path, prefixed,
+                     save_tensors, unprefixed)
 from ..trgl import AdaptiveWeight, module_loss
 
 
@@ -123,20 +124,23 @@ class TorchBackend:
     # --- training ---------------------------------------------------------------------------
     def train_module(self, ctx, task) -> dict:
         cfg, run, device = self.cfg, ctx.run, self.device
+        progress = run.manifest["progress"]
+        ckpt = (progress.get("ckpt") if progress.get("phase") == "train"
+                and progress.get("lap") == task.lap and progress.get("module") == task.k else None)
+        # Resuming mid-module: the checkpoint holds every weight and the optimizer state, and the
+        # store's copies of this module may be torn (see load_module), so they are not read.
         blocks, head = load_module(run, cfg, ctx.in_shape, ctx.num_classes, task.lo, task.hi,
-                                   task.k, device)
+                                   task.k, device, from_store=ckpt is None)
         optimizer = make_optimizer(cfg, module_parameters(blocks, head))
-        if run.checksum(optim_path(task.k)) is not None:  # later laps keep the optimizer state
+        if ckpt is None and run.checksum(optim_path(task.k)) is not None:
+            # later laps keep the optimizer state
             state, _ = load_tensors(run.root, optim_path(task.k), run.checksum(optim_path(task.k)))
             optimizer_from_numpy(optimizer, state)
         adaptive = AdaptiveWeight() if task.energy_weight is None else None
         scaler = make_scaler(cfg, device)
         start_epoch = 0
-        progress = run.manifest["progress"]
-        if (progress.get("phase") == "train" and progress.get("lap") == task.lap
-                and progress.get("module") == task.k and progress.get("ckpt")):
-            start_epoch = self._load_checkpoint(run, progress["ckpt"], blocks, head, optimizer,
-                                                adaptive)
+        if ckpt is not None:
+            start_epoch = self._load_checkpoint(run, ckpt, blocks, head, optimizer, adaptive)
         val_source = ctx.source(task.k, "val")
         last = {}
         for epoch in range(start_epoch, task.epochs):
@@ -153,6 +157,10 @@ class TorchBackend:
             self._save_checkpoint(run, task, epoch + 1, blocks, head, optimizer, adaptive)
             last = stats
             ctx.check_interrupt()
+        # Until the new checksums are recorded, the checkpoint in progress["ckpt"] is this
+        # module's state; a crash in between resumes from it.
+        run.unlist([block_path(i) for i in range(task.lo, task.hi)]
+                   + [head_path(task.k), optim_path(task.k)])
         save_module(run, blocks, head, task.lo, task.k, optimizer)
         old = run.manifest["progress"].get("ckpt")
         run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "cache"}
@@ -212,8 +220,7 @@ class TorchBackend:
             m.eval()
         out_shape = tuple(blocks[-1].out_shape)
         rel_dir = cache_dir(task.k)
-        run.remove_tree(rel_dir)
-        run.forget_files(rel_dir + "/")
+        run.drop_cache(task.k)
         entry = {"dtype": cfg.cache_dtype, "shape": list(out_shape), "views": task.views,
                  "lap": task.lap, "complete": False, "splits": {}}
         jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)]
@@ -249,7 +256,11 @@ class TorchBackend:
                 accuracy[f"{name}_acc"] = correct / source.count if source.count else None
         entry["complete"] = True
         run.manifest["caches"][str(task.k)] = entry
-        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "done"}
+        progress = run.manifest["progress"]
+        # A resumed run may rebuild an earlier module's cache (schemes.restore_input_cache); that
+        # must not move the resume point backwards.
+        if (progress.get("lap", -1), progress.get("module", -1)) <= (task.lap, task.k):
+            run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "done"}
         run.save()
         del blocks, head
         release_memory()

@@ -29,12 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(sub)
+    parser.subcommands = sub.choices
     return parser
+
+
+def unknown_options(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> int:
+    """argparse's own message for these shows the top-level usage and no hint; name the
+    subcommand, suggest the nearest real option, and point at its --help."""
+    import difflib
+    target = parser.subcommands.get(command, parser) if command else parser
+    known = [s for action in target._actions for s in action.option_strings]
+    hints = []
+    for arg in unknown:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+            if close:
+                hints.append(f"{arg}: did you mean {close[0]}?")
+    text = (f"unrecognized argument(s): {' '.join(unknown)}. "
+            + (" ".join(hints) + " " if hints else "")
+            + f"See `{target.prog} --help` for the options.")
+    print(f"{target.prog}: error: {textwrap.fill(text, width=100)}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        return unknown_options(parser, getattr(args, "command", None), unknown)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -42,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         text = textwrap.fill(" ".join(str(exc).split()), width=100)
-        print(f"edge-trgl: error: {text}", file=sys.stderr)
-        return 2
+        label = "stopped" if getattr(exc, "exit_code", 2) == 130 else "error"
+        print(f"edge-trgl: {label}: {text}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("edge-trgl: interrupted; files written so far are intact. Resume a training run with "
               "`edge-trgl train --resume RUN_DIR`.", file=sys.stderr)

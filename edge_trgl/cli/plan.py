@@ -28,20 +28,21 @@ def format_plan(plan: dict) -> str:
         head += f", budget {format_size(budget)}"
     lines.append(head)
     if plan.get("module_estimates"):
-        lines.append(f"{'module':>6} {'blocks':>9} {'probe peak':>11} {'dataset':>9} {'buffers':>9} "
-                     f"{'estimate':>10} {'headroom':>10} {'composed':>10}")
+        lines.append(f"{'module':>6} {'blocks':>9} {'baseline':>9} {'(data)':>8} {'module':>9} "
+                     f"{'buffers':>9} {'estimate':>10} {'headroom':>10} {'composed':>9}")
         for k, est in enumerate(plan["module_estimates"]):
             lo, hi = est["blocks"]
             lines.append(
-                f"{k:>6} {lo:>4}-{hi - 1:<4} {format_size(est['measured_probe_bytes']):>11} "
-                f"{format_size(est['dataset_bytes']):>9} "
-                f"{format_size(est['batch_buffer_bytes'] + est['cache_buffer_bytes']):>9} "
+                f"{k:>6} {lo:>4}-{hi - 1:<4} {format_size(est['process_baseline_bytes']):>9} "
+                f"{format_size(est['dataset_bytes']):>8} {format_size(est['measured_probe_bytes']):>9} "
+                f"{format_size(est['batch_buffer_bytes']):>9} "
                 f"{format_size(est['estimated_peak_bytes']):>10} "
                 f"{format_size(budget - est['estimated_peak_bytes']):>10} "
-                f"{100 * est['composition_error']:>+9.1f}%")
-        lines.append("probe peak: one training step of that module (+ head, optimizer) measured in "
-                     "a fresh process, framework included; composed: the per-block estimate's "
-                     "error against that measurement")
+                f"{100 * est['composition_error']:>+8.1f}%")
+        lines.append("baseline: this process's RSS with torch and the dataset (data) loaded; module: "
+                     "a few training steps of that module (+ head, optimizer) measured in a fresh "
+                     "process, above its own baseline; buffers: data-path batches; composed: the "
+                     "per-block composition's error against the module measurement")
     else:
         for k, (lo, hi) in enumerate(plan["splits"]):
             lines.append(f"module {k}: blocks {lo}-{hi - 1}")

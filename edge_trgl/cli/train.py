@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run directory to create (default runs/<time>-<model>-<scheme>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--keep-cache", action="store_true", help="keep every module's feature cache")
+    p.add_argument("--module-peaks", action="store_true",
+                   help="measure each module's exact peak by resetting VmHWM at module start (the "
+                   "process's ru_maxrss seen from outside then covers only the last module)")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no per-epoch lines")
     p.set_defaults(func=run)
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from ..budget import format_size, parse_size
 from ..errors import UserError
-from .estimate import BlockCosts, data_bytes, probe_module
+from .estimate import BlockCosts, data_bytes, data_total, probe_module
 from .planner import Plan, default_views
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
@@ -45,6 +45,17 @@ def minimax_splits(n: int, k: int, cost) -> tuple[float, list[tuple[int, int]]]:
     return value, list(splits)
 
 
+def framework_bytes(cfg=None, dataset=None) -> int:
+    """RSS of this process's interpreter + torch: what any torch-backend run starts from. For
+    --backend ort: the torch-free orchestrator + a trainer's baseline + the dataset arrays,
+    measured in fresh child processes (see backends/ort_backend.py)."""
+    if cfg is not None and cfg.backend == "ort":
+        from ..backends.ort_backend import ort_framework_bytes
+        return ort_framework_bytes(cfg, dataset)
+    from .measure import rss_bytes
+    return rss_bytes()
+
+
 def resolve_budget(cfg) -> tuple[int, list[str]]:
     notes = []
     if cfg.mem_budget is not None:
@@ -68,6 +79,21 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
     usable = int(budget_bytes * SAFETY)
     threads = cfg.threads or os.cpu_count() or 1
     n = len(arch)
+    if cfg.backend == "ort":  # this (torch) process does not train; the ORT processes do
+        if usable <= framework_bytes(cfg, dataset):
+            raise UserError(
+                f"The memory budget {format_size(budget_bytes)} is smaller than what the ONNX "
+                f"Runtime backend holds before training anything: "
+                f"{format_size(framework_bytes(cfg, dataset))} (its torch-free orchestrator and "
+                f"trainer processes, and the dataset). Give a larger --mem-budget or use a smaller "
+                f"--train-fraction. Nothing was written.")
+    elif usable <= framework_bytes():
+        raise UserError(
+            f"The memory budget {format_size(budget_bytes)} is smaller than what the framework "
+            f"alone holds before training anything: this process already uses "
+            f"{format_size(framework_bytes())} (interpreter, torch and the dataset). Give a larger --mem-budget "
+            f"(at least {format_size(framework_bytes() / SAFETY)} plus the model), or use "
+            f"--backend ort, whose torch-free trainer starts at about 70 MB. Nothing was written.")
     costs = BlockCosts(cfg, dataset.in_shape, dataset.num_classes, arch, threads)
     fixed = None
     if cfg.scheme in ("parallel", "e2e"):
@@ -75,11 +101,20 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
     elif any(getattr(cfg, f) is not None for f in ("module_size", "modules", "splits")):
         fixed = resolve_splits(n, cfg)
 
+    from .measure import release_memory, rss_bytes
+    release_memory()
+    baseline_bytes = rss_bytes()  # this process trains next: torch + data are already here
+    if cfg.backend == "ort":  # this process does not train: the trainer's measured baseline
+        baseline_bytes = framework_bytes(cfg, dataset)
+
     def data_cost(batch: int) -> int:
-        return sum(data_bytes(dataset, batch).values())
+        return data_total(data_bytes(dataset, batch, baseline_bytes))
+
+    calibration = {"factor": 1.0}
 
     def total(lo: int, hi: int, batch: int) -> int:
-        return costs.module_estimate(lo, hi, batch)["module_bytes"] + data_cost(batch)
+        composed = costs.module_estimate(lo, hi, batch)["module_bytes"] * calibration["factor"]
+        return int(composed) + data_cost(batch)
 
     def choose(batch: int):
         if cfg.scheme in ("parallel", "e2e"):
@@ -91,50 +126,56 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
             value, splits = minimax_splits(n, k, lambda lo, hi: total(lo, hi, batch))
             if value <= usable:
                 return value, splits
-        value, splits = minimax_splits(n, n, lambda lo, hi: total(lo, hi, batch))
         return value, splits
 
-    chosen = None
-    for batch in batch_candidates(cfg.batch_size):
-        value, splits = choose(batch)
-        if value <= usable:
-            chosen = (batch, splits)
-            break
-    if chosen is None:
-        smallest = min(total(i, i + 1, 1) for i in range(n)) if fixed is None else value
-        need = max(total(i, i + 1, 1) for i in range(n)) if fixed is None else value
-        raise UserError(
-            f"The memory budget {format_size(budget_bytes)} is too small for {cfg.model}: even "
-            f"training {'one block' if fixed is None else 'the requested grouping'} at batch size 1 "
-            f"needs about {format_size(need / SAFETY)} (of which {format_size(costs.block_peak(0, 0))} is "
-            f"the framework itself after `import torch`). Give at least "
-            f"{format_size(need / SAFETY)} with --mem-budget, use --backend ort (a torch-free "
-            f"trainer), a smaller model (--model, --width), a smaller --train-fraction, or fewer "
-            f"blocks per module. Nothing was written.")
-    batch, splits = chosen
-    # Verify: measure each chosen module directly; tighten the batch until the measurements fit.
-    while True:
+    def verify(batch: int, splits) -> list[dict]:
         estimates = []
         for lo, hi in ([(0, n)] if cfg.scheme in ("parallel", "e2e") else splits):
             measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
                                     [batch], threads)[batch]
             composed = costs.module_estimate(lo, hi, batch)
-            parts = data_bytes(dataset, batch)
+            parts = data_bytes(dataset, batch, baseline_bytes)
             estimates.append({"blocks": [lo, hi], "batch_size": batch,
                               "measured_probe_bytes": measured, "composed": composed,
                               "composition_error": (composed["module_bytes"] - measured) / measured,
-                              **parts, "estimated_peak_bytes": measured + sum(parts.values())})
+                              **parts, "estimated_peak_bytes": measured + data_total(parts)})
+        return estimates
+
+    # Largest batch first; at each batch the fewest modules whose composed estimate fits; then
+    # every chosen module is measured directly. If a measurement exceeds the budget, the
+    # composition is recalibrated by the worst measured/composed ratio and the search repeats.
+    plan = None
+    candidates = batch_candidates(cfg.batch_size)
+    index, value = 0, None
+    while index < len(candidates):
+        batch = candidates[index]
+        value, splits = choose(batch)
+        if value > usable:
+            index += 1
+            continue
+        estimates = verify(batch, splits)
         worst = max(e["estimated_peak_bytes"] for e in estimates)
-        if worst <= usable or batch == 1:
+        if worst <= usable:
+            plan = (batch, splits, estimates, worst)
             break
-        smaller = [b for b in batch_candidates(cfg.batch_size) if b < batch]
-        batch = smaller[0]
-        notes.append(f"direct measurement did not fit at the composed batch; tightened to {batch}")
-    if worst > usable:
+        # composed/measured of the most underestimated module; calibrate so it would have fit
+        ratio = min(1 + e["composition_error"] for e in estimates)
+        new_factor = max(calibration["factor"] * 1.05, 1.0 / max(ratio, 1e-9))
+        calibration["factor"] = new_factor
+        notes.append(f"batch {batch} with {len(splits)} modules measured {format_size(worst)}, over "
+                     f"the budget; recalibrated the estimator by x{new_factor:.3f} and re-planned")
+    if plan is None:
+        need = min(total(i, i + 1, 1) for i in range(n)) if fixed is None else value
         raise UserError(
-            f"The memory budget {format_size(budget_bytes)} is too small: the smallest plan "
-            f"measures {format_size(worst)} at batch size 1. Raise --mem-budget to at least "
-            f"{format_size(worst / SAFETY)} or use a smaller model. Nothing was written.")
+            f"The memory budget {format_size(budget_bytes)} is too small for {cfg.model}: even "
+            f"training {'one block' if fixed is None else 'the requested grouping'} at batch size 1 "
+            f"needs about {format_size(need / SAFETY)}, of which about "
+            f"{format_size(framework_bytes(cfg, dataset))} is the framework itself "
+            f"{'(torch-free ORT processes)' if cfg.backend == 'ort' else 'after `import torch`'}. Give "
+            f"at least {format_size(need / SAFETY)} with --mem-budget, or use --backend ort (a "
+            f"torch-free trainer), a smaller model (--model, --width), a smaller --train-fraction "
+            f"or --batch-size. Nothing was written.")
+    batch, splits, estimates, worst = plan
     # Cache precision and augmentation views against the disk budget.
     views = default_views(cfg) if cfg.scheme in ("sequential", "multilap") else 0
     cache_dtype = cfg.cache_dtype

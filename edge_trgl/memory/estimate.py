@@ -5,12 +5,14 @@ Most of a conv block's cost on CPU is the convolution kernels' temporary buffers
 tensors misses, so the estimate is built from measurements:
 
 1. per distinct block signature, a child-process probe (probe.py) trains that block + a head at
-   two batch sizes; a line peak(b) = a + c*b is fitted (a includes the framework baseline);
+   two batch sizes; a line peak(b) = a + c*b is fitted to the peak above the probe's baseline
+   (its RSS after `import torch`);
 2. for a module of several blocks, the largest block's fitted peak counts once, and every other
    block adds what stays alive across the whole step: parameters, gradients, optimizer state
    (4 x parameter bytes with SGD momentum, 5 x with AdamW) and its saved activations, which are
    counted exactly with saved-tensor hooks on a small real forward pass;
-3. the run's own data costs are added: the dataset arrays held in memory and the batch buffers.
+3. the training process's own baseline is added, measured in that very process once its data is
+   loaded (interpreter, torch, dataset arrays), plus the batch buffers of the data path.
 
 The planner then verifies each chosen module by probing it directly (`probe_module`), so the
 number it reports is a measurement of that exact module, and the composition's error against
@@ -32,6 +34,8 @@ from pathlib import Path
 
 
 PROBE_BATCHES = (8, 32)
+# Peak RSS creeps for a few steps (allocator reuse patterns settle); 4 steps catch most of it.
+PROBE_STEPS = 4
 
 
 def cache_file() -> Path:
@@ -54,7 +58,7 @@ def _store_cache(cache: dict) -> None:
 
 def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
     import torch
-    ident = {"torch": torch.__version__, "threads": threads, "device": cfg.device,
+    ident = {"probe_format": 4, "torch": torch.__version__, "threads": threads, "device": cfg.device,
              "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
              "in_shape": list(in_shape)}
@@ -62,24 +66,42 @@ def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
 
 
 def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:
-    """Measured peak RSS bytes of training blocks lo..hi-1 + head, per batch size (child process)."""
+    """Measured peak RSS bytes of training blocks lo..hi-1 + head, per batch size, above the
+    framework baseline (a child process that trains a few steps; see probe.py)."""
+    if cfg.backend == "ort":  # measured in the torch-free ONNX Runtime trainer instead
+        from ..backends.ort_backend import probe_ort_module
+        return probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
     signatures = [arch[i].signature() for i in range(lo, hi)]
     key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
     cache = _load_cache()
     if key in cache:
-        return {int(b): v for b, v in cache[key].items()}
+        return {int(b): v for b, v in cache[key].items() if b.isdigit()}
     spec = {"config": asdict(cfg), "in_shape": list(in_shape), "num_classes": num_classes,
-            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": 2}
+            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": PROBE_STEPS}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed for blocks {lo}..{hi - 1}: {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    peaks = {r["batch"]: r["peak_bytes"] for r in result["results"]}
-    cache[key] = {str(b): v for b, v in peaks.items()}
+    # Above the probe's own baseline (interpreter + torch after imports): the trainer adds its
+    # own measured baseline, which also holds its dataset.
+    peaks = {r["batch"]: r["peak_bytes"] - result["baseline_bytes"] for r in result["results"]}
+    cache[key] = {**{str(b): v for b, v in peaks.items()},
+                  "saved_bytes_per_sample": result["saved_bytes_per_sample"]}
     _store_cache(cache)
     return peaks
+
+
+def probe_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> int:
+    """Saved-activation bytes per sample of blocks lo..hi-1, counted by the probe child."""
+    signatures = [arch[i].signature() for i in range(lo, hi)]
+    key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
+    cache = _load_cache()
+    if key not in cache:
+        probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
+        cache = _load_cache()
+    return int(cache[key]["saved_bytes_per_sample"])
 
 
 def saved_activation_bytes_per_sample(block, in_shape) -> int:
@@ -104,9 +126,6 @@ class BlockCosts:
     """Per-block measured line fits and exact static/saved costs for one model."""
 
     def __init__(self, cfg, in_shape, num_classes, arch, threads):
-        import torch
-
-        from ..models.blocks import init_weights, make_generator
         self.cfg, self.in_shape, self.num_classes, self.arch = cfg, in_shape, num_classes, arch
         self.threads = threads
         state_factor = 5 if cfg.optimizer == "adamw" else 4  # param + grad + state(s) + save copy
@@ -118,15 +137,13 @@ class BlockCosts:
             params = sum(p.numel() * p.element_size() for p in meta_block.parameters())
             self.static_bytes.append(state_factor * params)
             by_sig.setdefault(meta_block.signature(), i)
-        from ..modules import architecture
-        real_arch = architecture(cfg, in_shape, num_classes)
+        # All measuring happens in probe children: this process (which trains next) does no
+        # torch compute while planning, so its baseline stays what training starts from.
         saved_by_sig = {}
         for sig, i in by_sig.items():
-            block = real_arch[i].to_empty(device="cpu")
-            init_weights(block, make_generator(0))
-            with torch.enable_grad():
-                saved_by_sig[sig] = saved_activation_bytes_per_sample(block, tuple(block.in_shape))
             peaks = probe_module(cfg, in_shape, num_classes, arch, i, i + 1, PROBE_BATCHES, threads)
+            saved_by_sig[sig] = probe_saved_bytes(cfg, in_shape, num_classes, arch, i, i + 1,
+                                                  PROBE_BATCHES, threads)
             (b1, p1), (b2, p2) = sorted(peaks.items())
             slope = max(0.0, (p2 - p1) / (b2 - b1))
             self.fits[sig] = (p1 - slope * b1, slope)
@@ -148,14 +165,19 @@ class BlockCosts:
                 "module_bytes": int(peaks[top - lo] + others_static + others_saved)}
 
 
-def data_bytes(dataset, batch: int, views_sample_bytes: int = 0) -> dict:
-    """Memory the run's data path holds on top of the module: the dataset arrays resident in the
-    process and the batch buffers (a uint8 batch, its float32 normalised copy and the tensor, plus
-    the cache writer's output batch)."""
+def data_bytes(dataset, batch: int, baseline_bytes: int) -> dict:
+    """Memory the training process holds besides the module being trained: its own baseline
+    (measured: interpreter, torch, the dataset arrays; `dataset_bytes` says how much of it is
+    data) and the batch buffers of the data path (a uint8 batch, its augmented copy, its float32
+    normalised copy, and the cache writer's fp32 + fp16 output batch)."""
     arrays = sum(a.images.nbytes + a.labels.nbytes
                  for a in (dataset.train, dataset.val, dataset.test))
     c, h, w = dataset.in_shape
-    batch_buffers = batch * c * h * w * (1 + 4 + 4 + 4)
-    return {"dataset_bytes": int(arrays), "batch_buffer_bytes": int(batch_buffers),
-            "cache_buffer_bytes": int(batch * views_sample_bytes)}
+    batch_buffers = batch * c * h * w * (1 + 1 + 4 + 4)
+    return {"process_baseline_bytes": int(baseline_bytes), "dataset_bytes": int(arrays),
+            "batch_buffer_bytes": int(batch_buffers)}
+
+
+def data_total(parts: dict) -> int:
+    return parts["process_baseline_bytes"] + parts["batch_buffer_bytes"]
 

@@ -88,6 +88,7 @@ class RssWatchdog:
         self.limit_bytes = limit_bytes
         self.interval_s = interval_s
         self.max_seen_bytes = 0
+        self.phase_max_bytes = 0
         self.exceeded_bytes: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-watchdog", daemon=True)
@@ -99,9 +100,14 @@ class RssWatchdog:
     def sample(self) -> int:
         now = rss_bytes()
         self.max_seen_bytes = max(self.max_seen_bytes, now)
+        self.phase_max_bytes = max(self.phase_max_bytes, now)
         if self.limit_bytes is not None and now > self.limit_bytes and self.exceeded_bytes is None:
             self.exceeded_bytes = now
         return now
+
+    def start_phase(self) -> None:
+        self.phase_max_bytes = 0
+        self.sample()
 
     def __enter__(self):
         self.sample()

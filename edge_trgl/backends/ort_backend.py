@@ -1,0 +1,414 @@
+"""The ONNX Runtime training backend (`--backend ort`): module-wise TRGL training in a process
+that never imports torch.
+
+Three kinds of processes, so that torch (~220 MB) is never resident while training:
+
+1. preparation (ort_artifacts.py, a short-lived child; needs torch + onnx): loads the data,
+   plans (with this backend's measured footprint), writes the initial weights, a snapshot of the
+   data splits, and every module's ONNX training artifacts, then exits. Its peak is reported
+   separately ("preparation" in the summary): it is set-up, not training.
+2. the orchestrator (this file, the `edge-trgl train` process itself): torch-free; runs the
+   sequential / multi-lap scheme (schemes.run_modulewise) and, for each module, starts
+3. a trainer (ort_worker.py), a child that trains the module on ONNX Runtime (or writes its
+   feature cache) and exits; its peak RSS is measured from outside (its VmHWM, polled; see
+   run_watched for why not os.wait4's ru_maxrss).
+
+While a module trains, the orchestrator and one trainer are alive, so the training-phase peak
+reported is (orchestrator peak + largest trainer peak): an upper bound of what the two hold at
+once. The planner (memory/budgeted.py with cfg.backend == "ort") plans against the same sum:
+trainer peaks come from probes that run this backend's real trainer on the module's artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .ort_common import (EXIT_INTERRUPTED, EXIT_OVER_BUDGET, artifact_dir, install_hint,
+                         ort_version, require_ort, worker_command)
+
+
+def is_ort_run(cfg, resume) -> bool:
+    """Does this train() call belong to the ORT orchestrator? For --resume the run's own config
+    decides (the command line's --backend is not needed to resume)."""
+    if resume is None:
+        return cfg.backend == "ort"
+    try:
+        stored = json.loads((Path(resume) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # train()'s resume path reports the damaged or missing run
+    return isinstance(stored, dict) and stored.get("backend") == "ort"
+
+
+def _threads(cfg) -> int:
+    return int(cfg.threads or os.cpu_count() or 1)
+
+
+def _worker_env(cfg) -> dict:
+    # one OpenMP/MLAS pool of the configured size; glibc arenas capped so freed memory is reused
+    return dict(os.environ, OMP_NUM_THREADS=str(_threads(cfg)), MALLOC_ARENA_MAX="2")
+
+
+def _vm_hwm_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_watched(cmd: list[str], env: dict | None = None, interval_s: float = 0.01) -> dict:
+    """Run `cmd` as a child and measure its peak RSS from outside.
+
+    os.wait4's ru_maxrss (memory.measure.run_measured) is not used as the figure: Linux's exec
+    folds the high-water mark of the address space it replaces into ru_maxrss, and with vfork
+    that is the *parent's* -- a child spawned by a process that once held 300 MB reports >= 300 MB
+    even for /bin/true. VmHWM of the child's own (post-exec) address space has no such floor; it
+    is polled from /proc/<pid>/status until the child exits (a high-water mark, so a poll sees
+    every earlier peak; only growth in the child's last `interval_s` can be missed, which the
+    child's own final VmHWM reading, in its result file, covers). ru_maxrss is kept alongside."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    hwm = 0
+    while True:
+        hwm = max(hwm, _vm_hwm_bytes(proc.pid))
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            break
+        time.sleep(interval_s)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"status": proc.returncode, "peak_rss_bytes": hwm,
+            "ru_maxrss_bytes": usage.ru_maxrss * 1024, "seconds": time.perf_counter() - start}
+
+
+def _run_child(cmd: list[str], env: dict, result_path: Path) -> tuple[dict, dict]:
+    watched = run_watched(cmd, env=env)
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        result = {}
+    # the child's own last reading covers the poll interval at its very end
+    watched["peak_rss_bytes"] = max(watched["peak_rss_bytes"], int(result.get("peak_rss_bytes") or 0))
+    return watched, result
+
+
+class OrtBackend:
+    """Backend protocol (base.py) for the module-wise schemes: each call runs a trainer process."""
+
+    name = "ort"
+
+    def __init__(self, cfg):
+        require_ort(need_onnx=False)
+        self.cfg = cfg
+        self.workers: list[dict] = []
+
+    def _job(self, ctx, task, mode: str, tmp: Path) -> dict:
+        budget = ctx.watchdog.limit_bytes if ctx.watchdog is not None else None
+        from ..memory.measure import rss_bytes
+        return {"mode": mode, "run_dir": str(ctx.run.root), "config": self.cfg.to_json(),
+                "task": task.to_json(), "splits": [list(s) for s in ctx.splits],
+                "batch_size": ctx.batch_size, "eval_batch_size": ctx.eval_batch_size,
+                "views": ctx.views, "threads": _threads(self.cfg),
+                # the trainer's share of the budget: what the orchestrator does not hold
+                "rss_limit_bytes": (budget - rss_bytes()) if budget else None,
+                "result_path": str(tmp / "result.json")}
+
+    def _run_worker(self, ctx, task, mode: str) -> dict:
+        from ..schemes import Interrupted
+        run = ctx.run
+        ensure_artifacts(run, self.cfg, [task.k])
+        run.save()  # the trainer reads the manifest from disk
+        with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-") as tmp:
+            tmp = Path(tmp)
+            job = self._job(ctx, task, mode, tmp)
+            (tmp / "job.json").write_text(json.dumps(job))
+            watched, result = _run_child(worker_command(tmp / "job.json"),
+                                         _worker_env(self.cfg), tmp / "result.json")
+        status, peak = watched["status"], watched["peak_rss_bytes"]
+        # the trainer saved the manifest as it went; the orchestrator's copy is stale
+        run.manifest = json.loads((Path(run.root) / "manifest.json").read_text())
+        record = {"module": task.k, "lap": task.lap, "phase": mode, "peak_rss_bytes": peak,
+                  "in_process_peak_rss_bytes": result.get("peak_rss_bytes"),
+                  "wait4_ru_maxrss_bytes": watched["ru_maxrss_bytes"],
+                  "torch_imported": result.get("torch_imported"),
+                  "seconds": watched["seconds"], "exit_status": status}
+        self.workers.append(record)
+        peaks = run.manifest["modules"].setdefault(str(task.k), {}).setdefault("ort_worker_peak_bytes", {})
+        peaks[mode] = max(peaks.get(mode, 0), peak)
+        run.save()
+        if status == EXIT_INTERRUPTED:
+            ctx._interrupted = True
+            raise Interrupted()
+        if status == EXIT_OVER_BUDGET:
+            from ..budget import format_size
+            raise UserError(
+                f"The ONNX Runtime trainer of module {task.k} reached "
+                f"{format_size(result.get('over_budget_bytes', peak))} of RSS, over its share of "
+                f"the budget ({format_size(job['rss_limit_bytes'])}); it stopped at a safe point. "
+                f"This is a planner bug, please report it with the run's plan.json. Resume with "
+                f"`edge-trgl train --resume {run.root}` after lowering the batch size in a new run, "
+                f"or give a larger --mem-budget.")
+        if status == 2 and "error" in result:
+            raise UserError(result["error"])
+        if status != 0:
+            raise RuntimeError(f"the ONNX Runtime trainer of module {task.k} ({mode}) failed with "
+                               f"exit status {status}; its error is printed above. Everything up "
+                               f"to the last finished epoch is saved: fix the cause and resume "
+                               f"with `edge-trgl train --resume {run.root}`.")
+        return result
+
+    def train_module(self, ctx, task) -> dict:
+        result = self._run_worker(ctx, task, "train")
+        stats = dict(result.get("stats") or {})
+        stats["worker_peak_rss_bytes"] = self.workers[-1]["peak_rss_bytes"]
+        return stats
+
+    def write_features(self, ctx, task) -> dict:
+        result = self._run_worker(ctx, task, "features")
+        return dict(result.get("accuracy") or {})
+
+
+# --- artifacts of an existing run -----------------------------------------------------------------
+
+def ensure_artifacts(run, cfg, modules) -> None:
+    """Rebuild (in a torch child) the artifacts of `modules` that are missing or damaged."""
+    from .ort_common import verify_artifacts
+    bad = [k for k in modules if not verify_artifacts(run, k)]
+    if not bad:
+        return
+    print(f"rebuilding the ONNX Runtime artifacts of module(s) {bad} (missing or damaged)",
+          file=sys.stderr, flush=True)
+    run.save()
+    result, peak, _ = _prepare_child("rebuild", {"config": cfg.to_json(), "run_dir": str(run.root),
+                                                 "modules": bad}, cfg)
+    run.manifest = json.loads((Path(run.root) / "manifest.json").read_text())
+    prep = run.manifest.setdefault("ort", {}).setdefault("rebuild_peaks_bytes", [])
+    prep.append(peak)
+    run.save()
+
+
+def _prepare_child(command: str, spec: dict, cfg) -> tuple[dict, int, float]:
+    with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-prep-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        cmd = [sys.executable, "-m", "edge_trgl.backends.ort_artifacts", command,
+               str(tmp / "spec.json"), str(tmp / "result.json")]
+        watched, result = _run_child(cmd, _worker_env(cfg), tmp / "result.json")
+    if "error" in result:
+        raise UserError(result["error"])
+    if watched["status"] != 0:
+        raise RuntimeError(f"preparing the ONNX Runtime run failed (exit status "
+                           f"{watched['status']}); the error is printed above.")
+    return result, watched["peak_rss_bytes"], watched["seconds"]
+
+
+# --- the orchestrator ------------------------------------------------------------------------------
+
+def train_ort(cfg, *, resume=None) -> dict:
+    """train.train() for --backend ort: the same run directory, manifest, scheme and summary,
+    with torch kept out of this process (see the module docstring)."""
+    import signal
+
+    from ..memory.measure import RssWatchdog, peak_rss_bytes
+    from ..run import Run
+    from ..schemes import Context, Interrupted, run_modulewise
+    from ..train import default_out, summarize
+    from ..errors import Stopped
+    from .ort_common import load_snapshot, snapshot_info
+
+    started = time.time()
+    preparation = None
+    if resume is not None:
+        from ..resume import open_for_resume
+        run, cfg, plan = open_for_resume(resume, cfg)
+        require_ort(need_onnx=False)
+        if snapshot_info(run).get("fingerprint") != run.manifest.get("data_fingerprint"):
+            raise UserError(f"The data snapshot of the run in {run.root} does not match the data "
+                            f"the run started with; the run is damaged. Start a new run.")
+        if run.manifest.get("status") == "complete":
+            return run.read_json("summary.json")
+    else:
+        from ..profiles import apply_profile
+        cfg.validate()
+        apply_profile(cfg)
+        if cfg.scheme not in ("sequential", "multilap"):
+            raise UserError(f"--backend ort trains one module at a time, so it supports --scheme "
+                            f"sequential and multilap, not {cfg.scheme}; use --backend torch.")
+        require_ort(need_onnx=True)
+        out = Path(cfg.out) if cfg.out else default_out(cfg)
+        cfg.out = str(out)
+        Run.check_new_root(out)
+        result, prep_peak, prep_seconds = _prepare_child("prepare", {"config": cfg.to_json()}, cfg)
+        preparation = {"peak_rss_bytes": prep_peak, "seconds": prep_seconds,
+                       "in_process_peak_rss_bytes": result.get("peak_rss_bytes"),
+                       "what": "child process with torch + onnx: data loading, planning (incl. its "
+                               "probes' artifact builds), initial weights, data snapshot, ONNX "
+                               "export and generate_artifacts for every module",
+                       "method": "VmHWM of that child, polled from outside (run_watched)"}
+        run = Run.open(out)
+        run.lock()
+        run.manifest.setdefault("ort", {})["preparation"] = preparation
+        run.save()
+        plan = run.read_json("plan.json")
+    splits = [tuple(s) for s in plan["splits"]]
+    dataset = load_snapshot(run, images=False)  # labels only: the trainers read the images
+    budget = plan.get("budget_bytes")
+    watchdog = RssWatchdog(limit_bytes=budget)
+    ctx = Context(run, cfg, dataset, dataset.in_shape, dataset.num_classes, splits,
+                  plan["batch_size"], plan["views"], watchdog)
+    backend = OrtBackend(cfg)
+    previous = ctx.install_signal_handlers()
+    try:
+        with watchdog:
+            ensure_artifacts(run, cfg, range(len(splits)))
+            run_modulewise(ctx, backend)
+    except Interrupted:
+        raise Stopped(f"Training stopped at a safe point as asked; everything up to the last "
+                      f"finished epoch is saved in {run.root}. Continue with "
+                      f"`edge-trgl train --resume {run.root}`.") from None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        ctx.close_readers()
+    orchestrator_peak = max(ctx.process_peak_bytes(), peak_rss_bytes())
+    summary = summarize(run, cfg, plan, watchdog, time.time() - started, orchestrator_peak)
+    add_ort_summary(summary, run, plan, backend, orchestrator_peak)
+    run.write_json("summary.json", summary)
+    run.manifest["status"] = "complete"
+    run.save()
+    return summary
+
+
+def add_ort_summary(summary: dict, run, plan: dict, backend: OrtBackend, orchestrator_peak: int) -> None:
+    """The ORT-specific figures: per-module trainer peaks, the orchestrator's, and the
+    preparation phase's, each measured in its own process."""
+    modules = run.manifest["modules"]
+    orchestrator = max(orchestrator_peak, run.manifest.get("peak_rss_bytes_so_far", 0))
+    worst = 0
+    for row in summary["modules"]:
+        peaks = modules.get(str(row["module"]), {}).get("ort_worker_peak_bytes", {})
+        row["orchestrator_peak_bytes"] = row.get("measured_peak_bytes")
+        row["worker_train_peak_bytes"] = peaks.get("train")
+        row["worker_features_peak_bytes"] = peaks.get("features")
+        worker = max([v for v in peaks.values() if v] or [0])
+        worst = max(worst, worker)
+        # the trainer and the orchestrator are alive together: the estimate plans for the sum
+        row["measured_peak_bytes"] = worker + orchestrator if worker else None
+        if row.get("estimated_peak_bytes") and row["measured_peak_bytes"]:
+            row["estimate_error"] = ((row["estimated_peak_bytes"] - row["measured_peak_bytes"])
+                                     / row["measured_peak_bytes"])
+    total = orchestrator + worst
+    summary["peak_rss_bytes"] = total
+    summary["peak_rss_method"] = (
+        "training phase: peak RSS of the torch-free orchestrator (its VmHWM) + the largest trainer "
+        "process peak (the trainer's VmHWM, polled from outside; see ort_backend.run_watched); the "
+        "two are alive at the same time, so this bounds their sum. Preparation (torch + onnx, "
+        "before training) is reported separately under ort.preparation.")
+    budget = plan.get("budget_bytes")
+    summary["over_budget"] = bool(budget and total > budget)
+    summary["ort"] = {
+        "orchestrator_peak_rss_bytes": orchestrator,
+        "max_worker_peak_rss_bytes": worst,
+        "training_phase_peak_rss_bytes": total,
+        "preparation": run.manifest.get("ort", {}).get("preparation"),
+        "artifact_rebuild_peaks_bytes": run.manifest.get("ort", {}).get("rebuild_peaks_bytes", []),
+        "workers": backend.workers,
+        "torch_in_orchestrator": "torch" in sys.modules and sys.modules["torch"] is not None,
+        "versions": {"onnxruntime": ort_version(), "python": platform.python_version()},
+        "optimizer": ("torch's SGD/AdamW update rules in numpy on ORT's gradients (ORT 1.19's "
+                      "SGD has no momentum or weight decay)"),
+    }
+    summary["environment"]["onnxruntime"] = ort_version()
+
+
+# --- the planner's view of this backend ------------------------------------------------------------
+
+ORT_PROBE_FORMAT = 1
+
+
+def _probe_cache() -> tuple[dict, callable]:
+    from ..memory.estimate import _load_cache, _store_cache
+    return _load_cache(), _store_cache
+
+
+def _measure_orchestrator_bytes() -> int:
+    """RSS of a torch-free process that has imported what `edge-trgl train --backend ort` imports
+    (CLI, train, schemes, this module), in a fresh child."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from edge_trgl.cli.main import build_parser\n"
+            "try:\n    build_parser()\nexcept ImportError:\n    pass\n"
+            "import edge_trgl.train, edge_trgl.schemes, edge_trgl.resume, edge_trgl.backends.ort_backend\n"
+            "from edge_trgl.memory.measure import release_memory, rss_bytes\n"
+            "release_memory(); print(rss_bytes())\n")
+    out = os.popen(f"{sys.executable} -c {json.dumps(code)}").read().strip().splitlines()
+    return int(out[-1]) if out and out[-1].isdigit() else 0
+
+
+def ort_framework_bytes(cfg, dataset) -> int:
+    """What an ORT run holds before any module: the orchestrator's RSS + a trainer's RSS after its
+    imports + the dataset arrays the first trainer loads (all measured in fresh children)."""
+    cache, store = _probe_cache()
+    key = hashlib.sha256(json.dumps({"ort_baseline": ORT_PROBE_FORMAT, "ort": ort_version(),
+                                     "python": platform.python_version(),
+                                     "threads": _threads(cfg)}).encode()).hexdigest()[:24]
+    if key not in cache:
+        orchestrator = _measure_orchestrator_bytes()
+        worker = _probe_worker(cfg, None, [], _threads(cfg))["baseline_bytes"]
+        cache[key] = {"orchestrator_bytes": orchestrator, "worker_baseline_bytes": worker}
+        store(cache)
+    arrays = sum(a.images.nbytes + a.labels.nbytes for a in (dataset.train, dataset.val, dataset.test))
+    return int(cache[key]["orchestrator_bytes"] + cache[key]["worker_baseline_bytes"] + arrays)
+
+
+def _probe_worker(cfg, art_dir, batches, threads) -> dict:
+    with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-probe-") as tmp:
+        tmp = Path(tmp)
+        job = {"mode": "probe", "config": cfg.to_json(), "threads": threads,
+               "artifact_dir": str(art_dir) if art_dir else None, "batches": list(batches),
+               "steps": 4, "result_path": str(tmp / "result.json")}
+        (tmp / "job.json").write_text(json.dumps(job))
+        watched, result = _run_child(worker_command(tmp / "job.json"), _worker_env(cfg),
+                                     tmp / "result.json")
+    if watched["status"] != 0 or "baseline_bytes" not in result:
+        raise RuntimeError(f"the ONNX Runtime memory probe failed (exit status "
+                           f"{watched['status']}); its error is printed above")
+    return result
+
+
+def probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:
+    """Peak RSS bytes of the ORT trainer for blocks lo..hi-1 (+ head), per batch size, above the
+    trainer's own baseline: the trainer itself (same code path as training) runs a few steps and
+    an eval batch on the module's real artifacts in a fresh process. Cached like the torch probes."""
+    require_ort(need_onnx=True)
+    from .ort_artifacts import cached_artifacts
+    signatures = [arch[i].signature() for i in range(lo, hi)]
+    ident = {"ort_probe": ORT_PROBE_FORMAT, "ort": ort_version(), "threads": threads,
+             "optimizer": cfg.optimizer, "head": cfg.head, "classes": num_classes,
+             "blocks": signatures, "batches": sorted(batches), "width": cfg.width,
+             "model": cfg.model, "in_shape": list(in_shape),
+             "label_smoothing": float(cfg.label_smoothing)}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    cache, store = _probe_cache()
+    if key in cache:
+        return {int(b): v for b, v in cache[key].items()}
+    art = cached_artifacts(cfg, in_shape, num_classes, lo, hi, signatures)
+    result = _probe_worker(cfg, art, batches, threads)
+    peaks = {r["batch"]: r["peak_bytes"] - result["baseline_bytes"] for r in result["results"]}
+    cache[key] = {str(b): v for b, v in peaks.items()}
+    store(cache)
+    return peaks
+
+
+__all__ = ["OrtBackend", "train_ort", "is_ort_run", "probe_ort_module", "ort_framework_bytes",
+           "install_hint", "artifact_dir"]

@@ -1,0 +1,236 @@
+"""Crash safety: real training processes are killed with SIGKILL (a power cut, as far as the run
+directory can tell) at chosen moments, resumed with `edge-trgl train --resume`, and must end with
+exactly the weights, metrics and accuracies of an uninterrupted run with the same seed.
+
+Exact equality is the right bar here: on the CPU with a fixed thread count (--threads 1) every
+step is deterministic (data order and augmentation come from seeded per-epoch generators, the
+optimizer state, BatchNorm statistics and adaptive weights are checkpointed, cache features are
+recomputed by the same deterministic forward passes), so a resume that differs by one bit has
+lost or repeated state. The kill points come from the EDGE_TRGL_TEST_KILL_AT hook
+(edge_trgl/killpoints.py); the event counts below follow from the tiny settings in ARGS
+(resnet8 = 4 blocks, 2 modules of 2 blocks, 180 train / 20 val / 100 test images, batch 32, so an
+epoch is 6 train batches + 1 val batch). The whole file runs 13 training processes (~3 s each,
+mostly `import torch`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_trgl.killpoints import ENV
+
+# A tiny dataset in the CIFAR-10 file format (the real loader and its restricted unpickler run;
+# loading takes milliseconds). The original CIFAR-10 batches are pickles of protocol 2.
+ARGS = ["--data", "cifar10", "--model", "resnet8", "--width", "0.25", "--modules", "2",
+        "--batch-size", "32", "--threads", "1", "--seed", "3"]
+SEQ = [*ARGS, "--epochs", "2"]
+MULTILAP = [*ARGS, "--scheme", "multilap", "--laps", "2", "--epochs", "2"]
+E2E = [*ARGS, "--scheme", "e2e", "--epochs", "3"]
+CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
+           b"ship", b"truck"]
+
+
+def write_fake_cifar(folder: Path, train_per_batch: int = 40, test: int = 100) -> Path:
+    import pickle
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        labels = rng.integers(0, 10, n)
+        # a class-dependent brightness, so that there is something to learn
+        data = rng.integers(0, 128, (n, 3072)) + 12 * labels[:, None]
+        return {b"labels": labels.tolist(), b"data": data.astype(np.uint8)}
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(train_per_batch), protocol=2))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(test), protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": CLASSES}, protocol=2))
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fake_cifar(tmp_path_factory):
+    """Every run in this file trains on one tiny fake CIFAR-10 folder (--data-dir)."""
+    folder = write_fake_cifar(tmp_path_factory.mktemp("data") / "cifar-10-batches-py")
+    ARGS.extend(["--data-dir", str(folder)])
+    for args in (SEQ, MULTILAP, E2E):
+        args.extend(["--data-dir", str(folder)])
+    return folder
+VOLATILE = {"time", "seconds", "samples_per_s", "rss_bytes"}  # wall-clock and memory readings
+
+
+def train(*args: str, kill: str | None = None, check_rc: int | None = 0):
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if kill:
+        env[ENV] = kill
+    proc = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", "--quiet", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, (args, kill, proc.returncode, proc.stderr[-3000:])
+    return proc
+
+
+def killed(*args: str, kill: str):
+    proc = train(*args, kill=kill, check_rc=None)
+    assert proc.returncode == -signal.SIGKILL, (kill, proc.returncode, proc.stderr[-3000:])
+    return proc
+
+
+def manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def assert_listed_files_intact(run: Path) -> None:
+    """Every file the manifest lists exists and has the recorded sha256 (checked after each kill
+    too: the manifest only ever vouches for complete files)."""
+    files = manifest(run)["files"]
+    assert files
+    for rel, sha in files.items():
+        path = run / rel
+        assert path.is_file(), f"{rel} is listed but missing"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == sha, f"{rel} is corrupt"
+
+
+def weights(run: Path) -> dict[str, bytes]:
+    from safetensors.numpy import load_file
+    out = {}
+    for folder in ("blocks", "heads"):
+        for path in sorted((run / folder).glob("*.safetensors")):
+            for name, arr in load_file(str(path)).items():
+                out[f"{folder}/{path.stem}/{name}"] = np.ascontiguousarray(arr).tobytes()
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
+
+
+def accuracies(run: Path) -> list:
+    summary = json.loads((run / "summary.json").read_text())
+    return [(m["module"], m["val_acc"], m["test_acc"]) for m in summary["modules"]]
+
+
+def assert_same_result(run: Path, reference: Path) -> None:
+    assert manifest(run)["status"] == "complete"
+    assert_listed_files_intact(run)
+    assert weights(run) == weights(reference)           # bit-exact, every block and head
+    assert accuracies(run) == accuracies(reference)
+    assert metrics(run) == metrics(reference)            # every epoch once, same losses
+    assert not list(run.rglob(".*.tmp*")), "temp files left behind"
+    assert not list((run / "ckpt").glob("*")), "stale checkpoints left behind"
+
+
+@pytest.fixture(scope="module")
+def seq_reference(tmp_path_factory):
+    """An uninterrupted sequential run; its --out first suffers a set-up killed before publish,
+    which must leave no run directory and must not disturb this later run."""
+    from edge_trgl.cli.main import main
+    base = tmp_path_factory.mktemp("seq")
+    out = base / "reference"
+    killed(*SEQ, "--out", str(out), kill="setup:1")
+    assert not out.exists()
+    assert list(base.glob(".reference.staging-*")), "expected the killed set-up's staging folder"
+    assert main(["train", "--resume", str(out)]) == 2     # nothing to resume
+    train(*SEQ, "--out", str(out))
+    assert not list(base.glob(".reference.staging-*")), "stale staging folder not cleaned up"
+    return out
+
+
+def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_reference, tmp_path):
+    run = tmp_path / "run"
+    # set-up writes 6 files, module 0 checkpoints epochs 1 and 2 (7, 8), writes back block 0
+    # (9) and block 1 (10), and is killed with head 0 half written (11)
+    killed(*SEQ, "--out", str(run), kill="save:11")
+    assert list((run / "heads").glob(".*.tmp*")), "expected a torn temp file of head 0"
+    assert manifest(run)["progress"]["epoch_done"] == 2
+    assert_listed_files_intact(run)
+    # resumed from the checkpoint; killed while module 0's feature cache is written (9th batch
+    # of features: inside the second augmented view)
+    killed("--resume", str(run), kill="cache:9")
+    assert list((run / "cache").rglob("*.npy")), "expected finished shards of the torn cache"
+    assert manifest(run)["progress"]["phase"] == "cache"
+    assert_listed_files_intact(run)
+    # rebuilds the cache (17 batches), killed mid-epoch 1 of module 1, which reads that cache
+    killed("--resume", str(run), kill="batch:20")
+    assert manifest(run)["progress"] == {"lap": 0, "module": 0, "phase": "done"}
+    assert_listed_files_intact(run)
+    # damage the cache that module 1 reads: resume must notice (checksum) and rebuild it
+    shard = sorted((run / "cache" / "module_00").glob("train-v1-*.npy"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    proc = train("--resume", str(run))
+    assert "rebuilding" in proc.stderr
+    assert_same_result(run, seq_reference)
+
+
+def test_multilap_killed_during_second_lap_write_back(tmp_path):
+    reference = tmp_path / "reference"
+    train(*MULTILAP, "--out", str(reference))
+    run = tmp_path / "run"
+    # set-up 6 saves; lap 0: 1 checkpoint + 4 files per module; lap 1 module 0: checkpoint
+    # (17), block 0 (18), block 1 half written (19)
+    killed(*MULTILAP, "--out", str(run), kill="save:19")
+    assert manifest(run)["progress"]["lap"] == 1
+    assert_listed_files_intact(run)
+    train("--resume", str(run))
+    assert_same_result(run, reference)
+
+
+def test_e2e_ctrl_c_then_killed_during_final_write(tmp_path):
+    reference = tmp_path / "reference"
+    train(*E2E, "--out", str(reference))
+    run = tmp_path / "run"
+    # Ctrl-C in the middle of epoch 2 (an epoch is 6 train + 1 val batch): the epoch finishes,
+    # is checkpointed, and the process exits 130 with the command that continues the run
+    proc = train(*E2E, "--out", str(run), kill="batch:10:INT", check_rc=130)
+    assert "Traceback" not in proc.stderr
+    assert f"edge-trgl train --resume {run}" in " ".join(proc.stderr.split())
+    assert manifest(run)["progress"]["epoch_done"] == 2
+    assert_listed_files_intact(run)
+    # resumed: epoch 3 checkpoint (1), blocks 0 and 1 written back (2, 3), block 2 half (4)
+    killed("--resume", str(run), kill="save:4")
+    assert_listed_files_intact(run)
+    train("--resume", str(run))
+    assert_same_result(run, reference)
+
+
+def test_resume_refuses_changed_config_or_options(seq_reference, tmp_path, capsys):
+    import shutil
+
+    from edge_trgl.cli.main import main
+    run = tmp_path / "copy"
+    shutil.copytree(seq_reference, run)
+    assert main(["train", "--resume", str(run), "--epochs", "5", "--lr", "0.1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--epochs 5" in err and "--lr 0.1" in err and "Traceback" not in err
+    config = json.loads((run / "config.json").read_text())
+    config["lr"] = 0.07
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(run)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was changed after the run started" in err
+
+
+def test_resume_refuses_changed_data_but_accepts_moved_data(seq_reference, fake_cifar, tmp_path,
+                                                            capsys):
+    import shutil
+
+    from edge_trgl.cli.main import main
+    moved = tmp_path / "moved"
+    shutil.copytree(fake_cifar, moved)
+    assert main(["train", "--resume", str(seq_reference), "--data-dir", str(moved)]) == 0
+    capsys.readouterr()
+    write_fake_cifar(moved, test=101)   # other data under the same names
+    assert main(["train", "--resume", str(seq_reference), "--data-dir", str(moved)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "The dataset differs" in err and "Traceback" not in err
