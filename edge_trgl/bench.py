@@ -38,7 +38,6 @@ from pathlib import Path
 from .atomic import atomic_write_bytes, atomic_write_json
 from .config import TrainConfig
 from .errors import UserError
-from .memory.measure import run_measured
 
 RESULT_FORMAT = "edge-trgl-bench/1"
 DEFAULT_SUITES = ("accuracy", "memory", "throughput")
@@ -395,6 +394,81 @@ def _now() -> str:
 # Measuring
 # ------------------------------------------------------------------------------------------------
 
+def _status_bytes(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_child_watched(cmd: list[str], *, env: dict | None = None, stdout=None, stderr=None,
+                      timeout_s: float | None = None, interval_s: float = 0.02,
+                      tree_interval_s: float = 0.5) -> dict:
+    """Run `cmd` as a child; measure its peak RSS from outside.
+
+    The figure is the child's VmHWM polled from /proc/<pid>/status every `interval_s`, not
+    os.wait4's ru_maxrss (memory.measure.run_measured), for two reasons: exec folds the
+    high-water mark of the address space it replaces into ru_maxrss (with vfork, the parent's),
+    and a run that resets its VmHWM between modules (clear_refs, for per-module peaks) leaves
+    ru_maxrss with only the peak since the last reset. VmHWM is a high-water mark, so a poll sees
+    every earlier peak; only growth in the last `interval_s` before a reset or exit can be
+    missed. ru_maxrss is returned alongside. Descendants (ONNX Runtime trainers, planner probes)
+    are found every `tree_interval_s`; the summed VmRSS of the whole tree is sampled with the
+    same poll (a sample, so it can miss spikes shorter than the interval)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr)
+    stats: dict = {}
+    try:
+        status, usage = _watch(proc, timeout_s, interval_s, tree_interval_s, start, stats)
+    except BaseException:  # Ctrl-C or SIGTERM of the harness: take the run down with it
+        for d in stats.get("descendants", []):
+            with contextlib.suppress(OSError):
+                os.kill(d, 9)
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"status": proc.returncode, "timed_out": stats["timed_out"],
+            "vmhwm_polled_bytes": stats["hwm"], "ru_maxrss_bytes": usage.ru_maxrss * 1024,
+            "tree_rss_peak_bytes": stats["tree_peak"],
+            "descendant_peak_rss_bytes": stats["descendant_hwm"] or None,
+            "wall_s": time.perf_counter() - start}
+
+
+def _watch(proc, timeout_s, interval_s, tree_interval_s, start, stats: dict):
+    import psutil
+    stats.update(hwm=0, tree_peak=0, descendant_hwm=0, descendants=[], timed_out=False)
+    last_scan = -1e9
+    while True:
+        stats["hwm"] = max(stats["hwm"], _status_bytes(proc.pid, "VmHWM"))
+        now = time.perf_counter()
+        if now - last_scan >= tree_interval_s:
+            try:
+                stats["descendants"] = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            except psutil.Error:
+                stats["descendants"] = []
+            last_scan = now
+        tree = _status_bytes(proc.pid, "VmRSS")
+        for d in stats["descendants"]:
+            tree += _status_bytes(d, "VmRSS")
+            stats["descendant_hwm"] = max(stats["descendant_hwm"], _status_bytes(d, "VmHWM"))
+        stats["tree_peak"] = max(stats["tree_peak"], tree)
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            return status, usage
+        if timeout_s is not None and now - start > timeout_s and not stats["timed_out"]:
+            stats["timed_out"] = True
+            for d in stats["descendants"]:
+                with contextlib.suppress(OSError):
+                    os.kill(d, 9)
+            proc.kill()
+        time.sleep(interval_s)
+
+
 _BASELINE_CODE = """
 import sys
 import torch
@@ -427,11 +501,10 @@ def _measure_snippet(code: str, args: list[str], repeats: int = 3) -> dict:
     for _ in range(repeats):
         proc_log = tempfile.TemporaryFile()
         with proc_log:
-            status, peak, _ = run_measured([sys.executable, "-c", code, *args], env=_child_env(),
-                                           stdout=proc_log, stderr=subprocess.STDOUT,
-                                           timeout_s=300)
-            if status == 0:
-                peaks.append(peak)
+            w = run_child_watched([sys.executable, "-c", code, *args], env=_child_env(),
+                                  stdout=proc_log, stderr=subprocess.STDOUT, timeout_s=300)
+            if w["status"] == 0:
+                peaks.append(w["vmhwm_polled_bytes"])
             else:
                 proc_log.seek(0)
                 errors.append(proc_log.read()[-600:].decode(errors="replace"))
@@ -447,7 +520,7 @@ def measure_baseline(backend: str, device: str) -> dict:
     out.update({"backend": backend, "device": device, "measured_at": _now(),
                 "method": "median of 3 fresh children: python -c 'import torch, edge_trgl.cli.main, "
                           "edge_trgl.train; get_backend(...)' (+ a CUDA context on cuda); "
-                          "os.wait4 ru_maxrss"})
+                          "the child's VmHWM polled from outside"})
     return out
 
 
@@ -544,14 +617,23 @@ def _split_backend_figures(summary: dict) -> tuple[dict, dict]:
     return cuda, backend
 
 
-def measurements_from_run(out: Path, peak_rss_bytes: int, wall_s: float) -> dict:
+def measurements_from_run(out: Path, watched: dict) -> dict:
     summary = _read_json(out / "summary.json") or {}
     metrics = _read_metrics(out / "metrics.jsonl")
     modules = sorted(summary.get("modules", []), key=lambda m: m.get("module", 0))
     cuda, backend = _split_backend_figures(summary)
     phase_peaks = [m.get("measured_peak_bytes") for m in modules if m.get("measured_peak_bytes")]
-    m = {"peak_rss_bytes": peak_rss_bytes, "wall_s": wall_s,
-         "self_reported_peak_rss_bytes": summary.get("peak_rss_bytes"),
+    own = summary.get("peak_rss_bytes")
+    # the run's own last VmHWM reading covers the poll interval before it exited
+    m = {"peak_rss_bytes": max(watched["vmhwm_polled_bytes"], own or 0),
+         "peak_rss_method": "max(the child's VmHWM polled from outside every 20 ms, the run's "
+                            "own final VmHWM reading in summary.json)",
+         "vmhwm_polled_bytes": watched["vmhwm_polled_bytes"],
+         "ru_maxrss_bytes": watched["ru_maxrss_bytes"],
+         "tree_rss_peak_bytes": watched["tree_rss_peak_bytes"],
+         "descendant_peak_rss_bytes": watched["descendant_peak_rss_bytes"],
+         "wall_s": watched["wall_s"],
+         "self_reported_peak_rss_bytes": own,
          "module_phase_peak_rss_bytes": [mod.get("measured_peak_bytes") for mod in modules],
          "training_phase_peak_rss_bytes": max(phase_peaks) if phase_peaks else None,
          "test_acc_by_module": [mod.get("test_acc") for mod in modules],
@@ -578,14 +660,15 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
     load_start, started = _loadavg(), _now()
     try:
         with open(tmp / "train.log", "wb") as log:
-            status, peak, wall = run_measured(cmd, env=_child_env(), stdout=log,
-                                              stderr=subprocess.STDOUT, timeout_s=timeout_s)
+            watched = run_child_watched(cmd, env=_child_env(), stdout=log,
+                                        stderr=subprocess.STDOUT, timeout_s=timeout_s)
+        status = watched["status"]
         load_end = _loadavg()
         log_text = (tmp / "train.log").read_bytes().decode(errors="replace")
         record = {"format": RESULT_FORMAT, "suite": row.suite, "group": row.group,
                   "row_id": row.row_id, "method": row.method, "seed": row.seed,
                   "repeat": row.repeat,
-                  "status": "ok" if status == 0 else ("timeout" if wall >= timeout_s else "failed"),
+                  "status": "ok" if status == 0 else ("timeout" if watched["timed_out"] else "failed"),
                   "returncode": status,
                   "command": cmd, "command_line": shlex.join(cmd), "train_args": row.train_args,
                   "options": row.options, "started_at": started, "finished_at": _now(),
@@ -593,8 +676,9 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
                   "timeout_s": timeout_s, "host": host_info(),
                   "baseline": baseline, "data_baseline": data_baseline,
                   "log_tail": log_text[-LOG_TAIL_CHARS:]}
-        record.update(measurements_from_run(out, peak, wall))
+        record.update(measurements_from_run(out, watched))
         meas = record["measurements"]
+        peak = meas["peak_rss_bytes"]
         base = (baseline or {}).get("peak_rss_bytes")
         meas["baseline_rss_bytes"] = base
         meas["peak_above_baseline_bytes"] = peak - base if base else None
@@ -936,12 +1020,17 @@ class _Report:
                  + (f"{min(loads):.2f} to {max(loads):.2f}" if loads else "not recorded")
                  + ". The machine is shared with other jobs, so times and samples/s are "
                  "indicative; memory figures do not depend on load.",
-                 "- **Peak RSS** is the training child's own `ru_maxrss` from `os.wait4` (the "
-                 "kernel's high-water mark of that process alone, everything included: Python, "
-                 "torch, the dataset, the feature-cache I/O). **Baseline** is the same figure for a "
-                 "child that only imports torch, edge-trgl and the backend. **Data loading** is a "
-                 "child that only loads and splits the dataset. **Training-phase peak** (module-wise "
-                 "runs) is the run's own VmHWM per module, reset at the start of every module.",
+                 "- **Peak RSS** is the kernel's high-water mark (VmHWM) of the training child "
+                 "process alone, everything included (Python, torch, the dataset, feature-cache "
+                 "I/O), polled from outside every 20 ms and maxed with the run's own final reading. "
+                 "`os.wait4`'s ru_maxrss is recorded too but not used: module-wise runs reset "
+                 "VmHWM at every module (for per-module peaks), after which ru_maxrss only holds "
+                 "the peak since the last reset. **Baseline** is the same figure for a child that "
+                 "only imports torch, edge-trgl and the backend. **Data loading** is a child that "
+                 "only loads and splits the dataset. **Training-phase peak** (module-wise runs) is "
+                 "the run's own VmHWM per module, reset at the start of every module. **Process "
+                 "tree** sums the RSS of the child and its children (ONNX Runtime trainers), "
+                 "sampled every 20 ms.",
                  "- Accuracy is on the full test set; spreads are (min–max) over seeds/repeats, "
                  "with the median in front.", "")
 
@@ -1062,6 +1151,7 @@ class _Report:
         self.add(f"![peak memory vs accuracy]({rel})", "")
         if not by_k:
             return
+        from matplotlib.ticker import MaxNLocator
         fig, axes = plt.subplots(1, len(by_k), figsize=(5.5 * len(by_k), 4), squeeze=False)
         for ax, (k, kgs) in zip(axes[0], sorted(by_k.items())):
             for g in kgs:
@@ -1078,12 +1168,13 @@ class _Report:
                                 yerr=[[100 * (s["median"] - s["min"])], [100 * (s["max"] - s["median"])]],
                                 marker="*", markersize=12, capsize=3, linestyle="none", label=g.label)
             ax.set_xlabel("module index")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"{k} modules", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"Accuracy per module: TRGL vs greedy vs end-to-end\n"
-                     f"{_setting_text(_ACC_KEYS, setting)}", fontsize=9)
+                     f"{_setting_text(_ACC_KEYS, setting)}", fontsize=9, y=1.06)
         rel = self.save_plot(fig, f"{name}-{tag}-accuracy_per_module.png")
         self.add(f"![accuracy per module]({rel})", "")
 
@@ -1173,11 +1264,14 @@ class _Report:
                                    _fmt_stat(g.stat("data_loading_peak_rss_bytes"), _mb, spread=False),
                                    _fmt_stat(g.stat("training_phase_peak_rss_bytes"), _mb),
                                    _fmt_stat(g.stat("self_reported_peak_rss_bytes"), _mb),
+                                   _fmt_stat(g.stat("ru_maxrss_bytes"), _mb),
+                                   _fmt_stat(g.stat("tree_rss_peak_bytes"), _mb),
                                    _fmt_stat(g.stat("wall_s"), lambda v: f"{v:.0f}", spread=False),
                                    str(len(g.runs))])
             self.add("Where the peak comes from (MB):", "", *_table(
-                ["model", "batch", "method", "peak RSS (wait4)", "import baseline",
-                 "data loading alone", "training-phase peak", "run's own VmHWM", "wall s", "runs"],
+                ["model", "batch", "method", "peak RSS", "import baseline",
+                 "data loading alone", "training-phase peak", "run's own VmHWM",
+                 "wait4 ru_maxrss", "process tree (sampled)", "wall s", "runs"],
                 detail), "")
             if self.plt is not None:
                 self.plot_memory(name, setting, points, labels)

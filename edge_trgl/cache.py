@@ -48,12 +48,13 @@ class Shard:
         return cls(d["file"], int(d["count"]), d["sha256"])
 
 
-def _disk_full(path: Path) -> UserError:
+def _disk_full(root: Path, rel_dir: str) -> UserError:
     return UserError(
-        f"The disk filled up while writing the feature cache at {path}. Nothing already saved was "
-        f"lost; free some space (or point --out at a larger disk), or make the cache smaller with "
-        f"--cache-dtype fp16, fewer --aug-views or a smaller --train-fraction, then resume with "
-        f"`edge-trgl train --resume RUN_DIR`.")
+        f"The disk filled up while writing the feature cache at {root / rel_dir}. Nothing already "
+        f"saved was lost (the unfinished shard was removed). Free some space (or move the run "
+        f"directory to a larger disk) and continue with `edge-trgl train --resume {root}`; or start "
+        f"a new run with a smaller cache (--cache-dtype fp16, fewer --aug-views, a smaller "
+        f"--train-fraction, or a --disk-budget).")
 
 
 class CacheWriter:
@@ -93,7 +94,7 @@ class CacheWriter:
         except OSError as exc:
             self.abort()
             if exc.errno == errno.ENOSPC:
-                raise _disk_full(self.root / self.rel_dir) from None
+                raise _disk_full(self.root, self.rel_dir) from None
             raise
         self._digest.update(data)
 
@@ -106,7 +107,7 @@ class CacheWriter:
         except OSError as exc:
             self.abort()
             if exc.errno == errno.ENOSPC:
-                raise _disk_full(self.root / self.rel_dir) from None
+                raise _disk_full(self.root, self.rel_dir) from None
             raise
         rel = f"{self.rel_dir}/{final.name}"
         self.shards.append(Shard(rel, self._shard_count, self._digest.hexdigest()))
@@ -169,9 +170,9 @@ class CacheReader:
                 if not path.exists() or sha256_file(path) != shard.sha256:
                     raise UserError(
                         f"The feature-cache shard {path} is missing or does not match the checksum "
-                        f"in the run manifest (corrupted or half-written). Resume the run with "
-                        f"`edge-trgl train --resume RUN_DIR` after deleting that module's cache "
-                        f"folder; it will be rebuilt from the saved module weights.")
+                        f"in the run manifest (corrupted or half-written). Continue with "
+                        f"`edge-trgl train --resume {self.root}`: resume checks the cache and "
+                        f"rebuilds it from the saved module weights.")
             fh = open(path, "rb")
             version = np.lib.format.read_magic(fh)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -198,8 +199,8 @@ class CacheReader:
             local = idx - self._starts[s]
             got = os.preadv(fd, [flat[row]], offset + local * self.sample_bytes)
             if got != self.sample_bytes:
-                raise UserError(f"A feature-cache shard under {self.root} is truncated; delete "
-                                f"that module's cache folder and resume to rebuild it.")
+                raise UserError(f"A feature-cache shard under {self.root} is truncated. Continue "
+                                f"with `edge-trgl train --resume {self.root}`, which rebuilds it.")
         if out is not None:
             out[...] = raw
             return out

@@ -33,8 +33,10 @@ OVERRIDABLE = ("progress", "threads", "keep_cache", "data_dir")
 
 def open_for_resume(path: str | Path, requested: TrainConfig) -> tuple[Run, TrainConfig, dict]:
     """Open, lock and check the run in `path`; return (run, its config, its plan)."""
-    run = Run.open(Path(path))
-    run.lock()
+    run = Run.open(Path(path), clean=False)
+    run.lock()  # before removing anything: another process may be training this run right now
+    run.manifest = Run.open(run.root, clean=False).manifest  # as that process may have left it
+    run.clean_torn_files()
     # Not checked against its sha256: the identity hash below says more precisely what changed.
     data = run.read_json("config.json", verify=False)
     try:

@@ -77,7 +77,9 @@ class Run:
         shutil.rmtree(self.root, ignore_errors=True)
 
     @classmethod
-    def open(cls, root: Path) -> "Run":
+    def open(cls, root: Path, clean: bool = True) -> "Run":
+        """Open a run; `clean` removes what a crash left (see clean_torn_files), so pass False
+        while another process may still be writing (lock() first, then clean)."""
         root = Path(root)
         path = root / MANIFEST
         if not path.exists():
@@ -92,7 +94,8 @@ class Run:
             raise UserError(f"The run in {root} was written by an incompatible edge-trgl version "
                             f"(manifest format {manifest.get('format')}, expected {FORMAT}).")
         run = cls(root, manifest)
-        run.clean_torn_files()
+        if clean:
+            run.clean_torn_files()
         return run
 
     def clean_torn_files(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 
 HELP = "run benchmark matrices (memory, accuracy, throughput) and render the report"
@@ -78,8 +79,8 @@ def run_cmd(args) -> int:
             for row in m.rows:
                 print(f"  {row.row_id}: edge-trgl train {shlex.join(row.train_args)}")
         return 0
-    command = "edge-trgl " + shlex.join(["bench", *sys.argv[sys.argv.index("bench") + 1:]]) \
-        if "bench" in sys.argv else None
+    command = _command_line()
+    signal.signal(signal.SIGTERM, _stop)  # `kill` of the harness also stops the running child
     failed = 0
     for m in matrices:
         inv = run_suite(m, args.results, only=args.only, force=args.force,
@@ -94,6 +95,20 @@ def run_cmd(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _command_line() -> str | None:
+    """The bench command as the user typed it, for the report's run-time table."""
+    argv = sys.argv[1:]
+    if sys.argv[0].endswith("run.py"):  # benchmarks/run.py wraps `bench run`
+        return "python benchmarks/run.py " + shlex.join(argv)
+    if "bench" in argv:
+        return "edge-trgl " + shlex.join(argv[argv.index("bench"):])
+    return None
 
 
 def report_cmd(args) -> int:

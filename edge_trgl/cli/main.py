@@ -48,7 +48,8 @@ def unknown_options(parser: argparse.ArgumentParser, command: str | None, unknow
     text = (f"unrecognized argument(s): {' '.join(unknown)}. "
             + (" ".join(hints) + " " if hints else "")
             + f"See `{target.prog} --help` for the options.")
-    print(f"{target.prog}: error: {textwrap.fill(text, width=100)}", file=sys.stderr)
+    text = textwrap.fill(text, width=100, break_long_words=False, break_on_hyphens=False)
+    print(f"{target.prog}: error: {text}", file=sys.stderr)
     return 2
 
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        text = textwrap.fill(" ".join(str(exc).split()), width=100)
+        # never break inside a word: paths and commands in the message must stay copyable
+        text = textwrap.fill(" ".join(str(exc).split()), width=100, break_long_words=False,
+                             break_on_hyphens=False)
         label = "stopped" if getattr(exc, "exit_code", 2) == 130 else "error"
         print(f"edge-trgl: {label}: {text}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

@@ -106,6 +106,8 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
     baseline_bytes = rss_bytes()  # this process trains next: torch + data are already here
     if cfg.backend == "ort":  # this process does not train: the trainer's measured baseline
         baseline_bytes = framework_bytes(cfg, dataset)
+        from ..backends.ort_backend import ort_plan_note
+        notes.append(ort_plan_note(cfg, dataset))
 
     def data_cost(batch: int) -> int:
         return data_total(data_bytes(dataset, batch, baseline_bytes))

@@ -95,6 +95,9 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
 
 def probe_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> int:
     """Saved-activation bytes per sample of blocks lo..hi-1, counted by the probe child."""
+    if cfg.backend == "ort":  # no saved-tensor hooks in ORT: the measured per-sample slope
+        from ..backends.ort_backend import ort_saved_bytes
+        return ort_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
     signatures = [arch[i].signature() for i in range(lo, hi)]
     key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
     cache = _load_cache()

@@ -1,0 +1,101 @@
+"""`edge-trgl evaluate`: test accuracy of an exported ONNX model (onnxruntime, no torch) or of a
+run directory's best module (PyTorch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HELP = "test accuracy of an exported model (MODEL.onnx, torch-free) or of a run directory"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help=HELP, description=HELP + ".", allow_abbrev=False)
+    p.add_argument("model", metavar="RUN_DIR|MODEL.onnx",
+                   help="a run directory, or model.onnx (or the folder) from `edge-trgl export`")
+    p.add_argument("--data", help="dataset: synthetic, cifar10 or mnist (default: the one the "
+                   "model was trained on)")
+    p.add_argument("--data-dir", help="directory of the dataset files (default: as in training)")
+    p.add_argument("--module", type=int, metavar="K", help="run directory: evaluate module K "
+                   "instead of the best one")
+    p.add_argument("--threads", type=int, help="onnxruntime / torch threads")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def is_onnx_model(path: Path) -> bool:
+    """model.onnx, or an export folder (a run directory has a manifest.json instead)."""
+    if path.suffix == ".onnx":
+        return True
+    return path.is_dir() and (path / "model.onnx").is_file() and not (path / "manifest.json").exists()
+
+
+def load_test_set(meta: dict, data: str | None, data_dir: str | None):
+    """The test split that a model's model.json names, with --data / --data-dir overrides."""
+    from ..data import load_dataset
+    from ..errors import UserError
+    ds = meta.get("dataset") or {}
+    name = data or ds.get("name")
+    if name is None:
+        raise UserError("This ONNX model has no model.json beside it that names its dataset; "
+                        "give --data (synthetic, cifar10 or mnist) and --data-dir.")
+    same = name == ds.get("name")
+    dataset = load_dataset(name, data_dir or (ds.get("data_dir") if same else None),
+                           seed=ds.get("seed", 0) if same else 0,
+                           synthetic_train=ds.get("synthetic_train", 4000) if same else 4000,
+                           synthetic_test=ds.get("synthetic_test", 1000) if same else 1000)
+    return dataset
+
+
+def run(args) -> int:
+    from ..errors import UserError
+    target = Path(args.model)
+    if not target.exists():
+        raise UserError(f"{target} does not exist. Give a run directory or the model.onnx written "
+                        f"by `edge-trgl export`.")
+    if is_onnx_model(target):
+        from ..deploy_runtime import OrtModel, accuracy
+        if args.module is not None:
+            raise UserError("--module applies to run directories; an exported model is one module.")
+        model = OrtModel(target, args.threads)
+        dataset = load_test_set(model.meta, args.data, args.data_dir)
+        reported = None
+        kind = f"ONNX model {model.path} (onnxruntime)"
+        export_report = model.path.parent / "export.json"
+        if export_report.is_file():
+            try:
+                reported = json.loads(export_report.read_text()).get("test_acc_run")
+            except ValueError:
+                reported = None
+    else:
+        from ..export import run_model
+        if args.data is not None:
+            raise UserError("A run directory is evaluated on its own dataset; --data applies to "
+                            "ONNX models (use --data-dir if the run's data moved).")
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
+        model, fin, dataset, k = run_model(target, args.module, args.data_dir)
+        reported = fin.modules[str(k)].get("test_acc")
+        kind = f"module {k} of the run in {target} (PyTorch, fp32)"
+    if tuple(dataset.in_shape) != tuple(model.in_shape) or dataset.num_classes != model.num_classes:
+        raise UserError(f"The {dataset.name} test set has images of shape {dataset.in_shape} and "
+                        f"{dataset.num_classes} classes, but the model takes {model.in_shape} and "
+                        f"has {model.num_classes} classes: it was trained on other data.")
+    test = dataset.test
+    acc = accuracy_of(model, test.images, test.labels)
+    result = {"model": str(target), "evaluated": kind, "data": dataset.name,
+              "test_images": int(len(test.labels)), "test_acc": acc, "test_acc_run": reported}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        line = f"test accuracy {100 * acc:.2f}% on {len(test.labels)} {dataset.name} test images"
+        if reported is not None:
+            line += f" (the run reported {100 * reported:.2f}% for this module)"
+        print(f"{kind}\n{line}")
+    return 0
+
+
+def accuracy_of(model, images, labels) -> float:
+    from ..deploy_runtime import accuracy
+    return accuracy(model, images, labels)

@@ -1,0 +1,39 @@
+"""`edge-trgl export`: a finished run's best module as ONNX + a PyTorch state dict, verified."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+HELP = "export a finished run's best module for the device (ONNX + PyTorch state dict)"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export", help=HELP, allow_abbrev=False,
+        description=HELP + ". Blocks 0..end of the module with the best validation accuracy (or "
+        "--module K) plus that module's head become one model; its ONNX outputs are checked "
+        "against the training-time modules and its test accuracy is measured in onnxruntime.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a finished run")
+    p.add_argument("--module", type=int, metavar="K", help="export module K instead of the best")
+    p.add_argument("--out", metavar="DIR", help="folder to write (default RUN_DIR/export)")
+    p.add_argument("--data-dir", help="where the run's dataset is now, if it moved (the test "
+                   "accuracy is measured on it)")
+    p.add_argument("--json", action="store_true", help="print the report (export.json) as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import UserError
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"Exporting needs the onnx and onnxruntime packages ({exc.name} is "
+                        f"missing): `pip install onnx onnxruntime`, or the project's `ort` "
+                        f"extra.") from None
+    from ..export import export_run, format_report
+    report = export_run(args.run_dir, args.module, args.out, args.data_dir,
+                        log=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
