@@ -71,6 +71,9 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
     if cfg.backend == "ort":  # measured in the torch-free ONNX Runtime trainer instead
         from ..backends.ort_backend import probe_ort_module
         return probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
+    if cfg.device == "cuda":  # device peaks in the budget's currency (memory/cuda.py)
+        from .cuda import probe_peaks, raw_probe
+        return probe_peaks(cfg, raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads))
     signatures = [arch[i].signature() for i in range(lo, hi)]
     key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
     cache = _load_cache()
@@ -98,6 +101,10 @@ def probe_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads
     if cfg.backend == "ort":  # no saved-tensor hooks in ORT: the measured per-sample slope
         from ..backends.ort_backend import ort_saved_bytes
         return ort_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
+    if cfg.device == "cuda":  # counted by the same CUDA probe child (memory/cuda.py)
+        from .cuda import raw_probe
+        return int(raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches,
+                             threads)["saved_bytes_per_sample"])
     signatures = [arch[i].signature() for i in range(lo, hi)]
     key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
     cache = _load_cache()
@@ -118,7 +125,9 @@ def saved_activation_bytes_per_sample(block, in_shape) -> int:
         return t
 
     block = block.train()
-    x = torch.randn(2, *in_shape, requires_grad=True)
+    param = next(block.parameters(), None)  # on the block's device (the CUDA probe's is the GPU)
+    x = torch.randn(2, *in_shape, requires_grad=True,
+                    device=param.device if param is not None else "cpu")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out, e = block(x)
         (out.float().mean() + e).backward()
@@ -178,9 +187,18 @@ def data_bytes(dataset, batch: int, baseline_bytes: int) -> dict:
     c, h, w = dataset.in_shape
     batch_buffers = batch * c * h * w * (1 + 1 + 4 + 4)
     return {"process_baseline_bytes": int(baseline_bytes), "dataset_bytes": int(arrays),
-            "batch_buffer_bytes": int(batch_buffers)}
+            "batch_buffer_bytes": int(batch_buffers), "loop_allowance_bytes": LOOP_ALLOWANCE_BYTES}
+
+
+# What the real training loop holds beyond a probe of the same module: the RSS watchdog thread
+# (its stack and malloc arena), checkpoint serialisation, the per-epoch eval pass, the cache
+# reader's buffers and hundreds of steps of allocator reuse instead of a handful. Measured, not
+# derived: in a ResNet-20 run with --module-peaks (budget 512 MB, batch 64, 5 modules) every
+# module's VmHWM was 12-23 MB above baseline + probe; 24 MB covers that.
+LOOP_ALLOWANCE_BYTES = 24 * 1000 * 1000
 
 
 def data_total(parts: dict) -> int:
-    return parts["process_baseline_bytes"] + parts["batch_buffer_bytes"]
+    return (parts["process_baseline_bytes"] + parts["batch_buffer_bytes"]
+            + parts.get("loop_allowance_bytes", 0))
 

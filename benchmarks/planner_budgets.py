@@ -1,0 +1,68 @@
+"""Issue-3 acceptance measurement: ResNet-56 on CIFAR-10 (10% subset, requested batch 128) trained
+sequentially under several memory budgets. Each budget runs `edge-trgl train` in a fresh child
+process; its peak RSS is read from outside (os.wait4 ru_maxrss of that child alone), and each
+module's peak is the run's RSS watchdog maximum during that module (sampled every 20 ms), compared
+with the plan's per-module estimate. `--module-peaks` adds a second run per budget with exact
+per-module VmHWM readings (clear_refs at each module start).
+
+    python benchmarks/planner_budgets.py [--budgets 384MB,512MB,1GB] [--epochs 1]
+
+Writes benchmarks/results/planner/resnet56-<budget>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_trgl.memory.measure import run_measured  # noqa: E402
+from edge_trgl.train import environment  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budgets", default="384MB,512MB,1GB")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/cifar-10-batches-py"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/planner"))
+    ap.add_argument("--module-peaks", action="store_true")
+    args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for budget in args.budgets.split(","):
+        record = {"budget": budget, "environment": environment(), "load_start": os.getloadavg(),
+                  "runs": []}
+        for module_peaks in (False, True) if args.module_peaks else (False,):
+            run_dir = Path(tempfile.mkdtemp(prefix="planner-")) / "run"
+            cmd = [sys.executable, "-m", "edge_trgl.cli.main", "train", "--model", "resnet56",
+                   "--data", "cifar10", "--data-dir", args.data_dir, "--train-fraction", "0.1",
+                   "--batch-size", "128", "--epochs", str(args.epochs), "--mem-budget", budget,
+                   "--out", str(run_dir), "--quiet"] + (["--module-peaks"] if module_peaks else [])
+            started = time.time()
+            code, peak_bytes, wall_s = run_measured(cmd)
+            entry = {"command": " ".join(cmd[1:]), "exit_code": code,
+                     "outside_peak_rss_bytes": peak_bytes, "wall_s": wall_s,
+                     "started": started, "module_peaks": module_peaks,
+                     "method": "ru_maxrss of the child from os.wait4 (outside the process)"}
+            if code == 0:
+                entry["summary"] = json.loads((run_dir / "summary.json").read_text())
+                entry["plan"] = json.loads((run_dir / "plan.json").read_text())
+            record["runs"].append(entry)
+            shutil.rmtree(run_dir.parent, ignore_errors=True)
+            print(budget, module_peaks, code, peak_bytes / 1e6, f"{wall_s:.0f}s", flush=True)
+        record["load_end"] = os.getloadavg()
+        path = Path(args.out) / f"resnet56-{budget}.json"
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
