@@ -1,6 +1,7 @@
 """Issue-3 acceptance measurement: ResNet-56 on CIFAR-10 (10% subset, requested batch 128) trained
 sequentially under several memory budgets. Each budget runs `edge-trgl train` in a fresh child
-process; its peak RSS is read from outside (os.wait4 ru_maxrss of that child alone), and each
+process; its peak RSS is read from outside (the child's VmHWM polled from /proc, see
+edge_trgl/memory/measure.run_measured), and each
 module's peak is the run's RSS watchdog maximum during that module (sampled every 20 ms), compared
 with the plan's per-module estimate. `--module-peaks` adds a second run per budget with exact
 per-module VmHWM readings (clear_refs at each module start).
@@ -47,11 +48,11 @@ def main() -> int:
                    "--batch-size", "128", "--epochs", str(args.epochs), "--mem-budget", budget,
                    "--out", str(run_dir), "--quiet"] + (["--module-peaks"] if module_peaks else [])
             started = time.time()
-            code, peak_bytes, wall_s = run_measured(cmd)
+            detail: dict = {}
+            code, peak_bytes, wall_s = run_measured(cmd, detail=detail)
             entry = {"command": " ".join(cmd[1:]), "exit_code": code,
                      "outside_peak_rss_bytes": peak_bytes, "wall_s": wall_s,
-                     "started": started, "module_peaks": module_peaks,
-                     "method": "ru_maxrss of the child from os.wait4 (outside the process)"}
+                     "started": started, "module_peaks": module_peaks, **detail}
             if code == 0:
                 entry["summary"] = json.loads((run_dir / "summary.json").read_text())
                 entry["plan"] = json.loads((run_dir / "plan.json").read_text())

@@ -2,8 +2,9 @@
 
 - `peak_rss_bytes()` is VmHWM, the kernel's high-water mark of this process's resident set.
 - `reset_peak()` writes 5 to /proc/self/clear_refs, which resets VmHWM, for per-phase peaks.
-- `run_measured()` runs a command as a child and returns the child's own ru_maxrss from
-  os.wait4 (getrusage(RUSAGE_CHILDREN) would be the max over every child ever waited for).
+- `run_measured()` runs a command as a child and polls the child's own VmHWM from outside
+  (os.wait4's ru_maxrss also covers the child's own waited-for children, so it is kept only as
+  the process tree's figure).
 - `RssWatchdog` samples VmRSS on a thread so a run notices when it crosses its budget.
 tracemalloc cannot see torch tensors, so none of this uses it.
 """
@@ -53,9 +54,14 @@ def reset_peak() -> bool:
 
 
 def release_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), and on CUDA the caching
+    allocator's unused blocks back to the driver: on a unified-memory device that is system RAM."""
     import gc
+    import sys
     gc.collect()
+    torch = sys.modules.get("torch")  # never imported for this (the ORT worker is torch-free)
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -63,12 +69,22 @@ def release_memory() -> None:
 
 
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = None,
-                 stdout=None, stderr=None, timeout_s: float | None = None) -> tuple[int, int, float]:
-    """Run `cmd` as a fresh child; return (exit status, the child's peak RSS bytes, wall seconds)."""
+                 stdout=None, stderr=None, timeout_s: float | None = None,
+                 detail: dict | None = None) -> tuple[int, int, float]:
+    """Run `cmd` as a fresh child; return (exit status, the child's own peak RSS bytes, wall s).
+
+    The peak is the child's VmHWM read from outside (/proc/<pid>/status) every 20 ms while it
+    runs; VmHWM is a high-water mark, so polling loses nothing but a rise in the child's last
+    20 ms. It is NOT wait4's ru_maxrss: on Linux that is the max over the child and every
+    descendant it waited for (the planner's probe processes, ORT workers), which would charge a
+    short-lived helper process's memory to the trainer. Both are put in `detail` when given.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
     deadline = None if timeout_s is None else start + timeout_s
+    self_peak = 0
     while True:
+        self_peak = max(self_peak, _status_field("VmHWM", proc.pid))
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             break
@@ -76,7 +92,14 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = N
             proc.kill()
         time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss * 1024, time.perf_counter() - start
+    tree_peak = usage.ru_maxrss * 1024
+    if self_peak == 0:  # exited before the first poll (or not Linux): only the tree figure exists
+        self_peak = tree_peak
+    if detail is not None:
+        detail.update({"self_peak_rss_bytes": self_peak, "tree_peak_rss_bytes": tree_peak,
+                       "method": "child's VmHWM polled every 20 ms from /proc/<pid>/status; "
+                                 "tree = wait4 ru_maxrss (child + waited descendants)"})
+    return proc.returncode, self_peak, time.perf_counter() - start
 
 
 class RssWatchdog:
