@@ -213,10 +213,21 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[ArraySet, ArraySet, list[
     """Load CIFAR-10: ``(train, test, class_names)`` with images uint8 (N, 3, 32, 32)."""
     root = find_cifar10_dir(data_dir)
     class_names = _read_meta(root / CIFAR10_META_FILE)
-    parts = [_read_batch(root / f) for f in CIFAR10_TRAIN_FILES]
-    train = ArraySet(
-        images=np.concatenate([p[0] for p in parts]), labels=np.concatenate([p[1] for p in parts])
-    )
+    # Fill one preallocated array batch by batch: holding all five parsed batches and then
+    # concatenating them doubled the loading peak (~460 MB, more than a small budget allows).
+    images, labels, filled = None, [], 0
+    for f in CIFAR10_TRAIN_FILES:
+        batch_images, batch_labels = _read_batch(root / f)
+        if images is None:
+            images = np.empty((batch_images.shape[0] * len(CIFAR10_TRAIN_FILES), 3, 32, 32), np.uint8)
+        if filled + len(batch_images) > len(images):
+            images = np.concatenate([images[:filled], batch_images])
+        else:
+            images[filled:filled + len(batch_images)] = batch_images
+        filled += len(batch_images)
+        labels.append(batch_labels)
+        del batch_images
+    train = ArraySet(images=images[:filled], labels=np.concatenate(labels))
     test_images, test_labels = _read_batch(root / CIFAR10_TEST_FILE)
     test = ArraySet(images=np.ascontiguousarray(test_images), labels=test_labels)
     return train, test, class_names
