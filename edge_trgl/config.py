@@ -89,9 +89,16 @@ class TrainConfig:
             bad(f"--cache-dtype must be fp16 or fp32, not {self.cache_dtype!r}.")
         if self.amp not in (None, "fp16", "bf16"):
             bad(f"--amp must be fp16 or bf16, not {self.amp!r}.")
+        if self.amp is not None and self.device != "cuda":
+            bad(f"--amp {self.amp} is mixed precision for --device cuda (fp16 trained with a "
+                f"gradient scaler, bf16 on GPUs with native bfloat16); on --device {self.device} "
+                f"training runs in fp32. Add --device cuda, or leave out --amp.")
         if not (self.tau > 0 or math.isinf(self.tau)) or math.isnan(self.tau):
             bad(f"--tau must be a positive number or 'inf' (plain greedy), not {self.tau}.")
-        for name in ("epochs", "batch_size", "laps"):
+        if self.batch_size < 2:
+            bad(f"--batch-size must be at least 2 (BatchNorm cannot normalise a batch of one "
+                f"sample), not {self.batch_size}.")
+        for name in ("epochs", "laps"):
             if getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
         if self.epochs_growth < 0:

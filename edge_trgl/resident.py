@@ -13,6 +13,7 @@ from .backends.torch_backend import (autocast, check_budget, evaluate, forward_m
 from .memory.measure import release_memory
 from .modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                       optimizer_to_numpy, save_module, to_numpy_state)
+from .prefetch import prefetch_batches
 from .sources import epoch_rng
 from .store import block_path, head_path, load_tensors, prefixed, save_tensors, unprefixed
 from .trgl import energy_weight, module_loss
@@ -61,7 +62,7 @@ def train_resident(ctx) -> None:
         sums = np.zeros(4)  # loss, ce, energy, correct (of the last module)
         seen = 0
         start = time.perf_counter()
-        batches = raw_train.batches(ctx.batch_size, order_rng, aug_rng)
+        batches = prefetch_batches(raw_train.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2), device)
         for x_np, y_np in ctx.progress_bar(batches, total=-(-raw_train.count // ctx.batch_size),
                                            desc=f"{cfg.scheme} epoch {epoch + 1}/{epochs}"):
             x, y = to_device(x_np, device), to_device(y_np, device)
@@ -138,7 +139,7 @@ def _chain_accuracy(ctx, modules, source, device) -> list[float | None]:
         for m in [*blocks, head]:
             m.eval()
     correct = [0] * len(modules)
-    for x_np, y_np in source.batches(ctx.eval_batch_size):
+    for x_np, y_np in prefetch_batches(source.batches(ctx.eval_batch_size), device):
         x = to_device(x_np, device)
         for k, (blocks, head) in enumerate(modules):
             with autocast(ctx.cfg, device):

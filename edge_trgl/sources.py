@@ -32,6 +32,14 @@ def view_rng(seed: int, view: int) -> np.random.Generator:
     return np.random.default_rng([seed, 7919, view])
 
 
+def _usable(count: int, batch_size: int, min_batch: int) -> int:
+    """How many samples to iterate so that no batch is smaller than `min_batch`: training drops
+    a final batch of one sample, which BatchNorm cannot normalise (a shuffled order means every
+    sample is still seen over the epochs)."""
+    tail = count % batch_size
+    return count - tail if 0 < tail < min_batch else count
+
+
 @dataclass
 class RawSource:
     """Raw uint8 images; normalised (and optionally augmented) per batch."""
@@ -46,9 +54,10 @@ class RawSource:
         return len(self.labels)
 
     def batches(self, batch_size: int, order_rng: np.random.Generator | None = None,
-                aug_rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                aug_rng: np.random.Generator | None = None,
+                min_batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         order = order_rng.permutation(self.count) if order_rng is not None else np.arange(self.count)
-        for start in range(0, self.count, batch_size):
+        for start in range(0, _usable(self.count, batch_size, min_batch), batch_size):
             idx = np.sort(order[start:start + batch_size]) if order_rng is None else order[start:start + batch_size]
             images = self.images[idx]
             if aug_rng is not None:
@@ -68,9 +77,10 @@ class CachedSource:
         return self.reader.count
 
     def batches(self, batch_size: int, order_rng: np.random.Generator | None = None,
-                aug_rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                aug_rng: np.random.Generator | None = None,
+                min_batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         order = order_rng.permutation(self.count) if order_rng is not None else np.arange(self.count)
-        for start in range(0, self.count, batch_size):
+        for start in range(0, _usable(self.count, batch_size, min_batch), batch_size):
             idx = order[start:start + batch_size]
             kill_point("batch")
             yield self.reader.read(idx), self.labels[idx]

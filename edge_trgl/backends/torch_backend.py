@@ -12,6 +12,7 @@ from ..cache import CacheWriter, cache_dir
 from ..memory.measure import release_memory
 from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
+from ..prefetch import prefetch_batches
 from ..sources import epoch_rng
 from ..store import (block_path, checkpoint_path, head_path, load_tensors, optim_path, prefixed,
                      save_tensors, unprefixed)
@@ -37,10 +38,15 @@ def forward_module(blocks, head, x):
     return x, head(x), energy
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+def to_device(array, device: torch.device) -> torch.Tensor:
+    """A host batch (numpy, or a tensor the prefetcher already pinned) on `device`. On CUDA the
+    copy is asynchronous from page-locked memory; the caching host allocator keeps the pinned
+    buffer alive until the copy has run."""
+    tensor = array if torch.is_tensor(array) else torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
+        if not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
     return tensor
 
 
@@ -51,7 +57,7 @@ def evaluate(blocks, head, source, batch_size: int, device, cfg) -> float | None
     for m in [*blocks, head]:
         m.eval()
     correct = 0
-    for x, y in source.batches(batch_size):
+    for x, y in prefetch_batches(source.batches(batch_size), device):
         with autocast(cfg, device):
             _, logits, _ = forward_module(blocks, head, to_device(x, device))
         correct += int((logits.argmax(1).cpu().numpy() == y).sum())
@@ -63,7 +69,8 @@ def check_budget(ctx) -> None:
     if dog is not None and dog.exceeded_bytes is not None and ctx.cfg.extra.get("on_over_budget", "stop") == "stop":
         from ..budget import format_size
         raise BudgetExceeded(
-            f"Measured RSS reached {format_size(dog.exceeded_bytes)}, over the budget of "
+            f"Measured {getattr(dog, 'measured_what', 'RSS')} reached "
+            f"{format_size(dog.exceeded_bytes)}, over the budget of "
             f"{format_size(dog.limit_bytes)}. The run stopped at a safe point; this is a planner "
             f"bug, please report it with the run's plan.json. Resume with a smaller --batch-size "
             f"or a lower --mem-budget margin.")
@@ -76,7 +83,7 @@ def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight
         m.train()
     totals = {"loss": 0.0, "ce": 0.0, "energy": 0.0, "correct": 0, "seen": 0}
     start = time.perf_counter()
-    batches = source.batches(ctx.batch_size, order_rng, aug_rng)
+    batches = prefetch_batches(source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2), device)
     for x_np, y_np in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size), desc=desc):
         x, y = to_device(x_np, device), to_device(y_np, device)
         w = adaptive.weight if adaptive is not None else weight
@@ -119,6 +126,9 @@ class TorchBackend:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        if cfg.device == "cuda":
+            from ..memory.cuda import require_cuda
+            require_cuda(cfg)
         self.device = torch.device(cfg.device)
 
     # --- training ---------------------------------------------------------------------------
@@ -234,7 +244,8 @@ class TorchBackend:
                                  cfg.cache_dtype) if write else None
             correct = 0
             try:
-                for x_np, y_np in ctx.progress_bar(source.batches(ctx.eval_batch_size, None, aug_rng),
+                batches = prefetch_batches(source.batches(ctx.eval_batch_size, None, aug_rng), device)
+                for x_np, y_np in ctx.progress_bar(batches,
                                                    total=-(-source.count // ctx.eval_batch_size),
                                                    desc=f"module {task.k} features {name}"):
                     with autocast(cfg, device):

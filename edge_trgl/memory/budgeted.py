@@ -17,11 +17,14 @@ from .planner import Plan, default_views
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
 
 
+MIN_BATCH = 2  # BatchNorm cannot normalise a batch of one sample in training
+
+
 def batch_candidates(requested: int) -> list[int]:
-    out, b = [], requested
-    while b >= 1:
+    out, b = [], max(requested, MIN_BATCH)
+    while b >= MIN_BATCH:
         out.append(b)
-        b = b // 2 if b > 8 else b - max(1, b // 4) if b > 1 else 0
+        b = b // 2 if b > 8 else b - max(1, b // 4)
     return sorted(set(out), reverse=True)
 
 
@@ -60,6 +63,9 @@ def resolve_budget(cfg) -> tuple[int, list[str]]:
     notes = []
     if cfg.mem_budget is not None:
         return parse_size(cfg.mem_budget), notes
+    if cfg.device == "cuda":  # unified RAM or the GPU's memory, as the profile says (memory/cuda.py)
+        from .cuda import profile_budget
+        return profile_budget(cfg)
     from ..profiles import load_profile
     profile = load_profile(cfg.profile)
     notes.append(f"budget from profile {profile['name']}: {format_size(profile['budget_bytes'])} "
@@ -79,6 +85,7 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
     usable = int(budget_bytes * SAFETY)
     threads = cfg.threads or os.cpu_count() or 1
     n = len(arch)
+    cuda_acct = None
     if cfg.backend == "ort":  # this (torch) process does not train; the ORT processes do
         if usable <= framework_bytes(cfg, dataset):
             raise UserError(
@@ -87,6 +94,10 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
                 f"{format_size(framework_bytes(cfg, dataset))} (its torch-free orchestrator and "
                 f"trainer processes, and the dataset). Give a larger --mem-budget or use a smaller "
                 f"--train-fraction. Nothing was written.")
+    elif cfg.device == "cuda":  # device memory (+ host RSS on unified memory): memory/cuda.py
+        from .cuda import PlanAccounting
+        cuda_acct = PlanAccounting.for_plan(cfg, dataset, arch, threads, framework_bytes())
+        cuda_acct.check_fixed(usable, budget_bytes, SAFETY)
     elif usable <= framework_bytes():
         raise UserError(
             f"The memory budget {format_size(budget_bytes)} is smaller than what the framework "
@@ -110,6 +121,8 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
         notes.append(ort_plan_note(cfg, dataset))
 
     def data_cost(batch: int) -> int:
+        if cuda_acct is not None:
+            return cuda_acct.fixed_bytes(batch)
         return data_total(data_bytes(dataset, batch, baseline_bytes))
 
     calibration = {"factor": 1.0}
@@ -131,6 +144,9 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
         return value, splits
 
     def verify(batch: int, splits) -> list[dict]:
+        if cuda_acct is not None:
+            return cuda_acct.verify(batch, [(0, n)] if cfg.scheme in ("parallel", "e2e") else splits,
+                                    costs)
         estimates = []
         for lo, hi in ([(0, n)] if cfg.scheme in ("parallel", "e2e") else splits):
             measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
@@ -167,10 +183,12 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
         notes.append(f"batch {batch} with {len(splits)} modules measured {format_size(worst)}, over "
                      f"the budget; recalibrated the estimator by x{new_factor:.3f} and re-planned")
     if plan is None:
-        need = min(total(i, i + 1, 1) for i in range(n)) if fixed is None else value
+        need = min(total(i, i + 1, MIN_BATCH) for i in range(n)) if fixed is None else value
+        if cuda_acct is not None:
+            raise cuda_acct.refusal(budget_bytes, need, SAFETY)
         raise UserError(
             f"The memory budget {format_size(budget_bytes)} is too small for {cfg.model}: even "
-            f"training {'one block' if fixed is None else 'the requested grouping'} at batch size 1 "
+            f"training {'one block' if fixed is None else 'the requested grouping'} at batch size 2 "
             f"needs about {format_size(need / SAFETY)}, of which about "
             f"{format_size(framework_bytes(cfg, dataset))} is the framework itself "
             f"{'(torch-free ORT processes)' if cfg.backend == 'ort' else 'after `import torch`'}. Give "
@@ -178,6 +196,8 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
             f"torch-free trainer), a smaller model (--model, --width), a smaller --train-fraction "
             f"or --batch-size. Nothing was written.")
     batch, splits, estimates, worst = plan
+    if cuda_acct is not None:
+        notes.append(cuda_acct.note(estimates))
     # Cache precision and augmentation views against the disk budget.
     views = default_views(cfg) if cfg.scheme in ("sequential", "multilap") else 0
     cache_dtype = cfg.cache_dtype
