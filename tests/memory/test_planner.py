@@ -1,0 +1,107 @@
+"""The planner's search and the memory readings, with fake block costs where a real probe would
+take seconds (the real probes are exercised by tests/cli and benchmarks/planner_budgets.py)."""
+
+import sys
+
+import pytest
+
+from edge_trgl.config import TrainConfig
+from edge_trgl.data import load_dataset
+from edge_trgl.errors import UserError
+from edge_trgl.memory import budgeted
+from edge_trgl.memory.budgeted import batch_candidates, minimax_splits, plan_budgeted
+from edge_trgl.memory.measure import RssWatchdog, run_measured
+from edge_trgl.modules import architecture
+
+MB = 1_000_000
+
+
+def test_minimax_splits_balances_the_largest_module():
+    costs = [5, 1, 1, 1, 1, 5]
+    value, splits = minimax_splits(6, 3, lambda lo, hi: sum(costs[lo:hi]))
+    assert value == 5 and splits == [(0, 1), (1, 5), (5, 6)]
+    value, splits = minimax_splits(6, 1, lambda lo, hi: sum(costs[lo:hi]))
+    assert value == 14 and splits == [(0, 6)]
+
+
+def test_batch_candidates_descend_and_stop_at_two():
+    assert batch_candidates(128)[:3] == [128, 64, 32]
+    assert batch_candidates(128)[-1] == 2 and 1 not in batch_candidates(5)
+
+
+class FakeCosts:
+    """Every block costs 40 MB fixed + 1 MB per sample above a 100 MB framework baseline."""
+
+    def __init__(self, cfg, in_shape, num_classes, arch, threads):
+        self.n = len(arch)
+
+    def block_peak(self, i, batch):
+        return 40 * MB + batch * MB
+
+    def module_estimate(self, lo, hi, batch):
+        module = 40 * MB + batch * MB + (hi - lo - 1) * (10 * MB + batch * MB // 4)
+        return {"module_bytes": module}
+
+
+@pytest.fixture()
+def fake_planner(monkeypatch):
+    monkeypatch.setattr(budgeted, "BlockCosts", FakeCosts)
+    monkeypatch.setattr(budgeted, "framework_bytes", lambda *args, **kw: 100 * MB)
+    monkeypatch.setattr("edge_trgl.memory.measure.rss_bytes", lambda pid="self": 100 * MB)
+
+    def probe(cfg, in_shape, classes, arch, lo, hi, batches, threads):
+        return {b: FakeCosts(cfg, in_shape, classes, arch, threads).module_estimate(lo, hi, b)["module_bytes"]
+                for b in batches}
+    monkeypatch.setattr(budgeted, "probe_module", probe)
+    data = load_dataset("synthetic", seed=0, synthetic_train=200, synthetic_test=50)
+    return data
+
+
+def plan_for(data, budget, **kw):
+    cfg = TrainConfig(model="resnet8", mem_budget=budget, batch_size=64, disk_budget="10GB", **kw)
+    return plan_budgeted(cfg, data, architecture(cfg, data.in_shape, data.num_classes))
+
+
+def test_smaller_budgets_give_smaller_modules_or_batches(fake_planner):
+    big = plan_for(fake_planner, "1GB")
+    mid = plan_for(fake_planner, "260MB")
+    small = plan_for(fake_planner, "200MB")
+    assert len(big.splits) == 1 and big.batch_size == 64
+    assert (len(mid.splits), -mid.batch_size) > (len(big.splits), -big.batch_size)
+    assert small.batch_size < mid.batch_size or len(small.splits) > len(mid.splits)
+    for plan, budget in ((big, 1000 * MB), (mid, 260 * MB), (small, 200 * MB)):
+        assert plan.estimated_peak_bytes <= 0.95 * budget
+        assert all(e["estimated_peak_bytes"] <= 0.95 * budget for e in plan.module_estimates)
+        covered = [i for lo, hi in plan.splits for i in range(lo, hi)]
+        assert covered == list(range(len(covered)))
+
+
+def test_too_small_budget_refuses_with_the_needed_figure(fake_planner):
+    with pytest.raises(UserError, match="too small") as info:
+        plan_for(fake_planner, "160MB")
+    assert "MB" in str(info.value) and "--backend ort" in str(info.value)
+    with pytest.raises(UserError, match="framework alone"):
+        plan_for(fake_planner, "90MB")
+
+
+def test_fixed_grouping_only_chooses_the_batch(fake_planner):
+    plan = plan_for(fake_planner, "230MB", modules=2)
+    assert len(plan.splits) == 2 and plan.batch_size < 64
+
+
+def test_child_peak_is_its_own_not_its_descendants():
+    grandchild = "import numpy as np; a = np.ones(40_000_000); a += 1"
+    detail = {}
+    code, self_peak, _ = run_measured(
+        [sys.executable, "-c", f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', "
+                               f"{grandchild!r}]); time.sleep(0.3)"], detail=detail)
+    assert code == 0
+    assert detail["tree_peak_rss_bytes"] > 300 * MB      # wait4 charges the grandchild's 320 MB
+    assert self_peak < 100 * MB                           # the child itself stayed small
+
+
+def test_watchdog_records_exceeding_the_limit():
+    import numpy as np
+    with RssWatchdog(limit_bytes=1) as dog:
+        np.ones(1000)
+    assert dog.exceeded_bytes is not None and dog.max_seen_bytes > 0
