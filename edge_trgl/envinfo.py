@@ -47,9 +47,26 @@ def report() -> dict:
                                                        "importable": torchvision_usable()},
         },
     }
+    info["devices"] = ["cpu"]
+    # What this torch was built for, even without a GPU: a CPU wheel cannot use one at all.
+    info["torch_cuda_build"] = torch.version.cuda
     if cuda:
-        props = torch.cuda.get_device_properties(0)
-        info["cuda"] = {"device": props.name, "total_bytes": props.total_memory,
-                        "capability": f"{props.major}.{props.minor}",
-                        "bf16": torch.cuda.is_bf16_supported(), "cuda_version": torch.version.cuda}
+        from .memory.cuda import bf16_supported
+        devices = []
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            devices.append({"index": index, "device": props.name, "total_bytes": props.total_memory,
+                            "capability": f"{props.major}.{props.minor}",
+                            "integrated": bool(getattr(props, "is_integrated", False))})
+            info["devices"].append(f"cuda:{index}")
+        first = devices[0]
+        info["cuda"] = {**first, "bf16": bf16_supported(torch), "cuda_version": torch.version.cuda,
+                        "cudnn": torch.backends.cudnn.version(), "devices": devices,
+                        "memory_accounting": ("unified: the budget covers host RSS + CUDA memory"
+                                              if first["integrated"] else
+                                              "discrete: the budget covers GPU memory")}
+    else:
+        info["cuda_unavailable"] = ("CPU-only PyTorch build" if torch.version.cuda is None else
+                                    f"PyTorch built for CUDA {torch.version.cuda}, but no CUDA "
+                                    f"device is visible")
     return info

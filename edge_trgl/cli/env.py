@@ -23,9 +23,16 @@ def run(args) -> int:
     print(f"torch {info['torch']} ({info['torch_threads']} threads)")
     for name, ok in info["backends"].items():
         print(f"  backend {name:<10} {'available' if ok else 'not available'}")
+    print(f"  devices: {', '.join(info['devices'])}")
     if info["cuda"]:
         c = info["cuda"]
-        print(f"  CUDA device: {c['device']}, {c['total_bytes'] / 1e9:.1f} GB, bf16={c['bf16']}")
+        print(f"  CUDA {c['cuda_version']}, cuDNN {c['cudnn']}, bf16 (native) {c['bf16']}")
+        for d in c["devices"]:
+            print(f"  cuda:{d['index']}: {d['device']}, {d['total_bytes'] / 1e9:.1f} GB, compute "
+                  f"capability {d['capability']}{', integrated (unified memory)' if d['integrated'] else ''}")
+        print(f"  memory accounting with --device cuda: {c['memory_accounting']}")
+    else:
+        print(f"  CUDA: not available ({info['cuda_unavailable']})")
     for extra, pkgs in info["extras"].items():
         desc = ", ".join(f"{k}={v}" for k, v in pkgs.items())
         print(f"  extra {extra}: {desc}")

@@ -1,0 +1,561 @@
+"""The CUDA path. Everything that does not need a GPU runs here on the CPU: the memory accounting
+formulas (unified vs discrete budgets), the planner fed with fake CUDA probe results, the CUDA
+watchdog fed with a fake device, the refusals (no CUDA, no bf16, --amp on the CPU), the batch
+prefetcher. The tests marked `gpu` need a CUDA device and skip cleanly, saying why, without one.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from edge_trgl.config import TrainConfig
+from edge_trgl.errors import UserError
+from edge_trgl.memory import cuda as cm
+from edge_trgl.prefetch import Prefetcher, prefetch_batches
+
+MB = 1000**2
+HAVE_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(
+    not HAVE_CUDA,
+    reason=f"needs a CUDA GPU: torch.cuda.is_available() is False here (torch {torch.__version__}, "
+           f"{'a CPU-only build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda + ' build, no device'})")
+no_gpu = pytest.mark.skipif(HAVE_CUDA, reason="checks the refusal on a machine without CUDA")
+
+
+# --- the accounting formulas ---------------------------------------------------------------
+
+def test_budgeted_bytes_unified_counts_host_rss_discrete_does_not():
+    kwargs = dict(allocated_bytes=300 * MB, reserved_bytes=400 * MB, context_bytes=500 * MB,
+                  host_rss_bytes=1200 * MB)
+    unified = cm.CudaPeaks(**kwargs, unified=True)
+    discrete = cm.CudaPeaks(**kwargs, unified=False)
+    # allocated lives inside reserved: never added on top of it
+    assert unified.device_bytes == discrete.device_bytes == 900 * MB
+    assert discrete.budgeted_bytes == 900 * MB
+    assert unified.budgeted_bytes == 2100 * MB
+    doc = unified.to_json()
+    assert doc["budgeted_bytes"] == 2100 * MB and "host RSS" in doc["budget_covers"]
+    assert "not budgeted" in discrete.to_json()["budget_covers"]
+
+
+def fake_raw(batches, blocks=1, integrated=False, context=300 * MB, baseline=400 * MB):
+    """What probe.py prints for a CUDA probe: host VmHWM per batch, allocator peaks, device facts."""
+    return {"baseline_bytes": baseline,
+            "results": [{"batch": b, "peak_bytes": baseline + 150 * MB + b * MB // 10,
+                         "cuda_allocated_bytes": blocks * (10 * MB + b * MB // 2),
+                         "cuda_reserved_bytes": blocks * (20 * MB + b * MB)} for b in sorted(batches)],
+            "saved_bytes_per_sample": blocks * MB // 2,
+            "cuda": {"device_name": "Fake GPU", "capability": "8.7", "integrated": integrated,
+                     "total_bytes": 16_000 * MB, "used_bytes": 0, "reserved_now_bytes": 0,
+                     "context_bytes": context, "host_rss_bytes": baseline}}
+
+
+def test_probe_peaks_follow_the_device_rule():
+    raw = fake_raw([8, 32])
+    discrete = cm.probe_peaks(TrainConfig(device="cuda"), raw)
+    assert discrete == {8: 28 * MB, 32: 52 * MB}  # reserved only
+    unified = cm.probe_peaks(TrainConfig(device="cuda"), fake_raw([8, 32], integrated=True))
+    host_above = {b: 150 * MB + b * MB // 10 for b in (8, 32)}
+    assert unified == {b: discrete[b] + host_above[b] for b in (8, 32)}
+    # a profile decides over what the device reports (rehearsing a Jetson plan on another GPU)
+    rehearsal = cm.probe_peaks(TrainConfig(device="cuda", profile="jetson-nano-4gb"), raw)
+    assert rehearsal == unified
+
+
+def test_context_measured_on_discrete_default_or_profile_on_unified():
+    cfg = TrainConfig(device="cuda")
+    assert cm.probe_context_bytes(cfg, fake_raw([8], context=321 * MB))[0] == 321 * MB
+    value, method = cm.probe_context_bytes(cfg, fake_raw([8], integrated=True, context=1 * MB))
+    assert value == cm.DEFAULT_UNIFIED_CONTEXT_BYTES and "default" in method
+    value, method = cm.probe_context_bytes(TrainConfig(device="cuda", profile="jetson-nano-4gb"),
+                                           fake_raw([8]))
+    assert value == 500 * MB and "jetson-nano-4gb" in method
+
+
+def test_profile_budgets_for_cuda():
+    budget, notes = cm.profile_budget(TrainConfig(device="cuda", profile="jetson-nano-4gb"))
+    assert budget == 4000 * MB - 1200 * MB and "unified" in notes[0]
+    budget, notes = cm.profile_budget(TrainConfig(device="cuda", profile="desktop-gpu-8gb"))
+    assert budget == 8 * 1024**3 - 700 * MB and "GPU memory" in notes[0]
+    with pytest.raises(UserError, match="GPU memory.*--mem-budget"):
+        cm.profile_budget(TrainConfig(device="cuda", profile="laptop-8gb"))
+
+
+# --- the planner, fed with fake CUDA probes ---------------------------------------------------
+
+@pytest.fixture
+def fake_probes(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGE_TRGL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cm, "require_cuda", lambda cfg: None)
+    state = {"integrated": False, "context": 300 * MB, "calls": []}
+
+    def raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads):
+        state["calls"].append((lo, hi, tuple(batches)))
+        context = state["context"]
+        return fake_raw(batches, blocks=hi - lo, integrated=state["integrated"],
+                        context=context(lo, hi) if callable(context) else context)
+    monkeypatch.setattr(cm, "raw_probe", raw_probe)
+    return state
+
+
+def plan_for(**overrides):
+    from edge_trgl.memory.budgeted import plan_budgeted
+    from edge_trgl.modules import architecture
+    from edge_trgl.train import load_data
+    cfg = TrainConfig(device="cuda", model="resnet20", synthetic_train=200, synthetic_test=50,
+                      batch_size=128, threads=1, epochs=1, **overrides).validate()
+    dataset = load_data(cfg)
+    return plan_budgeted(cfg, dataset, architecture(cfg, dataset.in_shape, dataset.num_classes))
+
+
+def test_discrete_plan_budgets_device_memory_only(fake_probes):
+    from edge_trgl.memory.budgeted import SAFETY
+    from edge_trgl.memory.measure import rss_bytes
+    budget = 700 * MB
+    plan = plan_for(mem_budget="700MB")
+    usable = int(budget * SAFETY)
+    assert plan.estimated_peak_bytes <= usable
+    for row in plan.module_estimates:
+        assert row["accounting"] == "cuda-discrete"
+        # estimate = the probe's reserved peak + the measured context, nothing from the host
+        assert row["estimated_peak_bytes"] == row["measured_probe_bytes"] + 300 * MB
+        assert row["measured_probe_bytes"] == row["cuda_reserved_bytes"]
+        assert row["host_rss_estimate_bytes"] > rss_bytes() // 2
+        # host RSS is reported, not budgeted: counted, this module would not fit
+        assert row["host_rss_estimate_bytes"] + row["estimated_peak_bytes"] > budget
+        assert row["estimated_peak_bytes"] <= usable
+    # reserved per block at batch 128 is 148 MB and 665 - 300 MB leave room for 2 blocks a module
+    assert all(hi - lo <= 2 for lo, hi in plan.splits) and plan.batch_size == 128
+    assert any("discrete GPU" in n and "not budgeted" in n for n in plan.notes)
+
+
+def test_unified_plan_counts_host_rss_and_context(fake_probes):
+    from edge_trgl.memory.measure import rss_bytes
+    fake_probes["integrated"] = True
+    # the same budget that fits on a discrete GPU cannot hold host RSS + the context here
+    with pytest.raises(UserError, match="CUDA context"):
+        plan_for(mem_budget="700MB")
+    plan = plan_for(mem_budget="3GB")
+    for row in plan.module_estimates:
+        assert row["accounting"] == "cuda-unified"
+        fixed = row["process_baseline_bytes"] + row["batch_buffer_bytes"]
+        assert row["process_baseline_bytes"] >= rss_bytes() // 2 + cm.DEFAULT_UNIFIED_CONTEXT_BYTES
+        assert row["estimated_peak_bytes"] == row["measured_probe_bytes"] + fixed
+        # the module's cost includes the probe's host RSS above its baseline, not just reserved
+        assert row["measured_probe_bytes"] > row["cuda_reserved_bytes"]
+    assert plan.estimated_peak_bytes <= 0.95 * 3e9
+    assert any("unified memory" in n for n in plan.notes)
+
+
+def test_plan_takes_the_largest_context_any_module_probe_measured(fake_probes):
+    # a working context grows with the kernels loaded: here, with the module's last block
+    fake_probes["context"] = lambda lo, hi: 300 * MB + hi * MB
+    plan = plan_for(mem_budget="900MB")
+    assert len(plan.splits) > 1 and plan.splits[-1][1] == 10
+    # every row carries the largest (the last module's), not the first probe's 301 MB
+    assert {r["cuda_context_bytes"] for r in plan.module_estimates} == {310 * MB}
+    for row in plan.module_estimates:
+        assert row["estimated_peak_bytes"] == row["measured_probe_bytes"] + 310 * MB
+
+
+def test_context_alone_over_budget_is_refused_with_numbers(fake_probes):
+    with pytest.raises(UserError, match=r"CUDA context \(300 MB"):
+        plan_for(mem_budget="300MB")
+
+
+def test_jetson_profile_plan_is_unified_even_on_a_discrete_probe(fake_probes):
+    plan = plan_for(profile="jetson-orin-nano-8gb")
+    assert plan.budget_bytes == 6500 * MB
+    assert {r["accounting"] for r in plan.module_estimates} == {"cuda-unified"}
+    assert {r["cuda_context_bytes"] for r in plan.module_estimates} == {500 * MB}
+
+
+# --- the CUDA watchdog, fed with a fake device ------------------------------------------------
+
+class FakeCuda:
+    def __init__(self, integrated=False):
+        self.initialized, self.reserved, self.context = True, 0, 300 * MB
+        self.max_allocated = self.max_reserved = 0
+        self.total = 16_000 * MB
+        self.integrated = integrated
+        self.emptied = 0
+
+    def is_initialized(self):
+        return self.initialized
+
+    def memory_reserved(self, device=None):
+        return self.reserved
+
+    def mem_get_info(self, device=None):
+        return self.total - self.context - self.reserved, self.total
+
+    def max_memory_allocated(self, device=None):
+        return self.max_allocated
+
+    def max_memory_reserved(self, device=None):
+        return self.max_reserved
+
+    def empty_cache(self):
+        self.emptied += 1
+
+    def reset_peak_memory_stats(self, device=None):
+        self.max_allocated = self.max_reserved = 0
+
+    def current_device(self):
+        return 0
+
+    def get_device_properties(self, index):
+        return SimpleNamespace(name="Fake GPU", is_integrated=self.integrated, major=8, minor=7)
+
+
+def watchdog(cfg, limit, fake):
+    dog = cm.CudaWatchdog(cfg, limit_bytes=limit)
+    dog._torch = SimpleNamespace(cuda=fake)
+    return dog
+
+
+def test_watchdog_discrete_compares_reserved_plus_context_with_the_budget():
+    fake = FakeCuda()
+    dog = watchdog(TrainConfig(device="cuda"), 1000 * MB, fake)
+    fake.reserved = 600 * MB
+    dog.sample()
+    assert dog.exceeded_bytes is None and dog.context_max_bytes == 300 * MB
+    assert "CUDA reserved" in dog.measured_what and "host" not in dog.measured_what
+    fake.reserved = 800 * MB
+    dog.sample()
+    assert dog.exceeded_bytes == 1100 * MB
+    fake.max_allocated, fake.max_reserved = 700 * MB, 800 * MB
+    fields = dog.summary_fields(host_peak_bytes=5000 * MB, budget_bytes=1000 * MB)
+    assert fields["cuda_budgeted_peak_bytes"] == 1100 * MB  # host RSS not budgeted
+    assert fields["cuda_peak_allocated_bytes"] == 700 * MB and fields["cuda_over_budget"]
+    assert fields["cuda_host_peak_rss_bytes"] == 5000 * MB
+    assert all("cuda" in key for key in fields)  # the benchmark harness collects them by name
+    line = cm.format_cuda_summary({**fields, "budget_bytes": 1000 * MB})
+    assert "reserved 800 MB" in line and "context 300 MB" in line
+
+
+def test_watchdog_unified_adds_host_rss_and_uses_the_profile_context():
+    from edge_trgl.memory.measure import rss_bytes
+    fake = FakeCuda()  # says discrete: the profile wins
+    dog = watchdog(TrainConfig(device="cuda", profile="jetson-nano-4gb"), 10_000 * MB, fake)
+    fake.reserved = 100 * MB
+    dog.sample()
+    assert dog.context_max_bytes == 500 * MB
+    assert dog.budgeted_max_sampled_bytes >= rss_bytes() // 2 + 600 * MB
+    assert "host RSS" in dog.measured_what
+    fields = dog.summary_fields(host_peak_bytes=1000 * MB, budget_bytes=2800 * MB)
+    assert fields["cuda_unified_memory"] and not fields["cuda_over_budget"]
+
+
+def test_watchdog_phases_reset_the_allocator_peaks_and_keep_the_process_peak():
+    fake = FakeCuda()
+    dog = watchdog(TrainConfig(device="cuda"), None, fake)
+    fake.max_allocated, fake.max_reserved = 200 * MB, 300 * MB  # module 0
+    dog.start_phase()  # module 1 starts
+    assert fake.emptied == 1 and fake.max_reserved == 0
+    fake.max_allocated, fake.max_reserved = 50 * MB, 100 * MB
+    assert dog.phase_budgeted_bytes(10 * MB) == 100 * MB + 300 * MB  # this module's own
+    fields = dog.summary_fields(host_peak_bytes=0, budget_bytes=None)
+    assert fields["cuda_peak_reserved_bytes"] == 300 * MB  # the process's, over both modules
+    assert fields["cuda_over_budget"] is False
+
+
+def test_watchdog_never_initialises_cuda_itself():
+    fake = FakeCuda()
+    fake.initialized = False
+    dog = watchdog(TrainConfig(device="cuda"), 100 * MB, fake)
+    fake.reserved = 10_000 * MB  # would be over; not readable before CUDA is initialised
+    dog.sample()
+    assert dog.exceeded_bytes is None and dog.device_name is None
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+@no_gpu
+def test_cuda_unavailable_is_a_user_error_and_nothing_is_written(tmp_path, capsys):
+    from edge_trgl.cli.main import main
+    from edge_trgl.train import train
+    with pytest.raises(UserError, match="--device cuda.*--device cpu"):
+        cm.require_cuda(TrainConfig(device="cuda"))
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="CPU-only build|sees no CUDA device"):
+        train(TrainConfig(device="cuda", out=str(out), synthetic_train=100, synthetic_test=20))
+    assert not out.exists()
+    assert main(["train", "--device", "cuda", "--out", str(out), "--quiet"]) == 2
+    assert "--device cuda was asked for" in " ".join(capsys.readouterr().err.split())
+    assert not out.exists()
+    with pytest.raises(UserError, match="--device cuda"):
+        from edge_trgl.backends.torch_backend import TorchBackend
+        TorchBackend(TrainConfig(device="cuda"))
+
+
+def test_bf16_without_native_support_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(name="Jetson Nano", major=5, minor=3))
+    with pytest.raises(UserError, match=r"--amp bf16.*Jetson Nano.*5\.3.*--amp fp16"):
+        cm.require_cuda(TrainConfig(device="cuda", amp="bf16"))
+    cm.require_cuda(TrainConfig(device="cuda", amp="fp16"))  # fp16 needs no native bf16
+    # emulated bf16 (what is_bf16_supported() says by default on older GPUs) is not enough
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    with pytest.raises(UserError, match="native bfloat16"):
+        cm.require_cuda(TrainConfig(device="cuda", amp="bf16"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cm.require_cuda(TrainConfig(device="cuda", amp="bf16"))
+
+
+@pytest.mark.parametrize("amp,device,ok", [(None, "cpu", True), ("fp16", "cuda", True),
+                                           ("bf16", "cuda", True), ("fp16", "cpu", False),
+                                           ("bf16", "cpu", False), ("fp8", "cuda", False)])
+def test_amp_options(amp, device, ok):
+    cfg = TrainConfig(amp=amp, device=device)
+    if ok:
+        cfg.validate()
+    else:
+        with pytest.raises(UserError, match="--amp"):
+            cfg.validate()
+
+
+def test_scaler_only_for_fp16_on_cuda():
+    from edge_trgl.backends.torch_backend import autocast, make_scaler
+    cpu = torch.device("cpu")
+    assert make_scaler(TrainConfig(), cpu) is None
+    assert make_scaler(TrainConfig(amp="bf16", device="cuda"), torch.device("cuda")) is None
+    with autocast(TrainConfig(), cpu):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_env_reports_a_cuda_device(monkeypatch):
+    from edge_trgl.envinfo import report
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(
+        name="Orin", total_memory=8 * 1024**3, major=8, minor=7, is_integrated=True))
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90300)
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    info = report()
+    assert info["devices"] == ["cpu", "cuda:0"] and info["backends"]["torch-cuda"]
+    assert info["cuda"]["integrated"] and "unified" in info["cuda"]["memory_accounting"]
+    assert info["cuda"]["bf16"] and info["cuda"]["cudnn"] == 90300
+    json.dumps(info)
+
+
+@no_gpu
+def test_env_says_why_cuda_is_missing(capsys):
+    from edge_trgl.cli.main import main
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA: not available (" in out and "devices: cpu" in out
+
+
+@no_gpu
+def test_cuda_benchmark_refuses_without_cuda(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_resnet56.py"
+    spec = importlib.util.spec_from_file_location("cuda_resnet56", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--results", str(tmp_path / "results")])
+    assert exc.value.code == 2
+    assert "needs an NVIDIA GPU" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "results").exists()
+
+
+# --- the prefetcher ------------------------------------------------------------------------------
+
+def source(n, log, fail_at=None):
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"shard {i} is truncated")
+            log["pulled"] = log.get("pulled", 0) + 1
+            yield i
+    finally:
+        log["closed"] = True
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "batch-prefetch"]
+
+
+def test_prefetcher_keeps_order_and_applies_the_transform_in_its_thread():
+    log, seen = {}, []
+
+    def transform(i):
+        seen.append(threading.current_thread().name)
+        return i * 10
+    assert list(Prefetcher(source(50, log), transform=transform)) == [10 * i for i in range(50)]
+    assert log == {"pulled": 50, "closed": True}
+    assert set(seen) == {"batch-prefetch"} and not prefetch_threads()
+
+
+def test_prefetcher_reraises_the_sources_exception_after_the_batches_before_it():
+    log = {}
+    got = []
+    with pytest.raises(ValueError, match="shard 3 is truncated"):
+        for i in Prefetcher(source(10, log, fail_at=3)):
+            got.append(i)
+    assert got == [0, 1, 2] and log["closed"] and not prefetch_threads()
+
+
+def test_prefetcher_reraises_a_failing_transform():
+    def transform(i):
+        if i == 2:
+            raise RuntimeError("pinning failed")
+        return i
+    with pytest.raises(RuntimeError, match="pinning failed"):
+        list(Prefetcher(source(10, {}), transform=transform))
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_prefetcher_reads_at_most_depth_plus_one_ahead_and_stops_on_close(depth):
+    log = {}
+    p = Prefetcher(source(1000, log), depth=depth)
+    assert [next(p) for _ in range(3)] == [0, 1, 2]
+    time.sleep(0.3)  # let the producer run as far ahead as it may
+    assert log["pulled"] <= 3 + depth + 1
+    p.close()
+    pulled = log["pulled"]
+    time.sleep(0.1)
+    assert log["pulled"] == pulled and log["closed"] and not prefetch_threads()
+    with pytest.raises(StopIteration):
+        next(p)
+
+
+def test_prefetcher_rejects_a_bad_depth():
+    with pytest.raises(ValueError):
+        Prefetcher([], depth=0)
+
+
+def test_prefetch_is_a_no_op_on_the_cpu():
+    batches = iter([(np.zeros(2), np.zeros(2))])
+    assert prefetch_batches(batches, torch.device("cpu")) is batches
+    assert prefetch_batches(batches, "cpu") is batches
+    assert not prefetch_threads()
+
+
+def test_prefetch_batches_on_cuda_closes_when_abandoned(monkeypatch):
+    import edge_trgl.prefetch as pf
+    monkeypatch.setattr(pf, "pin_inputs", lambda batch: batch)  # no pinned memory without CUDA
+    log = {}
+    gen = prefetch_batches(source(100, log), torch.device("cuda"))
+    assert [next(gen), next(gen)] == [0, 1]
+    gen.close()
+    assert log["closed"] and not prefetch_threads()
+    log = {}
+    gen = prefetch_batches(source(100, log), "cuda")
+    next(gen)
+    del gen  # a loop that ended in an exception drops it like this
+    gc.collect()
+    assert log["closed"] and not prefetch_threads() and log["pulled"] <= 3
+
+
+def test_read_ahead_in_the_training_loops_changes_no_result(tmp_path, monkeypatch):
+    """The CUDA read-ahead, forced on in a CPU run (without pinning): training, evaluation and
+    feature-cache writing see the same batches in the same order, so the weights are identical."""
+    import edge_trgl.backends.torch_backend as tb
+    import edge_trgl.prefetch as pf
+    from edge_trgl.train import train
+
+    def run(name):
+        return train(TrainConfig(model="resnet8", width=0.5, synthetic_train=160, synthetic_test=40,
+                                 epochs=1, modules=2, batch_size=32, threads=1, progress=False,
+                                 out=str(tmp_path / name)))
+    plain = run("plain")
+    calls = []
+
+    def forced(batches, device, depth=1):
+        calls.append(device)
+        return pf._closing(pf.Prefetcher(batches, depth=depth))
+    monkeypatch.setattr(tb, "prefetch_batches", forced)
+    ahead = run("ahead")
+    assert len(calls) >= 6  # train epochs, validation, and every split's feature writing
+    assert [m["test_acc"] for m in ahead["modules"]] == [m["test_acc"] for m in plain["modules"]]
+    for name in ("blocks/block_000.safetensors", "blocks/block_003.safetensors",
+                 "heads/head_01.safetensors"):
+        assert (tmp_path / "ahead" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+    assert not prefetch_threads()
+
+
+def test_to_device_passes_a_cpu_tensor_through():
+    from edge_trgl.backends.torch_backend import to_device
+    t = torch.ones(3)
+    assert to_device(t, torch.device("cpu")) is t
+    assert torch.equal(to_device(np.ones(3, dtype=np.float32), torch.device("cpu")), t)
+
+
+# --- on a GPU ------------------------------------------------------------------------------------
+
+def gpu_config(tmp_path, **overrides):
+    base = dict(device="cuda", model="resnet8", width=0.5, synthetic_train=512, synthetic_test=128,
+                epochs=2, modules=2, batch_size=64, threads=2, progress=False,
+                out=str(tmp_path / "run"))
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@gpu
+@pytest.mark.parametrize("amp", [None, "fp16", "bf16"])
+def test_gpu_sequential_run(tmp_path, amp):
+    from edge_trgl.train import train
+    if amp == "bf16" and not cm.bf16_supported(torch):
+        pytest.skip("this GPU has no native bfloat16")
+    summary = train(gpu_config(tmp_path, amp=amp))
+    assert summary["device"] == "cuda" and len(summary["modules"]) == 2
+    assert all(row["test_acc"] is not None for row in summary["modules"])
+    losses = [json.loads(line)["train_loss"]
+              for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert 0 < summary["cuda_peak_allocated_bytes"] <= summary["cuda_peak_reserved_bytes"]
+    assert summary["cuda_context_bytes"] > 0 and summary["cuda_host_peak_rss_bytes"] > 0
+    assert summary["cuda_budgeted_peak_bytes"] == (summary["cuda_peak_reserved_bytes"]
+                                                   + summary["cuda_context_bytes"])
+
+
+@gpu
+def test_gpu_resident_e2e_run(tmp_path):
+    from edge_trgl.train import train
+    summary = train(gpu_config(tmp_path, scheme="e2e", amp="fp16"))
+    assert summary["best_test_acc"] is not None and summary["cuda_peak_reserved_bytes"] > 0
+
+
+@gpu
+@pytest.mark.parametrize("budget", [dict(mem_budget="2GB"), dict(profile="jetson-orin-nano-8gb")],
+                         ids=["discrete-2GB", "unified-rehearsal"])
+def test_gpu_budgeted_run_stays_under_its_budget(tmp_path, monkeypatch, budget):
+    from edge_trgl.train import train
+    monkeypatch.setenv("EDGE_TRGL_CACHE", str(tmp_path / "cache"))
+    summary = train(gpu_config(tmp_path, model="resnet20", width=1.0, modules=None, epochs=1,
+                               batch_size=128, **budget))
+    assert summary["budget_bytes"]
+    # context included; the sum of separately taken peaks is an upper bound of the real peak
+    assert summary["cuda_budgeted_peak_bytes"] <= summary["budget_bytes"], summary
+    assert not summary["over_budget"]
+    for row in summary["modules"]:
+        assert row["measured_peak_bytes"] <= summary["budget_bytes"]
+
+
+@gpu
+def test_gpu_pinned_batches_reach_the_device():
+    from edge_trgl.backends.torch_backend import to_device
+    from edge_trgl.prefetch import pin_inputs
+    x, y = pin_inputs((np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(2)))
+    assert x.is_pinned() and isinstance(y, np.ndarray)
+    on_gpu = to_device(x, torch.device("cuda"))
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), x)
+    batches = list(prefetch_batches(iter([(np.ones((2, 2), np.float32), np.zeros(2))] * 3), "cuda"))
+    assert len(batches) == 3 and all(b[0].is_pinned() for b in batches)
