@@ -135,6 +135,9 @@ class Context:
         # survives a crash: a resumed run's summary reports the peak of all its processes
         manifest = self.run.manifest
         manifest["peak_rss_bytes_so_far"] = max(manifest.get("peak_rss_bytes_so_far", 0), phase)
+        if self.cfg.device == "cuda" and hasattr(self.watchdog, "phase_budgeted_bytes"):
+            # what the budget covers on this device, comparable with the plan (memory/cuda.py)
+            return self.watchdog.phase_budgeted_bytes(phase)
         return phase
 
     def process_peak_bytes(self) -> int:

@@ -9,8 +9,8 @@ recomputed by the same deterministic forward passes), so a resume that differs b
 lost or repeated state. The kill points come from the EDGE_TRGL_TEST_KILL_AT hook
 (edge_trgl/killpoints.py); the event counts below follow from the tiny settings in ARGS
 (resnet8 = 4 blocks, 2 modules of 2 blocks, 180 train / 20 val / 100 test images, batch 32, so an
-epoch is 6 train batches + 1 val batch). The whole file runs 13 training processes (~3 s each,
-mostly `import torch`).
+epoch is 6 train batches + 1 val batch). The whole file runs 10 training processes (~3 s each,
+mostly `import torch`; the three references run in-process).
 """
 
 from __future__ import annotations
@@ -78,6 +78,13 @@ def train(*args: str, kill: str | None = None, check_rc: int | None = 0):
     return proc
 
 
+def train_here(*args: str) -> None:
+    """An uninterrupted reference run in this process (saves the ~1.5 s of importing torch in a
+    child; the computation is the same, so a resumed child must match it bit for bit)."""
+    from edge_trgl.cli.main import main
+    assert main(["train", "--quiet", *args]) == 0
+
+
 def killed(*args: str, kill: str):
     proc = train(*args, kill=kill, check_rc=None)
     assert proc.returncode == -signal.SIGKILL, (kill, proc.returncode, proc.stderr[-3000:])
@@ -140,7 +147,7 @@ def seq_reference(tmp_path_factory):
     assert not out.exists()
     assert list(base.glob(".reference.staging-*")), "expected the killed set-up's staging folder"
     assert main(["train", "--resume", str(out)]) == 2     # nothing to resume
-    train(*SEQ, "--out", str(out))
+    train_here(*SEQ, "--out", str(out))
     assert not list(base.glob(".reference.staging-*")), "stale staging folder not cleaned up"
     return out
 
@@ -163,11 +170,15 @@ def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_refere
     killed("--resume", str(run), kill="batch:20")
     assert manifest(run)["progress"] == {"lap": 0, "module": 0, "phase": "done"}
     assert_listed_files_intact(run)
+    from edge_trgl.run import Run
+    from edge_trgl.schemes import cache_intact
+    assert cache_intact(Run.open(run, clean=False), 0, 0)   # an intact cache is reused
     # damage the cache that module 1 reads: resume must notice (checksum) and rebuild it
     shard = sorted((run / "cache" / "module_00").glob("train-v1-*.npy"))[0]
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
+    assert not cache_intact(Run.open(run, clean=False), 0, 0)
     proc = train("--resume", str(run))
     assert "rebuilding" in proc.stderr
     assert_same_result(run, seq_reference)
@@ -175,7 +186,7 @@ def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_refere
 
 def test_multilap_killed_during_second_lap_write_back(tmp_path):
     reference = tmp_path / "reference"
-    train(*MULTILAP, "--out", str(reference))
+    train_here(*MULTILAP, "--out", str(reference))
     run = tmp_path / "run"
     # set-up 6 saves; lap 0: 1 checkpoint + 4 files per module; lap 1 module 0: checkpoint
     # (17), block 0 (18), block 1 half written (19)
@@ -188,7 +199,7 @@ def test_multilap_killed_during_second_lap_write_back(tmp_path):
 
 def test_e2e_ctrl_c_then_killed_during_final_write(tmp_path):
     reference = tmp_path / "reference"
-    train(*E2E, "--out", str(reference))
+    train_here(*E2E, "--out", str(reference))
     run = tmp_path / "run"
     # Ctrl-C in the middle of epoch 2 (an epoch is 6 train + 1 val batch): the epoch finishes,
     # is checkpointed, and the process exits 130 with the command that continues the run
