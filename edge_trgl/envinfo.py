@@ -7,7 +7,7 @@ import os
 import platform
 
 
-def _version(dist: str) -> str | None:
+def dist_version(dist: str) -> str | None:
     try:
         from importlib.metadata import version
         return version(dist)
@@ -35,15 +35,15 @@ def report() -> dict:
         "backends": {
             "torch-cpu": True,
             "torch-cuda": cuda,
-            "ort": _version("onnxruntime-training-cpu") is not None or _version("onnxruntime-training") is not None,
+            "ort": dist_version("onnxruntime-training-cpu") is not None or dist_version("onnxruntime-training") is not None,
         },
         "cuda": None,
         "extras": {
             "ort (onnxruntime-training-cpu==1.19.2, onnx==1.17.0)": {
-                "onnxruntime-training-cpu": _version("onnxruntime-training-cpu"),
-                "onnx": _version("onnx")},
-            "plot (matplotlib)": {"matplotlib": _version("matplotlib")},
-            "torchvision (optional, never required)": {"torchvision": _version("torchvision"),
+                "onnxruntime-training-cpu": dist_version("onnxruntime-training-cpu"),
+                "onnx": dist_version("onnx")},
+            "plot (matplotlib)": {"matplotlib": dist_version("matplotlib")},
+            "torchvision (optional, never required)": {"torchvision": dist_version("torchvision"),
                                                        "importable": torchvision_usable()},
         },
     }

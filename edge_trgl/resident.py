@@ -8,8 +8,8 @@ import time
 import numpy as np
 import torch
 
-from .backends.torch_backend import (autocast, check_budget, evaluate, forward_module,
-                                     make_scaler, to_device)
+from .backends.torch_backend import (autocast, check_budget, forward_module,
+                                     make_scaler, optimizer_step, to_device)
 from .memory.measure import release_memory
 from .modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                       optimizer_to_numpy, save_module, to_numpy_state)
@@ -71,14 +71,14 @@ def train_resident(ctx) -> None:
                     _, logits, energy = forward_module(all_blocks, final_head, x)
                     loss, ce = module_loss(logits.float(), y, energy.float(), weights[0],
                                            cfg.label_smoothing)
-                _step(optimizers[0], loss, scaler)
+                optimizer_step(optimizers[0], loss, scaler)
             else:
                 for (blocks, head), opt, w in zip(modules, optimizers, weights):
                     with autocast(cfg, device):
                         out, logits, energy = forward_module(blocks, head, x)
                         loss, ce = module_loss(logits.float(), y, energy.float(), w,
                                                cfg.label_smoothing)
-                    _step(opt, loss, scaler)
+                    optimizer_step(opt, loss, scaler)
                     x = out.detach()
             n = len(y_np)
             sums += np.array([float(loss.detach()), float(ce.detach()), float(energy.detach()),
@@ -117,17 +117,6 @@ def train_resident(ctx) -> None:
         (run.root / old).unlink(missing_ok=True)
     del modules, optimizers
     release_memory()
-
-
-def _step(optimizer, loss, scaler) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ import numpy as np
 from .config import TrainConfig
 from .errors import Stopped, UserError
 from .killpoints import kill_point
-from .memory.measure import RssWatchdog, peak_rss_bytes, release_memory, rss_bytes
+from .envinfo import dist_version
+from .memory.measure import RssWatchdog, release_memory, rss_bytes
 
 
 def resolve_splits(num_blocks: int, cfg: TrainConfig, default_modules: int = 4) -> list[tuple[int, int]]:
@@ -51,24 +52,12 @@ def environment() -> dict:
     import sys
     torch = sys.modules.get("torch")  # not imported for this: the ORT orchestrator stays torch-free
     info = {"python": platform.python_version(),
-            "torch": torch.__version__ if torch is not None else _dist_version("torch"),
+            "torch": torch.__version__ if torch is not None else dist_version("torch"),
             "numpy": np.__version__, "platform": platform.platform(),
             "machine": platform.machine(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads() if torch is not None else None}
-    try:
-        from importlib.metadata import version
-        info["edge_trgl"] = version("edge-trgl")
-    except Exception:
-        pass
+    info["edge_trgl"] = dist_version("edge-trgl")
     return info
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(name)
-    except Exception:
-        return None
 
 
 def _cpu_model() -> str:

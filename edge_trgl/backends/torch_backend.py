@@ -90,14 +90,7 @@ def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight
         with autocast(cfg, device):
             _, logits, energy = forward_module(blocks, head, x)
             loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(optimizer, loss, scaler)
         ce_value = float(ce.detach())
         if adaptive is not None:
             adaptive.update(ce_value)
@@ -113,6 +106,17 @@ def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight
     return {"train_loss": totals["loss"] / seen, "train_ce": totals["ce"] / seen,
             "energy": totals["energy"] / seen, "train_acc": totals["correct"] / seen,
             "seconds": seconds, "samples_per_s": totals["seen"] / max(seconds, 1e-9)}
+
+
+def optimizer_step(optimizer, loss, scaler) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def make_scaler(cfg, device):
