@@ -74,8 +74,10 @@ def _native_stderr_captured():
         except BaseException:
             os.dup2(saved, 2)
             log.seek(0)
-            tail = log.read()[-4000:].decode(errors="replace")
-            print(tail, file=sys.stderr)
+            lines = [ln for ln in log.read().decode(errors="replace").splitlines()
+                     if "[I:onnxruntime" not in ln]
+            if lines:
+                print("\n".join(lines[-40:]), file=sys.stderr)
             raise
         finally:
             os.dup2(saved, 2)
@@ -193,6 +195,18 @@ def rewrite_average_pools(model) -> int:
     return count
 
 
+def expose_layer_norm_statistics(model) -> int:
+    """Give every LayerNormalization node its optional Mean and InvStdDev outputs: ORT's gradient
+    builder for it reads them (without them it fails with "i < node_->OutputDefs().size()")."""
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and len(node.output) == 1:
+            base = node.name or node.output[0]
+            node.output.extend([f"{base}_saved_mean", f"{base}_saved_inv_std"])
+            count += 1
+    return count
+
+
 def _loss_block(label_smoothing: float):
     import onnxruntime.training.onnxblock as onnxblock
     from onnx import TensorProto, helper
@@ -256,6 +270,7 @@ def build_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, out_dir: Path)
         _export(train_net, sample, fwd_path, training=True, output_names=["logits", "energy"])
         forward = onnx.load(str(fwd_path))
     rewritten = rewrite_average_pools(forward)
+    expose_layer_norm_statistics(forward)
     initializers = {i.name for i in forward.graph.initializer}
     missing = [n for n in trainable if n not in initializers]
     if missing:
@@ -280,12 +295,19 @@ def build_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, out_dir: Path)
     frozen = sorted({b["mean"] for b in bn} | {b["var"] for b in bn})
     other_inits = sorted(initializers - set(trainable) - set(frozen))
     weights = [n for n in state_keys if n in set(trainable) | set(frozen)]
-    with _native_stderr_captured():
-        artifacts.generate_artifacts(
-            forward, requires_grad=trainable, frozen_params=frozen,
-            loss=_loss_block(float(cfg.label_smoothing)), optimizer=None,
-            artifact_directory=str(out_dir),
-            additional_output_names=[o for b in bn for o in (b["mean_out"], b["var_out"])])
+    try:
+        with _native_stderr_captured():
+            artifacts.generate_artifacts(
+                forward, requires_grad=trainable, frozen_params=frozen,
+                loss=_loss_block(float(cfg.label_smoothing)), optimizer=None,
+                artifact_directory=str(out_dir),
+                additional_output_names=[o for b in bn for o in (b["mean_out"], b["var_out"])])
+    except RuntimeError as exc:  # ORT's gradient builder lacks a gradient for some op
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"ONNX Runtime 1.19 cannot build a training graph for blocks {lo}..{hi - 1} of "
+            f"{cfg.model} with the {cfg.head} head ({first}). Use --backend torch for this "
+            f"model.") from None
     (out_dir / "eval_model.onnx").unlink()  # see the module docstring: replaced below
 
     eval_net = _ModuleGraph.make(blocks, head, "eval")
@@ -359,8 +381,12 @@ def cached_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, signatures: l
         return root
     tmp = root.with_name(f".{key}.tmp-{os.getpid()}")
     build_artifacts(cfg, in_shape, num_classes, lo, hi, tmp)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
+    if root.exists() and not all((root / n).is_file() for n in ARTIFACT_FILES):
+        shutil.rmtree(root, ignore_errors=True)  # an incomplete earlier attempt
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another planner built the same artifacts meanwhile: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
@@ -386,15 +412,17 @@ def prepare_new_run(spec: dict) -> dict:
     module's artifacts, publish. Mirrors train.train()'s set-up."""
     from ..config import TrainConfig
     from ..memory.measure import release_memory
-    from ..modules import architecture, init_store
     from ..run import Run
     from ..train import load_data, make_plan, set_threads
     from .ort_common import save_snapshot
     cfg = TrainConfig.from_json(spec["config"]).validate()
     out = Path(cfg.out)
     Run.check_new_root(out)
+    # Data first, torch second (as train.py): loading CIFAR briefly holds every batch file, and
+    # that transient should not stack on top of torch's ~220 MB.
     dataset = load_data(cfg)
     release_memory()
+    from ..modules import architecture, init_store
     set_threads(cfg)
     arch = architecture(cfg, dataset.in_shape, dataset.num_classes)
     plan = make_plan(cfg, dataset, arch).to_json()

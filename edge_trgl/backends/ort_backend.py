@@ -10,8 +10,8 @@ Three kinds of processes, so that torch (~220 MB) is never resident while traini
 2. the orchestrator (this file, the `edge-trgl train` process itself): torch-free; runs the
    sequential / multi-lap scheme (schemes.run_modulewise) and, for each module, starts
 3. a trainer (ort_worker.py), a child that trains the module on ONNX Runtime (or writes its
-   feature cache) and exits; its peak RSS is measured from outside (its VmHWM, polled; see
-   run_watched for why not os.wait4's ru_maxrss).
+   feature cache) and exits; its peak RSS is measured from outside (memory.measure.run_measured:
+   the child's own VmHWM, polled; see _run_child for why not os.wait4's ru_maxrss).
 
 While a module trains, the orchestrator and one trainer are alive, so the training-phase peak
 reported is (orchestrator peak + largest trainer peak): an upper bound of what the two hold at
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..memory.measure import run_measured
 from .ort_common import (EXIT_INTERRUPTED, EXIT_OVER_BUDGET, artifact_dir, install_hint,
                          ort_version, require_ort, worker_command)
 
@@ -61,50 +62,22 @@ def _worker_env(cfg) -> dict:
                 MALLOC_MMAP_THRESHOLD_="65536")
 
 
-def _vm_hwm_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def run_watched(cmd: list[str], env: dict | None = None, interval_s: float = 0.01) -> dict:
-    """Run `cmd` as a child and measure its peak RSS from outside.
-
-    os.wait4's ru_maxrss (memory.measure.run_measured) is not used as the figure: Linux's exec
-    folds the high-water mark of the address space it replaces into ru_maxrss, and with vfork
-    that is the *parent's* -- a child spawned by a process that once held 300 MB reports >= 300 MB
-    even for /bin/true. VmHWM of the child's own (post-exec) address space has no such floor; it
-    is polled from /proc/<pid>/status until the child exits (a high-water mark, so a poll sees
-    every earlier peak; only growth in the child's last `interval_s` can be missed, which the
-    child's own final VmHWM reading, in its result file, covers). ru_maxrss is kept alongside."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    hwm = 0
-    while True:
-        hwm = max(hwm, _vm_hwm_bytes(proc.pid))
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            break
-        time.sleep(interval_s)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"status": proc.returncode, "peak_rss_bytes": hwm,
-            "ru_maxrss_bytes": usage.ru_maxrss * 1024, "seconds": time.perf_counter() - start}
-
-
 def _run_child(cmd: list[str], env: dict, result_path: Path) -> tuple[dict, dict]:
-    watched = run_watched(cmd, env=env)
+    """Run a preparation / trainer / probe child; its peak RSS is measured from outside by
+    memory.measure.run_measured (the child's own VmHWM, polled). Not os.wait4's ru_maxrss: that
+    also counts the child's waited-for descendants, and exec folds the replaced address space's
+    high-water mark into it -- with vfork the *parent's*, so any child of a process that once
+    held 300 MB reports >= 300 MB, even /bin/true."""
+    detail: dict = {}
+    status, peak, seconds = run_measured(cmd, env=env, detail=detail)
     try:
         result = json.loads(result_path.read_text())
     except (OSError, ValueError):
         result = {}
     # the child's own last reading covers the poll interval at its very end
-    watched["peak_rss_bytes"] = max(watched["peak_rss_bytes"], int(result.get("peak_rss_bytes") or 0))
-    return watched, result
+    peak = max(peak, int(result.get("peak_rss_bytes") or 0))
+    return {"status": status, "peak_rss_bytes": peak, "seconds": seconds,
+            "ru_maxrss_bytes": detail.get("tree_peak_rss_bytes")}, result
 
 
 class OrtBackend:
@@ -159,17 +132,19 @@ class OrtBackend:
             raise UserError(
                 f"The ONNX Runtime trainer of module {task.k} reached "
                 f"{format_size(result.get('over_budget_bytes', peak))} of RSS, over its share of "
-                f"the budget ({format_size(job['rss_limit_bytes'])}); it stopped at a safe point. "
-                f"This is a planner bug, please report it with the run's plan.json. Resume with "
-                f"`edge-trgl train --resume {run.root}` after lowering the batch size in a new run, "
-                f"or give a larger --mem-budget.")
+                f"the budget ({format_size(job['rss_limit_bytes'])}) and stopped; everything up "
+                f"to its last finished epoch is saved. This is a planner bug, please report it "
+                f"with the run's plan.json. Start a new run with a smaller --batch-size or a larger "
+                f"--mem-budget, or continue this one as planned with "
+                f"`edge-trgl train --resume {run.root}`.")
         if status == 2 and "error" in result:
             raise UserError(result["error"])
         if status != 0:
-            raise RuntimeError(f"the ONNX Runtime trainer of module {task.k} ({mode}) failed with "
-                               f"exit status {status}; its error is printed above. Everything up "
-                               f"to the last finished epoch is saved: fix the cause and resume "
-                               f"with `edge-trgl train --resume {run.root}`.")
+            how = (f"was killed by signal {-status} (out of memory, or killed from outside)"
+                   if status < 0 else f"failed with exit status {status} (its error is printed above)")
+            raise RuntimeError(f"The ONNX Runtime trainer of module {task.k} ({mode}) {how}. "
+                               f"Everything up to the last finished epoch is saved; resume with "
+                               f"`edge-trgl train --resume {run.root}`.")
         return result
 
     def train_module(self, ctx, task) -> dict:
@@ -259,7 +234,7 @@ def train_ort(cfg, *, resume=None) -> dict:
                        "what": "child process with torch + onnx: data loading, planning (incl. its "
                                "probes' artifact builds), initial weights, data snapshot, ONNX "
                                "export and generate_artifacts for every module",
-                       "method": "VmHWM of that child, polled from outside (run_watched)"}
+                       "method": "VmHWM of that child, polled from outside (run_measured)"}
         run = Run.open(out)
         run.lock()
         run.manifest.setdefault("ort", {})["preparation"] = preparation
@@ -316,7 +291,7 @@ def add_ort_summary(summary: dict, run, plan: dict, backend: OrtBackend, orchest
     summary["peak_rss_bytes"] = total
     summary["peak_rss_method"] = (
         "training phase: peak RSS of the torch-free orchestrator (its VmHWM) + the largest trainer "
-        "process peak (the trainer's VmHWM, polled from outside; see ort_backend.run_watched); the "
+        "process peak (the trainer's VmHWM, polled from outside by run_measured); the "
         "two are alive at the same time, so this bounds their sum. Preparation (torch + onnx, "
         "before training) is reported separately under ort.preparation.")
     budget = plan.get("budget_bytes")
@@ -334,6 +309,18 @@ def add_ort_summary(summary: dict, run, plan: dict, backend: OrtBackend, orchest
                       "SGD has no momentum or weight decay)"),
     }
     summary["environment"]["onnxruntime"] = ort_version()
+
+
+def format_ort_summary(summary: dict) -> str:
+    from ..budget import format_size
+    ort = summary["ort"]
+    prep = ort.get("preparation") or {}
+    text = (f"peak RSS = torch-free orchestrator {format_size(ort['orchestrator_peak_rss_bytes'])} + "
+            f"largest ONNX Runtime trainer {format_size(ort['max_worker_peak_rss_bytes'])}")
+    if prep.get("peak_rss_bytes"):
+        text += (f"; preparation before training (torch + onnx export, separate process): "
+                 f"{format_size(prep['peak_rss_bytes'])}")
+    return text
 
 
 # --- the planner's view of this backend ------------------------------------------------------------

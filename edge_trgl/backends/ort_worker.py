@@ -126,7 +126,8 @@ class NumpyAdamW:
         out = {}
         for i, m in enumerate(self.exp_avg):
             if m is not None:
-                out[f"{i}.step"] = np.array(self.steps[i], dtype=np.float32)
+                # shape (1,), as the torch backend stores it (np.ascontiguousarray of a 0-d step)
+                out[f"{i}.step"] = np.array([self.steps[i]], dtype=np.float32)
                 out[f"{i}.exp_avg"] = m
                 out[f"{i}.exp_avg_sq"] = self.exp_avg_sq[i]
         return out
@@ -136,7 +137,7 @@ class NumpyAdamW:
             index, name = key.split(".", 1)
             i = int(index)
             if name == "step":
-                self.steps[i] = float(np.asarray(value))
+                self.steps[i] = float(np.asarray(value).reshape(-1)[0])
             elif name == "exp_avg":
                 self.exp_avg[i] = np.array(value, dtype=np.float32)
             elif name == "exp_avg_sq":
@@ -367,7 +368,9 @@ class OrtTrainer:
     def _train_epoch(self, ctx, optimizer, source, order_rng, aug_rng, weight, adaptive, desc) -> dict:
         totals = {"loss": 0.0, "ce": 0.0, "energy": 0.0, "correct": 0, "seen": 0}
         start = time.perf_counter()
-        batches = source.batches(ctx.batch_size, order_rng, aug_rng)
+        # as the torch backend: a final batch of one sample is dropped (BatchNorm cannot
+        # normalise it; the shuffled order still shows every sample over the epochs)
+        batches = source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2)
         for x, y in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size), desc=desc):
             w = adaptive.weight if adaptive is not None else weight
             out = self.mod.train_step(x, y, w, optimizer)

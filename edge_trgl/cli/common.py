@@ -8,7 +8,6 @@ import math
 from ..budget import HELP as SIZE_HELP
 from ..config import (AUG_POLICIES, BACKENDS, DEVICES, OPTIMIZERS, SCHEMES, TAU_MODES,
                       TrainConfig)
-from ..errors import UserError
 
 
 def _tau(text: str) -> float:
@@ -86,16 +85,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    d = TrainConfig()
-    values = {}
-    for name in TrainConfig.__dataclass_fields__:
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    cfg = TrainConfig(**{**{k: getattr(d, k) for k in TrainConfig.__dataclass_fields__}, **values})
-    return cfg
+    """Every option whose name is a TrainConfig field; the rest keep the dataclass defaults."""
+    return TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__
+                          if hasattr(args, name)})
 
-
-def nonnegative(value, name):
-    if value < 0:
-        raise UserError(f"{name} must not be negative")
-    return value

@@ -39,10 +39,12 @@ def format_plan(plan: dict) -> str:
                 f"{format_size(est['estimated_peak_bytes']):>10} "
                 f"{format_size(budget - est['estimated_peak_bytes']):>10} "
                 f"{100 * est['composition_error']:>+8.1f}%")
-        lines.append("baseline: this process's RSS with torch and the dataset (data) loaded; module: "
-                     "a few training steps of that module (+ head, optimizer) measured in a fresh "
-                     "process, above its own baseline; buffers: data-path batches; composed: the "
-                     "per-block composition's error against the module measurement")
+        if not str(plan["module_estimates"][0].get("accounting", "")).startswith("cuda"):
+            # (a CUDA plan explains its columns in its note: they count device memory)
+            lines.append("baseline: this process's RSS with torch and the dataset (data) loaded; module: "
+                         "a few training steps of that module (+ head, optimizer) measured in a fresh "
+                         "process, above its own baseline; buffers: data-path batches; composed: the "
+                         "per-block composition's error against the module measurement")
     else:
         for k, (lo, hi) in enumerate(plan["splits"]):
             lines.append(f"module {k}: blocks {lo}-{hi - 1}")

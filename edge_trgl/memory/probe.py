@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     import torch
 
+    from ..backends.torch_backend import autocast
     from ..config import TrainConfig
     from ..models import make_head
     from ..models.blocks import init_weights, make_generator
@@ -33,11 +34,13 @@ def main(argv: list[str]) -> int:
     release_memory()
     baseline = rss_bytes()
     arch = architecture(cfg, tuple(spec["in_shape"]), spec["num_classes"])
-    blocks = [arch[i].to_empty(device=device) for i in range(spec["lo"], spec["hi"])]
+    # Initialised on the CPU (the seeded generator is a CPU one), then moved to the device.
+    blocks = [arch[i].to_empty(device="cpu") for i in range(spec["lo"], spec["hi"])]
     del arch
     gen = make_generator(0)
     for b in blocks:
         init_weights(b, gen)
+    blocks = [b.to(device) for b in blocks]
     head = make_head(cfg.head, tuple(blocks[-1].out_shape), spec["num_classes"]).to(device)
     optimizer = make_optimizer(cfg, module_parameters(blocks, head))
     in_shape = tuple(blocks[0].in_shape)
@@ -45,6 +48,8 @@ def main(argv: list[str]) -> int:
     for batch in sorted(spec["batches"]):
         release_memory()
         reset_peak()
+        if device.type == "cuda":  # after release_memory emptied the allocator's cache
+            torch.cuda.reset_peak_memory_stats()
         # The trainer's pattern, not just its best case: train steps, an eval pass, a short last
         # batch, more steps. The allocator's reuse across those shapes is part of the real peak.
         steps = int(spec.get("steps", 4))
@@ -55,9 +60,10 @@ def main(argv: list[str]) -> int:
                     for m in [*blocks, head]:
                         m.eval()
                     out = torch.randn(batch, *in_shape, device=device)
-                    for block in blocks:
-                        out, _ = block(out)
-                    head(out)
+                    with autocast(cfg, device):
+                        for block in blocks:
+                            out, _ = block(out)
+                        head(out)
                     for m in [*blocks, head]:
                         m.train()
                     del out
@@ -66,10 +72,11 @@ def main(argv: list[str]) -> int:
             y = torch.randint(0, spec["num_classes"], (size,), device=device)
             energy = x.new_zeros(())
             out = x
-            for block in blocks:
-                out, e = block(out)
-                energy = energy + e
-            loss, _ = module_loss(head(out), y, energy, 0.5, 0.1)
+            with autocast(cfg, device):  # --amp: activations in half precision, as in training
+                for block in blocks:
+                    out, e = block(out)
+                    energy = energy + e
+                loss, _ = module_loss(head(out).float(), y, energy.float(), 0.5, 0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -80,11 +87,18 @@ def main(argv: list[str]) -> int:
             entry["cuda_reserved_bytes"] = torch.cuda.max_memory_reserved()
             torch.cuda.reset_peak_memory_stats()
         results.append(entry)
+    # CUDA: the device, the context once the steps have loaded their kernels, host RSS now.
+    cuda_facts = None
+    if device.type == "cuda":
+        from .cuda import probe_facts
+        cuda_facts = probe_facts(torch, device)
     # Saved activations, counted exactly after the peaks were taken (so this cannot affect them).
     from .estimate import saved_activation_bytes_per_sample
     saved = sum(saved_activation_bytes_per_sample(b, tuple(b.in_shape)) for b in blocks)
-    print(json.dumps({"baseline_bytes": baseline, "results": results,
-                      "saved_bytes_per_sample": saved}))
+    out = {"baseline_bytes": baseline, "results": results, "saved_bytes_per_sample": saved}
+    if cuda_facts is not None:
+        out["cuda"] = cuda_facts
+    print(json.dumps(out))
     return 0
 
 

@@ -89,3 +89,4 @@ def test_average_pool_rewrite_keeps_the_numbers(small_module):
     with torch.no_grad():
         _, logits, _ = forward_module([b.train() for b in blocks], head.train(), torch.from_numpy(x))
     np.testing.assert_allclose(out["logits"], logits.numpy(), atol=1e-4)
+

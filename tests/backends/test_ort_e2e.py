@@ -1,0 +1,110 @@
+"""`edge-trgl train --backend ort` end to end on the built-in synthetic data, through the CLI:
+preparation child, torch-free orchestrator, trainer children; killed mid-module (a power cut in
+the trainer) and resumed; and the error without the [ort] extra."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_trgl.killpoints import ENV
+
+# resnet8 = 4 blocks -> 2 modules of 2; 200 synthetic train images -> 180 train + 20 val, so an
+# epoch of module 0's trainer hands out 6 train batches + 1 val batch ("batch" events 1-7).
+ARGS = ["--backend", "ort", "--model", "resnet8", "--width", "0.5", "--modules", "2",
+        "--epochs", "2", "--synthetic-train", "200", "--synthetic-test", "60",
+        "--batch-size", "32", "--threads", "1", "--quiet"]
+
+
+def train_cli(*args: str, kill: str | None = None):
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if kill:
+        env[ENV] = kill
+    return subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_crash_resume_and_the_run_directory(ort_available, tmp_path):
+    out = tmp_path / "run"
+    # SIGKILL inside module 0's trainer, in its second epoch (after epoch 1's checkpoint)
+    crashed = train_cli(*ARGS, "--out", str(out), kill="batch:10")
+    assert crashed.returncode != 0
+    progress = json.loads((out / "manifest.json").read_text())["progress"]
+    assert progress == {**progress, "module": 0, "phase": "train", "epoch_done": 1}
+
+    done = train_cli("--resume", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and summary["backend"] == "ort"
+
+    # every epoch logged exactly once, across the crash
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["module"], m["epoch"]) for m in metrics] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(m["backend"] == "ort" for m in metrics)
+
+    # blocks, heads, optimizer state in the store, listed with checksums; caches of module 0 gone
+    for rel in ["blocks/block_000.safetensors", "blocks/block_003.safetensors",
+                "heads/head_00.safetensors", "heads/head_01.safetensors",
+                "optim/module_00.safetensors", "optim/module_01.safetensors"]:
+        assert (out / rel).is_file() and rel in manifest["files"], rel
+
+    # torch stayed out of the orchestrator and of every trainer; the figures are there
+    ort = summary["ort"]
+    assert ort["torch_in_orchestrator"] is False
+    assert {(w["module"], w["phase"]) for w in ort["workers"]} == {
+        (0, "train"), (0, "features"), (1, "train"), (1, "features")}
+    assert all(w["torch_imported"] is False and w["peak_rss_bytes"] > 0 for w in ort["workers"])
+    assert ort["preparation"]["peak_rss_bytes"] > ort["max_worker_peak_rss_bytes"] > 0
+    assert summary["peak_rss_bytes"] == ort["orchestrator_peak_rss_bytes"] + ort["max_worker_peak_rss_bytes"]
+    for row in summary["modules"]:
+        assert row["val_acc"] is not None and row["test_acc"] is not None
+        assert row["worker_train_peak_bytes"] > 0 and row["worker_features_peak_bytes"] > 0
+
+    # the two backends share the store: torch loads the ORT-trained module 0 (strict state_dict
+    # names) and, on the same test images, reaches the accuracy the ORT trainer recorded
+    torch = pytest.importorskip("torch")
+    from edge_trgl.backends.torch_backend import evaluate
+    from edge_trgl.config import TrainConfig
+    from edge_trgl.modules import load_module
+    from edge_trgl.run import Run
+    from edge_trgl.sources import RawSource
+    from edge_trgl.backends.ort_common import load_snapshot
+    run = Run(out, manifest)
+    cfg = TrainConfig.from_json(json.loads((out / "config.json").read_text()))
+    data = load_snapshot(run)
+    blocks, head = load_module(run, cfg, data.in_shape, data.num_classes, 0, 2, 0, torch.device("cpu"))
+    test = RawSource(data.test.images, data.test.labels, data.mean, data.std)
+    acc = evaluate(blocks, head, test, 64, torch.device("cpu"), cfg)
+    row0 = summary["modules"][0]
+    assert abs(acc - row0["test_acc"]) <= 1.0 / len(data.test.labels) + 1e-9
+
+
+def test_without_the_extra_the_error_says_how_to_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    from edge_trgl.config import TrainConfig
+    from edge_trgl.errors import UserError
+    from edge_trgl.train import train
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.split(".")[0] == "onnxruntime" else real(name, *a))
+    out = tmp_path / "never"
+    with pytest.raises(UserError) as exc:
+        train(TrainConfig(backend="ort", synthetic_train=100, synthetic_test=20, out=str(out),
+                          progress=False))
+    text = str(exc.value)
+    assert 'pip install -e ".[ort]"' in text and "onnxruntime-training-cpu==1.19.2" in text
+    assert "onnx==1.17.0" in text and not out.exists()
+
+
+def test_schemes_that_need_every_module_resident_are_refused(ort_available):
+    from edge_trgl.config import TrainConfig
+    from edge_trgl.errors import UserError
+    with pytest.raises(UserError, match="sequential and multilap"):
+        TrainConfig(backend="ort", scheme="parallel").validate()
