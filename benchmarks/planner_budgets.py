@@ -6,9 +6,9 @@ module's peak is the run's RSS watchdog maximum during that module (sampled ever
 with the plan's per-module estimate. `--module-peaks` adds a second run per budget with exact
 per-module VmHWM readings (clear_refs at each module start).
 
-    python benchmarks/planner_budgets.py [--budgets 384MB,512MB,1GB] [--epochs 1]
+    python benchmarks/planner_budgets.py [--budgets 384MB,512MB,1GB] [--epochs 1] [--backend ort]
 
-Writes benchmarks/results/planner/resnet56-<budget>.json.
+Writes benchmarks/results/planner/resnet56-<backend>-<budget>.json.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/cifar-10-batches-py"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/planner"))
     ap.add_argument("--module-peaks", action="store_true")
+    ap.add_argument("--backend", default="torch")
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for budget in args.budgets.split(","):
@@ -46,7 +47,8 @@ def main() -> int:
             cmd = [sys.executable, "-m", "edge_trgl.cli.main", "train", "--model", "resnet56",
                    "--data", "cifar10", "--data-dir", args.data_dir, "--train-fraction", "0.1",
                    "--batch-size", "128", "--epochs", str(args.epochs), "--mem-budget", budget,
-                   "--out", str(run_dir), "--quiet"] + (["--module-peaks"] if module_peaks else [])
+                   "--backend", args.backend, "--out", str(run_dir), "--quiet"]
+            cmd += ["--module-peaks"] if module_peaks else []
             started = time.time()
             detail: dict = {}
             code, peak_bytes, wall_s = run_measured(cmd, detail=detail)
@@ -60,7 +62,7 @@ def main() -> int:
             shutil.rmtree(run_dir.parent, ignore_errors=True)
             print(budget, module_peaks, code, peak_bytes / 1e6, f"{wall_s:.0f}s", flush=True)
         record["load_end"] = os.getloadavg()
-        path = Path(args.out) / f"resnet56-{budget}.json"
+        path = Path(args.out) / f"resnet56-{args.backend}-{budget}.json"
         path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return 0
 

@@ -108,7 +108,6 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
         from .backends.ort_backend import train_ort
         return train_ort(cfg, resume=resume)
     from .backends import get_backend
-    from .modules import architecture, init_store
     from .run import Run
     from .schemes import Context, Interrupted, run_modulewise, run_resident
 
@@ -134,6 +133,7 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
         dataset = load_data(cfg)
         release_memory()
         set_threads(cfg)
+        from .modules import architecture, init_store  # imports torch: only after the data
         arch = architecture(cfg, dataset.in_shape, dataset.num_classes)
         plan = make_plan(cfg, dataset, arch).to_json()
         out = Path(cfg.out) if cfg.out else default_out(cfg)
