@@ -513,25 +513,25 @@ def _measure_snippet(code: str, args: list[str], repeats: int = 3) -> dict:
     return {"peak_rss_bytes": int(statistics.median(peaks)), "samples_bytes": peaks}
 
 
-def measure_baseline(backend: str, device: str) -> dict:
+def measure_baseline(backend: str, device: str, repeats: int = 3) -> dict:
     """Peak RSS of a child that only imports the framework, edge-trgl and the backend: the floor
     under every run of that backend, whatever the model."""
-    out = _measure_snippet(_BASELINE_CODE, [backend, device])
+    out = _measure_snippet(_BASELINE_CODE, [backend, device], repeats)
     out.update({"backend": backend, "device": device, "measured_at": _now(),
-                "method": "median of 3 fresh children: python -c 'import torch, edge_trgl.cli.main, "
+                "method": f"median of {repeats} fresh children: python -c 'import torch, edge_trgl.cli.main, "
                           "edge_trgl.train; get_backend(...)' (+ a CUDA context on cuda); "
                           "the child's VmHWM polled from outside"})
     return out
 
 
-def measure_data_baseline(options: dict) -> dict:
+def measure_data_baseline(options: dict, repeats: int = 3) -> dict:
     """Peak RSS of a child that only loads and splits the dataset (no torch): shows how much of a
     run's peak the data loader alone can reach."""
     d = TrainConfig()
     spec = {k: options.get(k, getattr(d, k)) for k in
             ("data", "data_dir", "seed", "train_fraction", "val_fraction", "synthetic_train",
              "synthetic_test")}
-    out = _measure_snippet(_DATA_CODE, [json.dumps(spec)])
+    out = _measure_snippet(_DATA_CODE, [json.dumps(spec)], repeats)
     out.update({"spec": spec, "measured_at": _now()})
     return out
 
@@ -698,8 +698,12 @@ def _result_ok(path: Path) -> bool:
 
 def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str] | None = None,
               force: bool = False, timeout_s: float | None = None, work_dir: str | None = None,
-              keep_runs: bool = False, command: str | None = None, echo=print) -> dict:
+              keep_runs: bool = False, command: str | None = None, echo=None,
+              baseline_repeats: int = 3) -> dict:
     """Run every row of `matrix` not already done (unless `force`); one JSON per run."""
+    if echo is None:
+        def echo(text):  # flushed: the suite usually runs for an hour under nohup
+            print(text, flush=True)
     suite_dir = Path(results_dir) / matrix.name
     rows = [r for r in matrix.rows
             if not only or any(fnmatch.fnmatchcase(r.row_id, p) or fnmatch.fnmatchcase(r.group, p)
@@ -725,11 +729,11 @@ def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str]
             continue
         key = (row.backend, row.device)
         if key not in baselines:
-            baselines[key] = measure_baseline(*key)
+            baselines[key] = measure_baseline(*key, repeats=baseline_repeats)
             atomic_write_json(suite_dir / f"_baseline-{key[0]}-{key[1]}.json", baselines[key])
         dkey = _data_key(row.options)
         if dkey not in data_baselines:
-            data_baselines[dkey] = measure_data_baseline(row.options)
+            data_baselines[dkey] = measure_data_baseline(row.options, repeats=baseline_repeats)
         echo(f"[{matrix.name} {i}/{len(rows)}] {row.row_id}: edge-trgl train "
              f"{shlex.join(row.train_args)}")
         record = run_row(row, baseline=baselines[key], data_baseline=data_baselines[dkey],
@@ -892,6 +896,17 @@ def _fmt_stat(st: dict | None, fmt, spread: bool = True) -> str:
     if st["n"] == 1 or not spread:
         return fmt(st["median"])
     return f"{fmt(st['median'])} ({fmt(st['min'])}–{fmt(st['max'])})"
+
+
+def _numeric_leaves(d: dict, prefix: str = "", depth: int = 0) -> dict:
+    """{"ort.preparation.peak_rss_bytes": 1, ...}: the numbers of a (nested) figures dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and depth < 2:
+            out.update(_numeric_leaves(v, f"{prefix}{k}.", depth + 1))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -1298,6 +1313,11 @@ class _Report:
             fig, ax = plt.subplots(figsize=(6.5, 4.5))
             for (l, other), pts in sorted(series.items(), key=lambda kv: (_method_order(kv[0][0]), kv[0][1])):
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{l}, {other}")
+            bases = [g.stat("baseline_rss_bytes") for m in points.values() for g in m.values()]
+            bases = [b["median"] for b in bases if b]
+            if bases:
+                ax.axhline(statistics.median(bases) / 1e6, color="gray", linestyle="--",
+                           linewidth=1, label="import baseline (torch + edge-trgl)")
             ax.set_xlabel("ResNet depth" if axis == "depth" else "batch size")
             ax.set_ylabel("peak RSS (MB)")
             ax.set_title(f"{title}\n{_setting_text(_MEM_KEYS, setting)}", fontsize=9)
@@ -1349,15 +1369,14 @@ class _Report:
     def all_runs(self, name: str, suite: dict) -> None:
         results = suite["results"]
         extra_keys = sorted({f"{kind}:{k}" for r in results for kind in ("cuda", "backend_figures")
-                             for k, v in (r["measurements"].get(kind) or {}).items()
-                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                             for k in _numeric_leaves(r["measurements"].get(kind) or {})})
         rows = []
         for r in sorted(results, key=lambda r: r["row_id"]):
             m = r["measurements"]
             extra = []
             for key in extra_keys:
                 kind, k = key.split(":", 1)
-                v = (m.get(kind) or {}).get(k)
+                v = _numeric_leaves(m.get(kind) or {}).get(k)
                 extra.append("-" if v is None else (_mb(v) if k.endswith("bytes") else f"{v:g}"))
             rows.append([r["row_id"], method_label(r), r["status"], _mb(m.get("peak_rss_bytes")),
                          _mb(m.get("peak_above_baseline_bytes")),

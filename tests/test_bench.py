@@ -163,7 +163,9 @@ def fake_result(suite, model, batch, scheme, peak_mb, *, module_size=None, seed=
                          "final_test_acc": acc, "best_test_acc": acc, "best_module": 0,
                          "test_acc_by_module": accs, "torch_threads": 2,
                          "cuda": {"cuda_peak_allocated_bytes": int(5e6)} if scheme == "e2e" else {},
-                         "backend_figures": {}},
+                         "backend_figures": {"ort": {"orchestrator_peak_rss_bytes": int(9e7),
+                                                     "workers": [{"k": 0}]}}
+                         if module_size == 1 else {}},
     }
 
 
@@ -197,6 +199,7 @@ def test_report_memory_ratios_and_goals(tmp_path):
     # above-baseline ratio: (350-200)/(1000-200)
     assert "0.35 (0.19)" in text
     assert "cuda_peak_allocated_bytes MB" in text  # CUDA figures get their own column
+    assert "ort.orchestrator_peak_rss_bytes MB" in text and "| 90 |" in text  # nested backend figures
     assert "Plots were skipped (--no-plots)" in text
     assert "`edge-trgl bench run memory`" in text and "2.0 min" in text
 
@@ -236,7 +239,7 @@ def tiny_suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     matrix = bench.load_matrix(str(write(root, TINY)))
     inv = bench.run_suite(matrix, root / "results", work_dir=str(root / "work"),
-                          command="pytest tiny", echo=lambda *_: None)
+                          command="pytest tiny", echo=lambda *_: None, baseline_repeats=1)
     return root, inv
 
 
@@ -283,7 +286,7 @@ def test_tiny_suite_report_regenerates_from_json(tiny_suite, tmp_path):
 
 def test_rerun_reproduces_peak(tiny_suite):
     root, _ = tiny_suite
-    check = bench.rerun_check(root / "results" / "tiny" / "resnet8-block-s0.json",
+    check = bench.rerun_check(root / "results" / "tiny" / "resnet8-e2e-s0.json",
                               work_dir=str(root / "work"))
     assert check["within_tolerance"], check
-    assert (root / "results" / "tiny" / "_checks" / "resnet8-block-s0.json").exists()
+    assert (root / "results" / "tiny" / "_checks" / "resnet8-e2e-s0.json").exists()

@@ -82,11 +82,17 @@ def run_cmd(args) -> int:
     command = _command_line()
     signal.signal(signal.SIGTERM, _stop)  # `kill` of the harness also stops the running child
     failed = 0
-    for m in matrices:
-        inv = run_suite(m, args.results, only=args.only, force=args.force,
-                        timeout_s=args.timeout_s, work_dir=args.work_dir,
-                        keep_runs=args.keep_runs, command=command)
-        failed += len(inv["rows_failed"])
+    try:
+        for m in matrices:
+            inv = run_suite(m, args.results, only=args.only, force=args.force,
+                            timeout_s=args.timeout_s, work_dir=args.work_dir,
+                            keep_runs=args.keep_runs, command=command)
+            failed += len(inv["rows_failed"])
+    except KeyboardInterrupt:
+        print("edge-trgl bench: interrupted; the running row was stopped and its temporary run "
+              "removed. Finished rows are saved; the same command continues with the rest.",
+              file=sys.stderr)
+        return 130
     if not args.no_report:
         path = render_report(args.results, plots=not args.no_plots)
         print(f"report: {path}")
