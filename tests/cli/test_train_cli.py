@@ -82,7 +82,12 @@ def test_other_families_learn(tmp_path, model, width):
 
 def test_budgeted_run_stays_under_budget_measured_from_outside(tmp_path):
     out = tmp_path / "budget"
-    budget_bytes = 450_000_000
+    # The framework's own footprint differs between machines and environments (measured here
+    # ~230 MB, ~310 MB in a fresh CI venv), so the budget is that baseline plus room to train.
+    code, baseline_bytes, _ = run_measured(
+        [sys.executable, "-c", "import torch, edge_trgl.train; torch.zeros(1).sum()"])
+    assert code == 0
+    budget_bytes = baseline_bytes + 220_000_000
     env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "probe-cache"))
     code, peak_bytes, _ = run_measured(
         [sys.executable, "-m", "edge_trgl.cli.main", "train", *TINY, "--model", "resnet8",
