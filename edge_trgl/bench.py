@@ -471,12 +471,18 @@ def _watch(proc, timeout_s, interval_s, tree_interval_s, start, stats: dict):
 
 _BASELINE_CODE = """
 import sys
-import torch
+backend, device = sys.argv[1], sys.argv[2]
+if backend == "torch" or device == "cuda":
+    import torch
+else:  # the ONNX Runtime trainers block torch (onnxruntime would import it if it could)
+    sys.modules.setdefault("torch", None)
 import edge_trgl.cli.main, edge_trgl.train
 from edge_trgl.backends import get_backend
 from edge_trgl.config import TrainConfig
-get_backend(TrainConfig(backend=sys.argv[1], device=sys.argv[2]))
-if sys.argv[2] == "cuda":
+get_backend(TrainConfig(backend=backend, device=device))
+if backend == "ort":
+    import onnxruntime  # what its trainer processes load
+if device == "cuda":
     torch.zeros(1, device="cuda")  # the CUDA context is part of what every CUDA run pays
 """
 
@@ -515,12 +521,14 @@ def _measure_snippet(code: str, args: list[str], repeats: int = 3) -> dict:
 
 def measure_baseline(backend: str, device: str, repeats: int = 3) -> dict:
     """Peak RSS of a child that only imports the framework, edge-trgl and the backend: the floor
-    under every run of that backend, whatever the model."""
+    under every run of that backend, whatever the model (torch for the torch backend,
+    onnxruntime without torch for the ORT backend)."""
     out = _measure_snippet(_BASELINE_CODE, [backend, device], repeats)
     out.update({"backend": backend, "device": device, "measured_at": _now(),
-                "method": f"median of {repeats} fresh children: python -c 'import torch, edge_trgl.cli.main, "
-                          "edge_trgl.train; get_backend(...)' (+ a CUDA context on cuda); "
-                          "the child's VmHWM polled from outside"})
+                "method": f"median of {repeats} fresh children: python -c 'import torch (torch "
+                          "backend or CUDA), edge_trgl.cli.main, edge_trgl.train; get_backend(...)' "
+                          "(+ onnxruntime for ort, + a CUDA context on cuda); the child's VmHWM "
+                          "polled from outside"})
     return out
 
 
@@ -1038,14 +1046,18 @@ class _Report:
                  "- **Peak RSS** is the kernel's high-water mark (VmHWM) of the training child "
                  "process alone, everything included (Python, torch, the dataset, feature-cache "
                  "I/O), polled from outside every 20 ms and maxed with the run's own final reading. "
-                 "`os.wait4`'s ru_maxrss is recorded too but not used: module-wise runs reset "
-                 "VmHWM at every module (for per-module peaks), after which ru_maxrss only holds "
-                 "the peak since the last reset. **Baseline** is the same figure for a child that "
+                 "`os.wait4`'s ru_maxrss is recorded too but not used as the figure: exec folds the "
+                 "parent's high-water mark into it, and a run that resets VmHWM per module "
+                 "(`--module-peaks`) leaves it with the peak since the last reset only. "
+                 "**Baseline** is the same figure for a child that "
                  "only imports torch, edge-trgl and the backend. **Data loading** is a child that "
                  "only loads and splits the dataset. **Training-phase peak** (module-wise runs) is "
-                 "the run's own VmHWM per module, reset at the start of every module. **Process "
-                 "tree** sums the RSS of the child and its children (ONNX Runtime trainers), "
-                 "sampled every 20 ms.",
+                 "the largest of the per-module peaks the run reports itself (summary.json "
+                 "`modules[].measured_peak_bytes`). **Process "
+                 "tree** sums the RSS of the child and its children, sampled every 20 ms: for "
+                 "`--backend ort` the run's own figure is its training phase (torch-free "
+                 "orchestrator + largest trainer process), and the tree also shows the set-up "
+                 "child (torch + onnx) that prepares the ONNX artifacts.",
                  "- Accuracy is on the full test set; spreads are (min–max) over seeds/repeats, "
                  "with the median in front.", "")
 
@@ -1123,8 +1135,10 @@ class _Report:
         self.add(f"### Accuracy ({name})", "",
                  "Same epoch budget for every method: each module of a module-wise run trains for "
                  "`epochs` epochs on the cached outputs of the modules before it; end-to-end trains "
-                 "the whole network for `epochs` epochs. tau = inf is plain greedy training (no "
-                 "transport regularisation).", "")
+                 "the whole network for `epochs` epochs. So at equal epochs a module-wise run makes "
+                 "K times as many optimizer steps as end-to-end, each on one module (its compute "
+                 "per network epoch is in the throughput table). tau = inf is plain greedy "
+                 "training (no transport regularisation).", "")
         settings = self.accuracy_table(results)
         for setting, gs in settings:
             by_k: dict[int, list[Group]] = {}
@@ -1379,13 +1393,14 @@ class _Report:
                 v = _numeric_leaves(m.get(kind) or {}).get(k)
                 extra.append("-" if v is None else (_mb(v) if k.endswith("bytes") else f"{v:g}"))
             rows.append([r["row_id"], method_label(r), r["status"], _mb(m.get("peak_rss_bytes")),
-                         _mb(m.get("peak_above_baseline_bytes")),
+                         _mb(m.get("peak_above_baseline_bytes")), _mb(m.get("tree_rss_peak_bytes")),
                          f"{m['wall_s']:.0f}", "-" if m.get("train_samples_per_s") is None
                          else f"{m['train_samples_per_s']:.0f}",
                          _pct(m.get("final_test_acc")), _pct(m.get("best_test_acc")),
                          "/".join(f"{x:.1f}" for x in (r.get("loadavg_start") or [])[:1] + (r.get("loadavg_end") or [])[:1]),
                          *extra])
-        header = ["row", "method", "status", "peak RSS MB", "above baseline MB", "wall s",
+        header = ["row", "method", "status", "peak RSS MB", "above baseline MB",
+                  "process tree MB", "wall s",
                   "samples/s", "last-module test %", "best-val module test %", "load start/end",
                   *[k.split(":", 1)[1] + (" MB" if k.endswith("bytes") else "") for k in extra_keys]]
         self.add(f"### All runs ({name})", "", *_table(header, rows), "")
