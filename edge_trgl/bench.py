@@ -330,13 +330,8 @@ def parse_override(text: str) -> tuple[str, object]:
 # ------------------------------------------------------------------------------------------------
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from .train import _cpu_model as cpu_model  # one reader of /proc/cpuinfo
+    return cpu_model() or platform.machine()
 
 
 def _package_versions() -> dict:
@@ -395,14 +390,8 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------------
 
 def _status_bytes(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    from .memory.measure import _status_field  # one reader of /proc/<pid>/status
+    return _status_field(field, pid)
 
 
 def run_child_watched(cmd: list[str], *, env: dict | None = None, stdout=None, stderr=None,
