@@ -147,15 +147,8 @@ def _checkpoint(ctx, epoch_done, modules, optimizers) -> None:
     for i, opt in enumerate(optimizers):
         tensors.update(prefixed(optimizer_to_numpy(opt), f"optim{i}."))
     rel = CKPT.format(epoch_done)
-    run.record_file(rel, save_tensors(run.root, rel, tensors, {"epoch_done": epoch_done}))
-    old = run.manifest["progress"].get("ckpt")
-    run.manifest["progress"] = {"lap": 0, "module": 0, "phase": "train",
-                                "epoch_done": epoch_done, "ckpt": rel}
-    if old and old != rel:
-        run.forget_files(old)
-    run.save()
-    if old and old != rel:
-        (run.root / old).unlink(missing_ok=True)
+    run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, {"epoch_done": epoch_done}),
+                          {"lap": 0, "module": 0, "epoch_done": epoch_done})
 
 
 def _checkpoint_to_resume(ctx) -> str | None:

@@ -149,6 +149,19 @@ class Run:
         for rel in [r for r in self.manifest["files"] if r.startswith(prefix)]:
             del self.manifest["files"][rel]
 
+    def commit_checkpoint(self, rel: str, sha256: str, progress: dict) -> None:
+        """Make the just-written checkpoint `rel` the resume point: record it and the progress in
+        the manifest (atomically), then forget and delete the previous checkpoint. A crash at any
+        moment leaves the manifest pointing at a complete checkpoint."""
+        self.record_file(rel, sha256)
+        old = self.manifest["progress"].get("ckpt")
+        self.manifest["progress"] = {**progress, "phase": "train", "ckpt": rel}
+        if old and old != rel:
+            self.forget_files(old)
+        self.save()
+        if old and old != rel:
+            (self.root / old).unlink(missing_ok=True)
+
     def write_json(self, rel: str, obj) -> None:
         atomic_write_json(self.root / rel, obj)
         self.record_file(rel, sha256_file(self.root / rel))

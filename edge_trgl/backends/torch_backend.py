@@ -195,15 +195,8 @@ class TorchBackend:
         tensors.update(prefixed(optimizer_to_numpy(optimizer), "optim."))
         meta = {"epoch_done": epoch_done, "adaptive": adaptive.state() if adaptive else None}
         rel = checkpoint_path(task.k, task.lap, epoch_done)
-        run.record_file(rel, save_tensors(run.root, rel, tensors, meta))
-        old = run.manifest["progress"].get("ckpt")
-        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "train",
-                                    "epoch_done": epoch_done, "ckpt": rel}
-        if old and old != rel:
-            run.forget_files(old)
-        run.save()
-        if old and old != rel:
-            (run.root / old).unlink(missing_ok=True)
+        run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, meta),
+                              {"lap": task.lap, "module": task.k, "epoch_done": epoch_done})
 
     def _load_checkpoint(self, run, rel, blocks, head, optimizer, adaptive) -> int:
         tensors, meta = load_tensors(run.root, rel, run.checksum(rel))
