@@ -216,3 +216,56 @@ class CacheReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def write_module_cache(ctx, task, out_shape, batches, predict, check_budget) -> dict:
+    """Module k's pass over every split it feeds forward: write its outputs as module k+1's cache
+    (not for the last module) and count its head's val/test accuracy. Shared by the torch backend
+    and the torch-free ORT worker, so it stays numpy-only: `batches(source, aug_rng)` yields host
+    (x, y) batches, `predict(x)` returns (features, logits) as numpy arrays, `check_budget(ctx)`
+    stops a run over its budget. Records the shards in the manifest and, once every split is
+    written, marks module k's cache complete and its progress done (one save)."""
+    run, cfg = ctx.run, ctx.cfg
+    rel_dir = cache_dir(task.k)
+    run.drop_cache(task.k)
+    entry = {"dtype": cfg.cache_dtype, "shape": list(out_shape), "views": task.views,
+             "lap": task.lap, "complete": False, "splits": {}}
+    jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)]
+    jobs += [("val", ctx.cache_input(task.k, "val")), ("test", ctx.cache_input(task.k, "test"))]
+    accuracy = {}
+    write = not task.is_last
+    for name, (source, aug_rng) in jobs:
+        if source is None:
+            continue
+        writer = CacheWriter(run.root, rel_dir, name, source.count, out_shape,
+                             cfg.cache_dtype) if write else None
+        correct = 0
+        try:
+            for x, y in ctx.progress_bar(batches(source, aug_rng),
+                                         total=-(-source.count // ctx.eval_batch_size),
+                                         desc=f"module {task.k} features {name}"):
+                feats, logits = predict(x)
+                correct += int((logits.argmax(1) == y).sum())
+                if writer is not None:
+                    writer.write(feats)
+                check_budget(ctx)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            shards = writer.finish()
+            entry["splits"][name] = [s.to_json() for s in shards]
+            for s in shards:
+                run.record_file(s.file, s.sha256)
+        if name in ("val", "test"):
+            accuracy[f"{name}_acc"] = correct / source.count if source.count else None
+    entry["complete"] = True
+    run.manifest["caches"][str(task.k)] = entry
+    progress = run.manifest["progress"]
+    # A resumed run may rebuild an earlier module's cache (schemes.restore_input_cache); that
+    # must not move the resume point backwards.
+    if (progress.get("lap", -1), progress.get("module", -1)) <= (task.lap, task.k):
+        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "done"}
+    run.save()
+    return accuracy

@@ -20,7 +20,7 @@ import numpy as np
 
 from .backends.base import ModuleTask
 from .atomic import sha256_file
-from .cache import CacheReader, Shard, cache_dir
+from .cache import CacheReader, Shard
 from .errors import UserError
 from .memory.measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes
 from .sources import CachedSource, RawSource, epoch_rng, view_rng
@@ -159,6 +159,24 @@ class Context:
     def check_interrupt(self) -> None:
         if self._interrupted:
             raise Interrupted()
+
+    def run_guarded(self, body) -> None:
+        """Run the training `body()` under the watchdog with the safe-stop signal handlers; a
+        stop asked for by a signal becomes Stopped with the resume command. Handlers and cache
+        readers are restored/closed whatever happens."""
+        from .errors import Stopped
+        previous = self.install_signal_handlers()
+        try:
+            with self.watchdog:
+                body()
+        except Interrupted:
+            raise Stopped(f"Training stopped at a safe point as asked; everything up to the last "
+                          f"finished epoch is saved in {self.run.root}. Continue with "
+                          f"`edge-trgl train --resume {self.run.root}`.") from None
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self.close_readers()
 
 
 def module_weights(cfg, num_modules: int) -> list[float | None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .errors import Stopped, UserError
+from .errors import UserError
 from .killpoints import kill_point
 from .envinfo import dist_version
 from .memory.measure import RssWatchdog, release_memory, rss_bytes
@@ -109,7 +109,7 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
         return train_ort(cfg, resume=resume)
     from .backends import get_backend
     from .run import Run
-    from .schemes import Context, Interrupted, run_modulewise, run_resident
+    from .schemes import Context, run_modulewise, run_resident
 
     started = time.time()
     if resume is not None:
@@ -161,22 +161,14 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
         watchdog = RssWatchdog(limit_bytes=budget)
     ctx = Context(run, cfg, dataset, dataset.in_shape, dataset.num_classes, splits,
                   plan["batch_size"], plan["views"], watchdog)
-    previous = ctx.install_signal_handlers()
-    import signal
-    try:
-        with watchdog:
-            if cfg.scheme in ("sequential", "multilap"):
-                run_modulewise(ctx, get_backend(cfg))
-            else:
-                run_resident(ctx)
-    except Interrupted:
-        raise Stopped(f"Training stopped at a safe point as asked; everything up to the last "
-                      f"finished epoch is saved in {run.root}. Continue with "
-                      f"`edge-trgl train --resume {run.root}`.") from None
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        ctx.close_readers()
+
+    def body():
+        if cfg.scheme in ("sequential", "multilap"):
+            run_modulewise(ctx, get_backend(cfg))
+        else:
+            run_resident(ctx)
+
+    ctx.run_guarded(body)
     summary = summarize(run, cfg, plan, watchdog, time.time() - started, ctx.process_peak_bytes())
     run.write_json("summary.json", summary)
     run.manifest["status"] = "complete"

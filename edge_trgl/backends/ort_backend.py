@@ -197,13 +197,10 @@ def _prepare_child(command: str, spec: dict, cfg) -> tuple[dict, int, float]:
 def train_ort(cfg, *, resume=None) -> dict:
     """train.train() for --backend ort: the same run directory, manifest, scheme and summary,
     with torch kept out of this process (see the module docstring)."""
-    import signal
-
     from ..memory.measure import RssWatchdog, peak_rss_bytes
     from ..run import Run
-    from ..schemes import Context, Interrupted, run_modulewise
+    from ..schemes import Context, run_modulewise
     from ..train import default_out, summarize
-    from ..errors import Stopped
     from .ort_common import load_snapshot, snapshot_info
 
     started = time.time()
@@ -247,19 +244,12 @@ def train_ort(cfg, *, resume=None) -> dict:
     ctx = Context(run, cfg, dataset, dataset.in_shape, dataset.num_classes, splits,
                   plan["batch_size"], plan["views"], watchdog)
     backend = OrtBackend(cfg)
-    previous = ctx.install_signal_handlers()
-    try:
-        with watchdog:
-            ensure_artifacts(run, cfg, range(len(splits)))
-            run_modulewise(ctx, backend)
-    except Interrupted:
-        raise Stopped(f"Training stopped at a safe point as asked; everything up to the last "
-                      f"finished epoch is saved in {run.root}. Continue with "
-                      f"`edge-trgl train --resume {run.root}`.") from None
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        ctx.close_readers()
+
+    def body():
+        ensure_artifacts(run, cfg, range(len(splits)))
+        run_modulewise(ctx, backend)
+
+    ctx.run_guarded(body)
     orchestrator_peak = max(ctx.process_peak_bytes(), peak_rss_bytes())
     summary = summarize(run, cfg, plan, watchdog, time.time() - started, orchestrator_peak)
     add_ort_summary(summary, run, plan, backend, orchestrator_peak)

@@ -33,7 +33,6 @@ if __name__ == "__main__":  # run as a script: block torch before anything can i
     _sys.modules.setdefault("torch", None)
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ import onnxruntime
 from onnxruntime.capi import _pybind_state as C
 
 from ..atomic import atomic_write_json, sha256_file
-from ..cache import CacheWriter, cache_dir
+from ..cache import write_module_cache
 from ..config import TrainConfig
 from ..errors import UserError
 from ..memory.measure import RssWatchdog, peak_rss_bytes, release_memory, reset_peak, rss_bytes
@@ -421,52 +420,11 @@ class OrtTrainer:
 
     # feature cache ----------------------------------------------------------------------------------
     def write_features(self, ctx, task) -> dict:
-        cfg, run = self.cfg, ctx.run
         self.mod.set_state(self._state_from_store(task))
-        out_shape = tuple(self.meta["out_shape"])
-        rel_dir = cache_dir(task.k)
-        run.drop_cache(task.k)
-        entry = {"dtype": cfg.cache_dtype, "shape": list(out_shape), "views": task.views,
-                 "lap": task.lap, "complete": False, "splits": {}}
-        jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)]
-        jobs += [("val", ctx.cache_input(task.k, "val")), ("test", ctx.cache_input(task.k, "test"))]
-        accuracy = {}
-        write = not task.is_last
-        for name, (source, aug_rng) in jobs:
-            if source is None:
-                continue
-            writer = CacheWriter(run.root, rel_dir, name, source.count, out_shape,
-                                 cfg.cache_dtype) if write else None
-            correct = 0
-            try:
-                for x, y in ctx.progress_bar(source.batches(ctx.eval_batch_size, None, aug_rng),
-                                             total=-(-source.count // ctx.eval_batch_size),
-                                             desc=f"module {task.k} features {name}"):
-                    feats, logits = self.mod.predict(x)
-                    correct += int((logits.argmax(1) == y).sum())
-                    if writer is not None:
-                        writer.write(feats)
-                    check_budget(ctx)
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
-            if writer is not None:
-                shards = writer.finish()
-                entry["splits"][name] = [s.to_json() for s in shards]
-                for s in shards:
-                    run.record_file(s.file, s.sha256)
-            if name in ("val", "test"):
-                accuracy[f"{name}_acc"] = correct / source.count if source.count else None
-        entry["complete"] = True
-        run.manifest["caches"][str(task.k)] = entry
-        progress = run.manifest["progress"]
-        # as the torch backend: rebuilding an earlier module's cache on resume must not move the
-        # resume point backwards
-        if (progress.get("lap", -1), progress.get("module", -1)) <= (task.lap, task.k):
-            run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "done"}
-        run.save()
-        return accuracy
+        return write_module_cache(
+            ctx, task, tuple(self.meta["out_shape"]),
+            lambda source, aug_rng: source.batches(ctx.eval_batch_size, None, aug_rng),
+            self.mod.predict, check_budget)
 
 
 # --- memory probe ----------------------------------------------------------------------------------

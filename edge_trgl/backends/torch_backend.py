@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from ..cache import CacheWriter, cache_dir
+from ..cache import write_module_cache
 from ..memory.measure import release_memory
 from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
@@ -218,58 +218,26 @@ class TorchBackend:
         return zip(indices, blocks)
 
     # --- feature cache ----------------------------------------------------------------------
-    @torch.no_grad()
     def write_features(self, ctx, task) -> dict:
-        cfg, run, device = self.cfg, ctx.run, self.device
-        blocks, head = load_module(run, cfg, ctx.in_shape, ctx.num_classes, task.lo, task.hi,
+        accuracy = self._write_features(ctx, task)
+        release_memory()  # after the module's weights went out of scope with the call above
+        return accuracy
+
+    @torch.no_grad()
+    def _write_features(self, ctx, task) -> dict:
+        cfg, device = self.cfg, self.device
+        blocks, head = load_module(ctx.run, cfg, ctx.in_shape, ctx.num_classes, task.lo, task.hi,
                                    task.k, device)
         for m in [*blocks, head]:
             m.eval()
-        out_shape = tuple(blocks[-1].out_shape)
-        rel_dir = cache_dir(task.k)
-        run.drop_cache(task.k)
-        entry = {"dtype": cfg.cache_dtype, "shape": list(out_shape), "views": task.views,
-                 "lap": task.lap, "complete": False, "splits": {}}
-        jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)]
-        jobs += [("val", ctx.cache_input(task.k, "val")), ("test", ctx.cache_input(task.k, "test"))]
-        accuracy = {}
-        write = not task.is_last
-        for name, (source, aug_rng) in jobs:
-            if source is None:
-                continue
-            writer = CacheWriter(run.root, rel_dir, name, source.count, out_shape,
-                                 cfg.cache_dtype) if write else None
-            correct = 0
-            try:
-                batches = prefetch_batches(source.batches(ctx.eval_batch_size, None, aug_rng), device)
-                for x_np, y_np in ctx.progress_bar(batches,
-                                                   total=-(-source.count // ctx.eval_batch_size),
-                                                   desc=f"module {task.k} features {name}"):
-                    with autocast(cfg, device):
-                        feats, logits, _ = forward_module(blocks, head, to_device(x_np, device))
-                    correct += int((logits.argmax(1).cpu().numpy() == y_np).sum())
-                    if writer is not None:
-                        writer.write(feats.float().cpu().numpy())
-                    check_budget(ctx)
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
-            if writer is not None:
-                shards = writer.finish()
-                entry["splits"][name] = [s.to_json() for s in shards]
-                for s in shards:
-                    run.record_file(s.file, s.sha256)
-            if name in ("val", "test"):
-                accuracy[f"{name}_acc"] = correct / source.count if source.count else None
-        entry["complete"] = True
-        run.manifest["caches"][str(task.k)] = entry
-        progress = run.manifest["progress"]
-        # A resumed run may rebuild an earlier module's cache (schemes.restore_input_cache); that
-        # must not move the resume point backwards.
-        if (progress.get("lap", -1), progress.get("module", -1)) <= (task.lap, task.k):
-            run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "done"}
-        run.save()
-        del blocks, head
-        release_memory()
-        return accuracy
+
+        def batches(source, aug_rng):
+            return prefetch_batches(source.batches(ctx.eval_batch_size, None, aug_rng), device)
+
+        def predict(x):
+            with autocast(cfg, device):
+                feats, logits, _ = forward_module(blocks, head, to_device(x, device))
+            return feats.float().cpu().numpy(), logits.float().cpu().numpy()
+
+        return write_module_cache(ctx, task, tuple(blocks[-1].out_shape), batches, predict,
+                                  check_budget)

@@ -39,11 +39,7 @@ summary reports them (`summary_fields`).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 
 from ..budget import format_size, parse_size
@@ -207,15 +203,7 @@ def raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dic
     cache = estimate._load_cache()
     if key in cache and "cuda_probe" in cache[key]:
         return cache[key]["cuda_probe"]
-    spec = {"config": asdict(cfg), "in_shape": list(in_shape), "num_classes": num_classes,
-            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads,
-            "steps": estimate.PROBE_STEPS}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"CUDA memory probe failed for blocks {lo}..{hi - 1}: {proc.stderr[-2000:]}")
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = estimate.run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads)
     cache = estimate._load_cache()
     cache[key] = {"cuda_probe": raw, "saved_bytes_per_sample": raw["saved_bytes_per_sample"]}
     estimate._store_cache(cache)

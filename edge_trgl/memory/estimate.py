@@ -65,6 +65,19 @@ def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads) -> dict:
+    """probe.py in a fresh child process for blocks lo..hi-1 (on cfg.device); its JSON result."""
+    spec = {"config": asdict(cfg), "in_shape": list(in_shape), "num_classes": num_classes,
+            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": PROBE_STEPS}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        where = "CUDA memory probe" if cfg.device == "cuda" else "memory probe"
+        raise RuntimeError(f"{where} failed for blocks {lo}..{hi - 1}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:
     """Measured peak RSS bytes of training blocks lo..hi-1 + head, per batch size, above the
     framework baseline (a child process that trains a few steps; see probe.py)."""
@@ -79,14 +92,7 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
     cache = _load_cache()
     if key in cache:
         return {int(b): v for b, v in cache[key].items() if b.isdigit()}
-    spec = {"config": asdict(cfg), "in_shape": list(in_shape), "num_classes": num_classes,
-            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": PROBE_STEPS}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory probe failed for blocks {lo}..{hi - 1}: {proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads)
     # Above the probe's own baseline (interpreter + torch after imports): the trainer adds its
     # own measured baseline, which also holds its dataset.
     peaks = {r["batch"]: r["peak_bytes"] - result["baseline_bytes"] for r in result["results"]}
