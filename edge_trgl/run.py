@@ -162,6 +162,22 @@ class Run:
         if old and old != rel:
             (self.root / old).unlink(missing_ok=True)
 
+    def commit_module(self, files: list[str], write_files, progress: dict) -> None:
+        """Replace a trained module's store `files` (its blocks, head and optimizer state) by
+        what `write_files()` writes and records, then move the resume point to `progress` with
+        phase "cache" and drop the epoch checkpoint. Until the new checksums are recorded, the
+        checkpoint in progress["ckpt"] is the module's state; a crash in between resumes from it
+        (the store files may be torn, so they are unlisted first)."""
+        self.unlist(files)
+        write_files()
+        old = self.manifest["progress"].get("ckpt")
+        self.manifest["progress"] = {**progress, "phase": "cache"}
+        if old:
+            self.forget_files(old)
+        self.save()
+        if old:
+            (self.root / old).unlink(missing_ok=True)
+
     def write_json(self, rel: str, obj) -> None:
         atomic_write_json(self.root / rel, obj)
         self.record_file(rel, sha256_file(self.root / rel))

@@ -75,3 +75,9 @@ def prefixed(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarra
 
 def unprefixed(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def module_files(task) -> list[str]:
+    """The store files of a trained module: its blocks, its head and its optimizer state."""
+    return ([block_path(i) for i in range(task.lo, task.hi)]
+            + [head_path(task.k), optim_path(task.k)])

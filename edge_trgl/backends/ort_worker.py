@@ -34,7 +34,6 @@ if __name__ == "__main__":  # run as a script: block torch before anything can i
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +44,13 @@ from ..atomic import atomic_write_json, sha256_file
 from ..cache import write_module_cache
 from ..config import TrainConfig
 from ..errors import UserError
+from ..meter import EpochMeter
 from ..memory.measure import RssWatchdog, peak_rss_bytes, release_memory, reset_peak, rss_bytes
 from ..run import Run
 from ..schemes import Context, Interrupted
 from ..sources import epoch_rng
-from ..store import (block_path, checkpoint_path, head_path, load_tensors, optim_path, prefixed,
-                     save_tensors, unprefixed)
+from ..store import (block_path, checkpoint_path, head_path, load_tensors, module_files,
+                     optim_path, prefixed, save_tensors, unprefixed)
 from ..trgl import AdaptiveWeight
 from .base import ModuleTask
 from .ort_common import (ARTIFACT_FILES, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, artifact_dir,
@@ -346,27 +346,19 @@ class OrtTrainer:
             self._save_checkpoint(run, task, epoch + 1, optimizer, adaptive)
             last = stats
             ctx.check_interrupt()
-        # Until the new checksums are recorded, the checkpoint in progress["ckpt"] is this
-        # module's state; a crash in between resumes from it.
-        run.unlist([block_path(i) for i in range(task.lo, task.hi)]
-                   + [head_path(task.k), optim_path(task.k)])
-        blocks, head = self._store_tensors(task)
-        for i, tensors in blocks.items():
-            run.record_file(block_path(i), save_tensors(run.root, block_path(i), tensors))
-        run.record_file(head_path(task.k), save_tensors(run.root, head_path(task.k), head))
-        run.record_file(optim_path(task.k), save_tensors(run.root, optim_path(task.k), optimizer.state()))
-        old = run.manifest["progress"].get("ckpt")
-        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "cache"}
-        if old:
-            run.forget_files(old)
-        run.save()
-        if old:
-            (run.root / old).unlink(missing_ok=True)
+        def write_files():
+            blocks, head = self._store_tensors(task)
+            for i, tensors in blocks.items():
+                run.record_file(block_path(i), save_tensors(run.root, block_path(i), tensors))
+            run.record_file(head_path(task.k), save_tensors(run.root, head_path(task.k), head))
+            run.record_file(optim_path(task.k),
+                            save_tensors(run.root, optim_path(task.k), optimizer.state()))
+
+        run.commit_module(module_files(task), write_files, {"lap": task.lap, "module": task.k})
         return last
 
     def _train_epoch(self, ctx, optimizer, source, order_rng, aug_rng, weight, adaptive, desc) -> dict:
-        totals = {"loss": 0.0, "ce": 0.0, "energy": 0.0, "correct": 0, "seen": 0}
-        start = time.perf_counter()
+        meter = EpochMeter()
         # as the torch backend: a final batch of one sample is dropped (BatchNorm cannot
         # normalise it; the shuffled order still shows every sample over the epochs)
         batches = source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2)
@@ -375,18 +367,10 @@ class OrtTrainer:
             out = self.mod.train_step(x, y, w, optimizer)
             if adaptive is not None:
                 adaptive.update(out["ce"])
-            n = len(y)
-            totals["loss"] += out["loss"] * n
-            totals["ce"] += out["ce"] * n
-            totals["energy"] += out["energy"] * n
-            totals["correct"] += int((out["logits"].argmax(1) == y).sum())
-            totals["seen"] += n
+            meter.add(out["loss"], out["ce"], out["energy"],
+                      (out["logits"].argmax(1) == y).sum(), len(y))
             check_budget(ctx)
-        seconds = time.perf_counter() - start
-        seen = max(1, totals["seen"])
-        return {"train_loss": totals["loss"] / seen, "train_ce": totals["ce"] / seen,
-                "energy": totals["energy"] / seen, "train_acc": totals["correct"] / seen,
-                "seconds": seconds, "samples_per_s": totals["seen"] / max(seconds, 1e-9)}
+        return meter.stats()
 
     def _save_checkpoint(self, run, task, epoch_done, optimizer, adaptive) -> None:
         blocks, head = self._store_tensors(task)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import time
 
 import numpy as np
 import torch
 
 from ..cache import write_module_cache
 from ..memory.measure import release_memory
+from ..meter import EpochMeter
 from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
 from ..prefetch import prefetch_batches
 from ..sources import epoch_rng
-from ..store import (block_path, checkpoint_path, head_path, load_tensors, optim_path, prefixed,
+from ..store import (checkpoint_path, load_tensors, module_files, optim_path, prefixed,
                      save_tensors, unprefixed)
 from ..trgl import AdaptiveWeight, module_loss
 
@@ -81,8 +81,7 @@ def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight
     cfg = ctx.cfg
     for m in [*blocks, head]:
         m.train()
-    totals = {"loss": 0.0, "ce": 0.0, "energy": 0.0, "correct": 0, "seen": 0}
-    start = time.perf_counter()
+    meter = EpochMeter()
     batches = prefetch_batches(source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2), device)
     for x_np, y_np in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size), desc=desc):
         x, y = to_device(x_np, device), to_device(y_np, device)
@@ -91,21 +90,13 @@ def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight
             _, logits, energy = forward_module(blocks, head, x)
             loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
         optimizer_step(optimizer, loss, scaler)
-        ce_value = float(ce.detach())
-        if adaptive is not None:
-            adaptive.update(ce_value)
-        n = len(y_np)
-        totals["loss"] += float(loss.detach()) * n
-        totals["ce"] += ce_value * n
-        totals["energy"] += float(energy.detach()) * n
-        totals["correct"] += int((logits.argmax(1) == y).sum())
-        totals["seen"] += n
+        if adaptive is not None:  # the only per-step read of a value (a GPU sync on CUDA)
+            adaptive.update(float(ce.detach()))
+        # float64 sums: the same precision as the Python floats they replace
+        meter.add(loss.detach().double(), ce.detach().double(), energy.detach().double(),
+                  (logits.argmax(1) == y).sum(), len(y_np))
         check_budget(ctx)
-    seconds = time.perf_counter() - start
-    seen = max(1, totals["seen"])
-    return {"train_loss": totals["loss"] / seen, "train_ce": totals["ce"] / seen,
-            "energy": totals["energy"] / seen, "train_acc": totals["correct"] / seen,
-            "seconds": seconds, "samples_per_s": totals["seen"] / max(seconds, 1e-9)}
+    return meter.stats()
 
 
 def optimizer_step(optimizer, loss, scaler) -> None:
@@ -137,6 +128,11 @@ class TorchBackend:
 
     # --- training ---------------------------------------------------------------------------
     def train_module(self, ctx, task) -> dict:
+        last = self._train_module(ctx, task)
+        release_memory()  # after the module's weights went out of scope with the call above
+        return last
+
+    def _train_module(self, ctx, task) -> dict:
         cfg, run, device = self.cfg, ctx.run, self.device
         progress = run.manifest["progress"]
         ckpt = (progress.get("ckpt") if progress.get("phase") == "train"
@@ -171,20 +167,9 @@ class TorchBackend:
             self._save_checkpoint(run, task, epoch + 1, blocks, head, optimizer, adaptive)
             last = stats
             ctx.check_interrupt()
-        # Until the new checksums are recorded, the checkpoint in progress["ckpt"] is this
-        # module's state; a crash in between resumes from it.
-        run.unlist([block_path(i) for i in range(task.lo, task.hi)]
-                   + [head_path(task.k), optim_path(task.k)])
-        save_module(run, blocks, head, task.lo, task.k, optimizer)
-        old = run.manifest["progress"].get("ckpt")
-        run.manifest["progress"] = {"lap": task.lap, "module": task.k, "phase": "cache"}
-        if old:
-            run.forget_files(old)
-        run.save()
-        if old:
-            (run.root / old).unlink(missing_ok=True)
-        del blocks, head, optimizer
-        release_memory()
+        run.commit_module(module_files(task),
+                          lambda: save_module(run, blocks, head, task.lo, task.k, optimizer),
+                          {"lap": task.lap, "module": task.k})
         return last
 
     def _save_checkpoint(self, run, task, epoch_done, blocks, head, optimizer, adaptive) -> None:
