@@ -4,9 +4,13 @@ A config is a list of channel counts and ``"M"`` (2x2 max-pool, stride 2). Each 
 one :class:`VGGBlock` (conv3x3 pad 1 - BN - ReLU); an ``"M"`` is folded into the block before
 it. Channel counts are scaled by the width multiplier.
 
-The blocks are not residual. A block that keeps its shape (same channels, no pool) has the
-Monge energy ``mean((y - x)**2)``; a block that changes channels or pools has energy 0 (there
-is no identity to measure a displacement from).
+The blocks are not residual. A block whose conv keeps the channel count has the Monge energy
+``mean((y - x)**2)`` of its conv-BN-ReLU output y, measured before the block's pool if it has
+one: the pool is a fixed map, and the displacement the block learns is the conv's (as for a
+ResNet downsampling block, where the energy is that of the residual branch). Without that, the
+usual VGG configs would have no energy at all (in vgg8/11/13 every same-channel conv is followed
+by a pool) and TRGL would reduce to greedy training. A block that changes the channel count has
+energy 0: there is no identity to measure a displacement from.
 
 Pooling is floor-mode; a pool that would act on a map already smaller than 2 in height or
 width is dropped (so the deeper configs still build on 28x28 MNIST: 28->14->7->3->1).
@@ -44,18 +48,19 @@ class VGGBlock(Block):
         self.conv = nn.Conv2d(c, out_ch, 3, stride=1, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
         self.keeps_shape = self.in_shape == self.out_shape
+        self.has_energy = c == out_ch  # the conv's own displacement, before any pool
 
     def signature(self) -> str:
         c, h, w = self.in_shape
-        return f"vgg:{c}->{self.out_shape[0]}{':pool' if self.pool else ''}:{h}x{w}"
+        return (f"vgg:{c}->{self.out_shape[0]}{':pool' if self.pool else ''}:{h}x{w}"
+                f"{':monge' if self.has_energy else ''}")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y = F.relu(self.bn(self.conv(x)))
+        energy = monge_energy(y, x) if self.has_energy else zero_energy(y)
         if self.pool:
             y = F.max_pool2d(y, 2)
-        if self.keeps_shape:
-            return y, monge_energy(y, x)
-        return y, zero_energy(y)
+        return y, energy
 
 
 def parse_vgg_config(text: str) -> list[int | str]:

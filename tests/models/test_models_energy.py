@@ -52,23 +52,32 @@ def test_basic_block_energy_identity():
 
 
 def test_vgg_energy_monge_and_zero():
-    blocks = build_blocks("vgg:8,8,8,M", (3, 6, 6), 10, seed=0)
-    keep, pool = blocks[1], blocks[2]
+    blocks = build_blocks("vgg:8,8,8,M,16", (3, 6, 6), 10, seed=0)
+    keep, pool, widen = blocks[1], blocks[2], blocks[3]
     assert isinstance(keep, VGGBlock) and keep.in_shape == keep.out_shape == (8, 6, 6)
     assert pool.in_shape == (8, 6, 6) and pool.out_shape == (8, 3, 3)
-    _randomize(keep)
     x = torch.randn(4, 8, 6, 6)
-    y, e = keep(x)
-    with torch.no_grad():
-        ref_y = F.relu(keep.bn(keep.conv(x)))
-    assert torch.allclose(y, ref_y, atol=1e-6)
-    assert torch.allclose(e, ((ref_y - x) ** 2).mean(), rtol=1e-5)
-    assert e.item() > 0.1
-    # Shape-changing blocks (channels 3->8, or pooling) have energy exactly 0.
-    for blk, inp in ((blocks[0], torch.randn(4, 3, 6, 6)), (pool, x)):
+    for blk in (keep, pool):
+        _randomize(blk)
+        y, e = blk(x)
+        with torch.no_grad():
+            ref = F.relu(blk.bn(blk.conv(x)))  # the conv's output, before any pool
+        assert torch.allclose(y, F.max_pool2d(ref, 2) if blk.pool else ref, atol=1e-6)
+        assert torch.allclose(e, ((ref - x) ** 2).mean(), rtol=1e-5)
+        assert e.item() > 0.1
+    # Blocks that change the channel count (3->8, 8->16) have energy exactly 0.
+    for blk, inp in ((blocks[0], torch.randn(4, 3, 6, 6)), (widen, torch.randn(4, 8, 3, 3))):
         out, e0 = blk(inp)
         assert e0.dim() == 0 and e0.item() == 0.0
         assert tuple(out.shape) == (4, *blk.out_shape)
+
+
+def test_every_named_vgg_has_energy_bearing_blocks():
+    """TRGL needs a displacement to regularise; with the energy taken before the pool every
+    named config has some (before, vgg8/11/13 had none and TRGL was greedy training)."""
+    for name in ("vgg8", "vgg11", "vgg13", "vgg16"):
+        blocks = build_blocks(name, (3, 32, 32), 10, seed=0)
+        assert sum(b.has_energy for b in blocks) >= 3, name
 
 
 def test_stem_and_patch_energy_zero():
