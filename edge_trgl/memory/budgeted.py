@@ -120,16 +120,29 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
         from ..backends.ort_backend import ort_plan_note
         notes.append(ort_plan_note(cfg, dataset))
 
-    def data_cost(batch: int) -> int:
+    # The ORT trainer of a later module reads module lo-1's feature cache, never the images
+    # (ort_worker loads them for module 0 only; the orchestrator holds labels only), so the image
+    # arrays in the ORT baseline are planned for the first module alone.
+    image_bytes = (sum(a.images.nbytes for a in (dataset.train, dataset.val, dataset.test))
+                   if cfg.backend == "ort" and cfg.scheme in ("sequential", "multilap") else 0)
+
+    def parts_for(lo: int, batch: int) -> dict:
+        parts = data_bytes(dataset, batch, baseline_bytes)
+        if lo > 0 and image_bytes:
+            parts["process_baseline_bytes"] -= image_bytes
+            parts["dataset_bytes"] -= image_bytes
+        return parts
+
+    def data_cost(lo: int, batch: int) -> int:
         if cuda_acct is not None:
             return cuda_acct.fixed_bytes(batch)
-        return data_total(data_bytes(dataset, batch, baseline_bytes))
+        return data_total(parts_for(lo, batch))
 
     calibration = {"factor": 1.0}
 
     def total(lo: int, hi: int, batch: int) -> int:
         composed = costs.module_estimate(lo, hi, batch)["module_bytes"] * calibration["factor"]
-        return int(composed) + data_cost(batch)
+        return int(composed) + data_cost(lo, batch)
 
     def choose(batch: int):
         if cfg.scheme in ("parallel", "e2e"):
@@ -152,7 +165,7 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
             measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
                                     [batch], threads)[batch]
             composed = costs.module_estimate(lo, hi, batch)
-            parts = data_bytes(dataset, batch, baseline_bytes)
+            parts = parts_for(lo, batch)
             estimates.append({"blocks": [lo, hi], "batch_size": batch,
                               "measured_probe_bytes": measured, "composed": composed,
                               "composition_error": (composed["module_bytes"] - measured) / measured,

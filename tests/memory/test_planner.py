@@ -89,6 +89,22 @@ def test_fixed_grouping_only_chooses_the_batch(fake_planner):
     assert len(plan.splits) == 2 and plan.batch_size < 64
 
 
+def test_ort_plans_the_image_arrays_for_the_first_module_only(fake_planner):
+    """An ORT trainer of a later module reads the feature cache, not the images (ort_worker loads
+    them for module 0 only), so its estimate leaves them out; the torch trainer holds them all
+    run long, so every torch module keeps them."""
+    images = sum(a.images.nbytes for a in (fake_planner.train, fake_planner.val, fake_planner.test))
+    assert images > 500_000
+    ort = plan_for(fake_planner, "1GB", modules=3, backend="ort")
+    torch_plan = plan_for(fake_planner, "1GB", modules=3)
+    assert ort.splits == torch_plan.splits and len(ort.splits) == 3
+    for k, (o, t) in enumerate(zip(ort.module_estimates, torch_plan.module_estimates)):
+        assert o["measured_probe_bytes"] == t["measured_probe_bytes"]
+        expected = t["estimated_peak_bytes"] - (images if k > 0 else 0)
+        assert o["estimated_peak_bytes"] == expected
+        assert o["dataset_bytes"] == t["dataset_bytes"] - (images if k > 0 else 0)
+
+
 def test_child_peak_is_its_own_not_its_descendants():
     grandchild = "import numpy as np; a = np.ones(40_000_000); a += 1"
     detail = {}
