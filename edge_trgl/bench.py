@@ -480,7 +480,8 @@ import json, sys
 from edge_trgl.data import load_dataset
 o = json.loads(sys.argv[1])
 load_dataset(o["data"], o["data_dir"], seed=o["seed"], train_fraction=o["train_fraction"],
-             val_fraction=o["val_fraction"], synthetic_train=o["synthetic_train"],
+             val_fraction=o["val_fraction"], test_fraction=o["test_fraction"],
+             synthetic_train=o["synthetic_train"],
              synthetic_test=o["synthetic_test"])
 """
 
@@ -526,8 +527,8 @@ def measure_data_baseline(options: dict, repeats: int = 3) -> dict:
     run's peak the data loader alone can reach."""
     d = TrainConfig()
     spec = {k: options.get(k, getattr(d, k)) for k in
-            ("data", "data_dir", "seed", "train_fraction", "val_fraction", "synthetic_train",
-             "synthetic_test")}
+            ("data", "data_dir", "seed", "train_fraction", "val_fraction", "test_fraction",
+             "synthetic_train", "synthetic_test")}
     out = _measure_snippet(_DATA_CODE, [json.dumps(spec)], repeats)
     out.update({"spec": spec, "measured_at": _now()})
     return out
@@ -536,8 +537,8 @@ def measure_data_baseline(options: dict, repeats: int = 3) -> dict:
 def _data_key(options: dict) -> tuple:
     d = TrainConfig()
     return tuple(options.get(k, getattr(d, k)) for k in
-                 ("data", "data_dir", "train_fraction", "val_fraction", "synthetic_train",
-                  "synthetic_test"))
+                 ("data", "data_dir", "train_fraction", "val_fraction", "test_fraction",
+                  "synthetic_train", "synthetic_test"))
 
 
 def _read_json(path: Path):

@@ -26,6 +26,7 @@ class TrainConfig:
     data_dir: str | None = None
     train_fraction: float = 1.0
     val_fraction: float = 0.1
+    test_fraction: float = 1.0
     synthetic_train: int = 4000
     synthetic_test: int = 1000
     # model

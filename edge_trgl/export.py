@@ -275,7 +275,8 @@ def export_run(run_dir, module: int | None = None, out=None, data_dir: str | Non
                   "values": "pixel values 0..255 (channels first)"},
         "output": {"name": "logits", "shape": ["batch", dataset.num_classes]},
         "dataset": {"name": cfg.data, "data_dir": data_dir or cfg.data_dir, "seed": cfg.seed,
-                    "synthetic_train": cfg.synthetic_train, "synthetic_test": cfg.synthetic_test},
+                    "synthetic_train": cfg.synthetic_train, "synthetic_test": cfg.synthetic_test,
+                    "test_fraction": cfg.test_fraction},
         "files": {"onnx": "model.onnx", "safetensors": "model.safetensors", "pt": "model.pt"},
         "run_dir": str(fin.root.resolve()), "scheme": cfg.scheme, "tau": cfg.tau,
     }

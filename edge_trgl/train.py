@@ -44,7 +44,8 @@ def resolve_splits(num_blocks: int, cfg: TrainConfig, default_modules: int = 4) 
 def load_data(cfg: TrainConfig):
     from .data import load_dataset
     return load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed, train_fraction=cfg.train_fraction,
-                        val_fraction=cfg.val_fraction, synthetic_train=cfg.synthetic_train,
+                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                        synthetic_train=cfg.synthetic_train,
                         synthetic_test=cfg.synthetic_test)
 
 

@@ -36,6 +36,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    help="seeded class-balanced fraction of the train set to use (default 1.0)")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="fraction of the (sub)set held out for validation (default 0.1)")
+    g.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                   help="seeded class-balanced fraction of the test set to evaluate on (default 1.0)")
     g.add_argument("--synthetic-train", type=int, default=d.synthetic_train,
                    help="train images of the synthetic dataset")
     g.add_argument("--synthetic-test", type=int, default=d.synthetic_test,

@@ -51,6 +51,8 @@ def test_disk_datasets_need_data_dir(name):
         dict(val_fraction=1.0),
         dict(val_fraction=-0.1),
         dict(val_fraction=float("inf")),
+        dict(test_fraction=0.0),
+        dict(test_fraction=1.5),
         dict(seed=-1),
         dict(seed=2.5),
     ],
@@ -75,6 +77,23 @@ def test_synthetic_default_split():
     full = np.concatenate([ds.train.images, ds.val.images]).astype(np.float64) / 255
     np.testing.assert_allclose(full.mean(axis=(0, 2, 3)), ds.mean, atol=1e-4)
     np.testing.assert_allclose(full.std(axis=(0, 2, 3)), ds.std, atol=1e-4)
+
+
+def test_test_fraction_is_a_seeded_class_balanced_nested_subset_of_the_test_set():
+    full = load_dataset("synthetic", seed=0, **SMALL)
+    half = load_dataset("synthetic", seed=0, test_fraction=0.5, **SMALL)
+    fifth = load_dataset("synthetic", seed=0, test_fraction=0.2, **SMALL)
+    per_class = np.bincount(full.test.labels, minlength=10)
+    for part, fraction in ((half, 0.5), (fifth, 0.2)):
+        expected = [max(1, int(np.floor(fraction * n + 0.5))) for n in per_class]
+        assert np.bincount(part.test.labels, minlength=10).tolist() == expected
+    assert set(_rows(fifth.test.images)) <= set(_rows(half.test.images)) <= set(_rows(full.test.images))
+    # the train and val splits do not depend on the test fraction
+    assert _rows(half.train.images) == _rows(full.train.images)
+    assert _rows(half.val.images) == _rows(full.val.images)
+    again = load_dataset("synthetic", seed=0, test_fraction=0.5, **SMALL)
+    assert _rows(again.test.images) == _rows(half.test.images)
+    assert half.fingerprint() != full.fingerprint()
 
 
 def test_subset_is_class_balanced_and_split_is_disjoint():
