@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -45,6 +46,8 @@ class Context:
         self.watchdog = watchdog
         self._readers: dict[tuple[int, str], CacheReader] = {}
         self._interrupted = False
+        # a trainer child (ORT) that does the work now: stop requests are passed on to it
+        self.forward_signals_to: int | None = None
         self.flip = dataset.name != "mnist"
 
     # --- data sources ------------------------------------------------------------------------
@@ -146,6 +149,12 @@ class Context:
     # --- interruption ---------------------------------------------------------------------------
     def install_signal_handlers(self):
         def handler(signum, frame):
+            child = self.forward_signals_to
+            if child is not None:  # it runs in its own process group: nothing else tells it
+                try:
+                    os.kill(child, signum)
+                except ProcessLookupError:
+                    pass
             if self._interrupted:  # second Ctrl-C: stop now (files are still atomic)
                 raise KeyboardInterrupt
             self._interrupted = True

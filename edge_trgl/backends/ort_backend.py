@@ -62,14 +62,29 @@ def _worker_env(cfg) -> dict:
                 MALLOC_MMAP_THRESHOLD_="65536")
 
 
-def _run_child(cmd: list[str], env: dict, result_path: Path) -> tuple[dict, dict]:
+def _run_child(cmd: list[str], env: dict, result_path: Path, ctx=None) -> tuple[dict, dict]:
     """Run a preparation / trainer / probe child; its peak RSS is measured from outside by
     memory.measure.run_measured (the child's own VmHWM, polled). Not os.wait4's ru_maxrss: that
     also counts the child's waited-for descendants, and exec folds the replaced address space's
     high-water mark into it -- with vfork the *parent's*, so any child of a process that once
-    held 300 MB reports >= 300 MB, even /bin/true."""
+    held 300 MB reports >= 300 MB, even /bin/true.
+
+    With a training Context `ctx`, the child runs in its own process group and the context's
+    signal handler forwards Ctrl-C / SIGTERM to it, exactly once per signal: the trainer stops at
+    the end of its epoch (a second signal: now), whether the signal came from a terminal or was
+    sent to this process alone (a service manager's SIGTERM)."""
     detail: dict = {}
-    status, peak, seconds = run_measured(cmd, env=env, detail=detail)
+
+    def started(proc):
+        ctx.forward_signals_to = proc.pid
+
+    try:
+        status, peak, seconds = run_measured(cmd, env=env, detail=detail,
+                                             start_new_session=ctx is not None,
+                                             on_start=started if ctx is not None else None)
+    finally:
+        if ctx is not None:
+            ctx.forward_signals_to = None
     try:
         result = json.loads(result_path.read_text())
     except (OSError, ValueError):
@@ -111,7 +126,7 @@ class OrtBackend:
             job = self._job(ctx, task, mode, tmp)
             (tmp / "job.json").write_text(json.dumps(job))
             watched, result = _run_child(worker_command(tmp / "job.json"),
-                                         _worker_env(self.cfg), tmp / "result.json")
+                                         _worker_env(self.cfg), tmp / "result.json", ctx)
         status, peak = watched["status"], watched["peak_rss_bytes"]
         # the trainer saved the manifest as it went; the orchestrator's copy is stale
         run.manifest = json.loads((Path(run.root) / "manifest.json").read_text())

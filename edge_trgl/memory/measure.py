@@ -70,7 +70,8 @@ def release_memory() -> None:
 
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = None,
                  stdout=None, stderr=None, timeout_s: float | None = None,
-                 detail: dict | None = None) -> tuple[int, int, float]:
+                 detail: dict | None = None, start_new_session: bool = False,
+                 on_start=None) -> tuple[int, int, float]:
     """Run `cmd` as a fresh child; return (exit status, the child's own peak RSS bytes, wall s).
 
     The peak is the child's VmHWM read from outside (/proc/<pid>/status) every 20 ms while it
@@ -78,9 +79,14 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = N
     20 ms. It is NOT wait4's ru_maxrss: on Linux that is the max over the child and every
     descendant it waited for (the planner's probe processes, ORT workers), which would charge a
     short-lived helper process's memory to the trainer. Both are put in `detail` when given.
+    `on_start(proc)` is called once the child exists; `start_new_session` puts it in its own
+    process group (a terminal's Ctrl-C then reaches only this process, which forwards it).
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=stdout, stderr=stderr,
+                            start_new_session=start_new_session)
+    if on_start is not None:
+        on_start(proc)
     deadline = None if timeout_s is None else start + timeout_s
     self_peak = 0
     while True:

@@ -85,6 +85,40 @@ def test_train_crash_resume_and_the_run_directory(ort_available, tmp_path):
     assert abs(acc - row0["test_acc"]) <= 1.0 / len(data.test.labels) + 1e-9
 
 
+def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(ort_available, tmp_path):
+    """A service manager's SIGTERM reaches only the orchestrator (the trainer runs in its own
+    process group); it is forwarded, so the trainer stops after its current epoch instead of
+    finishing the whole module first, and the run resumes from that checkpoint."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = list(ARGS)
+    args[args.index("--epochs") + 1] = "4"
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train", *args,
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first epoch was logged"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    assert "safe point" in err and "Traceback" not in err
+    progress = json.loads((out / "manifest.json").read_text())["progress"]
+    assert (progress["module"], progress["phase"]) == (0, "train"), progress
+    assert 1 <= progress["epoch_done"] < 4   # stopped inside module 0, not at its end
+
+    done = train_cli("--resume", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(m["module"], m["epoch"]) for m in logged] == [(k, e) for k in (0, 1) for e in range(1, 5)]
+
+
 def test_without_the_extra_the_error_says_how_to_install(monkeypatch, tmp_path):
     import importlib.util
 
