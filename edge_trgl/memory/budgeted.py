@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from ..budget import format_size, parse_size
 from ..errors import UserError
-from .estimate import BlockCosts, data_bytes, data_total, probe_module
+from .estimate import ORT_LOOP_ALLOWANCE_BYTES, BlockCosts, data_bytes, data_total, probe_module
 from .planner import Plan, default_views
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
@@ -127,7 +127,8 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
                    if cfg.backend == "ort" and cfg.scheme in ("sequential", "multilap") else 0)
 
     def parts_for(lo: int, batch: int) -> dict:
-        parts = data_bytes(dataset, batch, baseline_bytes)
+        parts = data_bytes(dataset, batch, baseline_bytes,
+                           ORT_LOOP_ALLOWANCE_BYTES if cfg.backend == "ort" else None)
         if lo > 0 and image_bytes:
             parts["process_baseline_bytes"] -= image_bytes
             parts["dataset_bytes"] -= image_bytes
