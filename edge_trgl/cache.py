@@ -222,7 +222,7 @@ def write_module_cache(ctx, task, out_shape, batches, predict, check_budget) -> 
     """Module k's pass over every split it feeds forward: write its outputs as module k+1's cache
     (not for the last module) and count its head's val/test accuracy. Shared by the torch backend
     and the torch-free ORT worker, so it stays numpy-only: `batches(source, aug_rng)` yields host
-    (x, y) batches, `predict(x)` returns (features, logits) as numpy arrays, `check_budget(ctx)`
+    (x, y) batches (closed here however the pass ends, which stops a read-ahead thread), `predict(x)` returns (features, logits) as numpy arrays, `check_budget(ctx)`
     stops a run over its budget. Records the shards in the manifest and, once every split is
     written, marks module k's cache complete and its progress done (one save)."""
     run, cfg = ctx.run, ctx.cfg
@@ -240,8 +240,9 @@ def write_module_cache(ctx, task, out_shape, batches, predict, check_budget) -> 
         writer = CacheWriter(run.root, rel_dir, name, source.count, out_shape,
                              cfg.cache_dtype) if write else None
         correct = 0
+        split_batches = batches(source, aug_rng)
         try:
-            for x, y in ctx.progress_bar(batches(source, aug_rng),
+            for x, y in ctx.progress_bar(split_batches,
                                          total=-(-source.count // ctx.eval_batch_size),
                                          desc=f"module {task.k} features {name}"):
                 feats, logits = predict(x)
@@ -253,6 +254,10 @@ def write_module_cache(ctx, task, out_shape, batches, predict, check_budget) -> 
             if writer is not None:
                 writer.abort()
             raise
+        finally:
+            close = getattr(split_batches, "close", None)
+            if close is not None:
+                close()
         if writer is not None:
             shards = writer.finish()
             entry["splits"][name] = [s.to_json() for s in shards]

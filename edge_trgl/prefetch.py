@@ -15,6 +15,7 @@ it happened, with its original traceback; batches before it are delivered first,
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -125,6 +126,20 @@ def _closing(prefetcher: Prefetcher) -> Iterator:
         yield from prefetcher
     finally:
         prefetcher.close()
+
+
+@contextlib.contextmanager
+def prefetched(batches: Iterable, device, depth: int = 1):
+    """`prefetch_batches` as a `with` block: however the loop ends (exhausted, break, an
+    exception such as a budget stop), the read-ahead thread has let go of the source before the
+    block is left, so the caller may close the files the source reads right after."""
+    iterator = prefetch_batches(batches, device, depth)
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 def prefetch_batches(batches: Iterable, device, depth: int = 1) -> Iterable:

@@ -3,17 +3,17 @@ They exist as baselines and for users who have the memory; they read raw images 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from .backends.torch_backend import (autocast, check_budget, forward_module,
-                                     make_scaler, optimizer_step, to_device)
+from .backends.torch_backend import (autocast, check_budget, forward_module, load_scaler_state,
+                                     make_scaler, meter_add, optimizer_step, scaler_state,
+                                     to_device)
+from .meter import EpochMeter
 from .memory.measure import release_memory
 from .modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                       optimizer_to_numpy, save_module, to_numpy_state)
-from .prefetch import prefetch_batches
+from .prefetch import prefetched
 from .sources import epoch_rng
 from .store import block_path, head_path, load_tensors, prefixed, save_tensors, unprefixed
 from .trgl import energy_weight, module_loss
@@ -48,8 +48,10 @@ def train_resident(ctx) -> None:
         optimizers = [make_optimizer(cfg, module_parameters(b, h)) for b, h in modules]
         weights = [w if w is not None else energy_weight(cfg.tau)
                    for w in module_weights(cfg, len(modules))]
-    scaler = make_scaler(cfg, device)
-    start_epoch = _resume(ctx, modules, optimizers)
+    # One loss scaler per optimizer: GradScaler.update() belongs once per step of its optimizer,
+    # and one module's fp16 overflow must not halve the other modules' scales.
+    scalers = [make_scaler(cfg, device) for _ in optimizers]
+    start_epoch = _resume(ctx, modules, optimizers, scalers)
     raw_train = ctx._raw("train")
     val = ctx._raw("val")
     epochs = cfg.epochs
@@ -59,40 +61,33 @@ def train_resident(ctx) -> None:
         for blocks, head in modules:
             for m in [*blocks, head]:
                 m.train()
-        sums = np.zeros(4)  # loss, ce, energy, correct (of the last module)
-        seen = 0
-        start = time.perf_counter()
-        batches = prefetch_batches(raw_train.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2), device)
-        for x_np, y_np in ctx.progress_bar(batches, total=-(-raw_train.count // ctx.batch_size),
-                                           desc=f"{cfg.scheme} epoch {epoch + 1}/{epochs}"):
-            x, y = to_device(x_np, device), to_device(y_np, device)
-            if e2e:
-                with autocast(cfg, device):
-                    _, logits, energy = forward_module(all_blocks, final_head, x)
-                    loss, ce = module_loss(logits.float(), y, energy.float(), weights[0],
-                                           cfg.label_smoothing)
-                optimizer_step(optimizers[0], loss, scaler)
-            else:
-                for (blocks, head), opt, w in zip(modules, optimizers, weights):
+        meter = EpochMeter()  # loss, ce, energy, accuracy of the last module
+        with prefetched(raw_train.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2),
+                        device) as batches:
+            for x_np, y_np in ctx.progress_bar(batches, total=-(-raw_train.count // ctx.batch_size),
+                                               desc=f"{cfg.scheme} epoch {epoch + 1}/{epochs}"):
+                x, y = to_device(x_np, device), to_device(y_np, device)
+                if e2e:
                     with autocast(cfg, device):
-                        out, logits, energy = forward_module(blocks, head, x)
-                        loss, ce = module_loss(logits.float(), y, energy.float(), w,
+                        _, logits, energy = forward_module(all_blocks, final_head, x)
+                        loss, ce = module_loss(logits.float(), y, energy.float(), weights[0],
                                                cfg.label_smoothing)
-                    optimizer_step(opt, loss, scaler)
-                    x = out.detach()
-            n = len(y_np)
-            sums += np.array([float(loss.detach()), float(ce.detach()), float(energy.detach()),
-                              int((logits.argmax(1) == y).sum())]) * np.array([n, n, n, 1])
-            seen += n
-            check_budget(ctx)
-        seconds = time.perf_counter() - start
+                    optimizer_step(optimizers[0], loss, scalers[0])
+                else:
+                    for (blocks, head), opt, scaler, w in zip(modules, optimizers, scalers, weights):
+                        with autocast(cfg, device):
+                            out, logits, energy = forward_module(blocks, head, x)
+                            loss, ce = module_loss(logits.float(), y, energy.float(), w,
+                                                   cfg.label_smoothing)
+                        optimizer_step(opt, loss, scaler)
+                        x = out.detach()
+                meter_add(meter, loss, ce, energy, logits, y, len(y_np))
+                check_budget(ctx)
         stats = {"scheme": cfg.scheme, "lap": 0, "module": len(modules) - 1, "epoch": epoch + 1,
-                 "train_loss": sums[0] / seen, "train_ce": sums[1] / seen,
-                 "energy": sums[2] / seen, "train_acc": sums[3] / seen, "seconds": seconds,
-                 "samples_per_s": seen / max(seconds, 1e-9), "rss_bytes": ctx.rss_now(),
+                 **meter.stats(), "rss_bytes": ctx.rss_now(),
                  "val_acc": _chain_accuracy(ctx, modules, val, device)[-1]}
         ctx.log_epoch(stats)
-        _checkpoint(ctx, epoch + 1, modules, optimizers)
+        _checkpoint(ctx, epoch + 1, modules, optimizers, scalers)
         ctx.check_interrupt()
     # Until the new checksums are recorded, the last checkpoint is the network's state.
     run.unlist([block_path(i) for i in range(ctx.splits[-1][1])]
@@ -128,16 +123,17 @@ def _chain_accuracy(ctx, modules, source, device) -> list[float | None]:
         for m in [*blocks, head]:
             m.eval()
     correct = [0] * len(modules)
-    for x_np, y_np in prefetch_batches(source.batches(ctx.eval_batch_size), device):
-        x = to_device(x_np, device)
-        for k, (blocks, head) in enumerate(modules):
-            with autocast(ctx.cfg, device):
-                x, logits, _ = forward_module(blocks, head, x)
-            correct[k] += int((logits.argmax(1).cpu().numpy() == y_np).sum())
+    with prefetched(source.batches(ctx.eval_batch_size), device) as batches:
+        for x_np, y_np in batches:
+            x = to_device(x_np, device)
+            for k, (blocks, head) in enumerate(modules):
+                with autocast(ctx.cfg, device):
+                    x, logits, _ = forward_module(blocks, head, x)
+                correct[k] += int((logits.argmax(1).cpu().numpy() == y_np).sum())
     return [c / source.count for c in correct]
 
 
-def _checkpoint(ctx, epoch_done, modules, optimizers) -> None:
+def _checkpoint(ctx, epoch_done, modules, optimizers, scalers) -> None:
     run = ctx.run
     tensors = {}
     for k, ((blocks, head), (lo, _)) in enumerate(zip(modules, ctx.splits)):
@@ -147,7 +143,8 @@ def _checkpoint(ctx, epoch_done, modules, optimizers) -> None:
     for i, opt in enumerate(optimizers):
         tensors.update(prefixed(optimizer_to_numpy(opt), f"optim{i}."))
     rel = CKPT.format(epoch_done)
-    run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, {"epoch_done": epoch_done}),
+    meta = {"epoch_done": epoch_done, "scalers": [scaler_state(s) for s in scalers]}
+    run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, meta),
                           {"lap": 0, "module": 0, "epoch_done": epoch_done})
 
 
@@ -156,7 +153,7 @@ def _checkpoint_to_resume(ctx) -> str | None:
     return progress.get("ckpt") if progress.get("phase") == "train" else None
 
 
-def _resume(ctx, modules, optimizers) -> int:
+def _resume(ctx, modules, optimizers, scalers) -> int:
     rel = _checkpoint_to_resume(ctx)
     if not rel:
         return 0
@@ -172,4 +169,6 @@ def _resume(ctx, modules, optimizers) -> int:
         arrays = unprefixed(tensors, f"optim{i}.")
         if arrays:
             optimizer_from_numpy(opt, arrays)
+    for scaler, state in zip(scalers, meta.get("scalers") or []):
+        load_scaler_state(scaler, state)
     return int(meta["epoch_done"])

@@ -157,7 +157,10 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
     budget = plan.get("budget_bytes")
     if cfg.device == "cuda":  # the budget covers device memory (+ host RSS on unified memory)
         from .memory.cuda import CudaWatchdog
-        watchdog = CudaWatchdog(cfg, limit_bytes=budget)
+        rows = plan.get("module_estimates") or [{}]
+        accounting = rows[0].get("accounting")  # the planner's probe saw the device
+        watchdog = CudaWatchdog(cfg, limit_bytes=budget,
+                                unified={"cuda-unified": True, "cuda-discrete": False}.get(accounting))
     else:
         watchdog = RssWatchdog(limit_bytes=budget)
     ctx = Context(run, cfg, dataset, dataset.in_shape, dataset.num_classes, splits,

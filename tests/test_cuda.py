@@ -262,6 +262,8 @@ def test_watchdog_phases_reset_the_allocator_peaks_and_keep_the_process_peak():
     dog.start_phase()  # module 1 starts
     assert fake.emptied == 1 and fake.max_reserved == 0
     fake.max_allocated, fake.max_reserved = 50 * MB, 100 * MB
+    fake.reserved = 100 * MB
+    dog.sample()  # during module 1's training: the context is read while memory is held
     assert dog.phase_budgeted_bytes(10 * MB) == 100 * MB + 300 * MB  # this module's own
     fields = dog.summary_fields(host_peak_bytes=0, budget_bytes=None)
     assert fields["cuda_peak_reserved_bytes"] == 300 * MB  # the process's, over both modules
@@ -481,7 +483,8 @@ def test_read_ahead_in_the_training_loops_changes_no_result(tmp_path, monkeypatc
     def forced(batches, device, depth=1):
         calls.append(device)
         return pf._closing(pf.Prefetcher(batches, depth=depth))
-    monkeypatch.setattr(tb, "prefetch_batches", forced)
+    monkeypatch.setattr(tb, "prefetch_batches", forced)  # feature writing
+    monkeypatch.setattr(pf, "prefetch_batches", forced)  # training and evaluation (prefetched)
     ahead = run("ahead")
     assert len(calls) >= 6  # train epochs, validation, and every split's feature writing
     assert [m["test_acc"] for m in ahead["modules"]] == [m["test_acc"] for m in plain["modules"]]
@@ -489,6 +492,80 @@ def test_read_ahead_in_the_training_loops_changes_no_result(tmp_path, monkeypatc
                  "heads/head_01.safetensors"):
         assert (tmp_path / "ahead" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
     assert not prefetch_threads()
+
+
+def test_prefetched_stops_the_read_ahead_when_the_loop_raises(monkeypatch):
+    """A loop that stops on an exception (a budget stop) must not leave the producer thread
+    reading a cache file the caller is about to close."""
+    import edge_trgl.prefetch as pf
+    monkeypatch.setattr(pf, "pin_inputs", lambda batch: batch)
+    log = {}
+    with pytest.raises(RuntimeError, match="over budget"):
+        with pf.prefetched(source(100, log), "cuda") as batches:
+            for i in batches:
+                if i == 2:
+                    raise RuntimeError("over budget")
+    # the traceback still holds the loop's frame, yet the thread is gone and the source closed
+    assert log["closed"] and not prefetch_threads() and log["pulled"] <= 5
+
+
+def test_fp16_loss_scale_state_survives_a_checkpoint():
+    from edge_trgl.backends.torch_backend import load_scaler_state, scaler_state
+    assert scaler_state(None) is None
+    before = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    state = scaler_state(before)
+    assert json.loads(json.dumps(state)) == state  # goes into the checkpoint's JSON metadata
+    after = torch.amp.GradScaler("cpu")
+    load_scaler_state(after, state)
+    assert after.get_scale() == 1024.0 and after.get_growth_interval() == 7
+    load_scaler_state(None, state)  # no scaler (fp32 run): nothing to restore
+
+
+def test_watchdog_resets_the_process_wide_allocator_peaks_when_a_run_starts():
+    fake = FakeCuda()
+    fake.max_allocated, fake.max_reserved = 900 * MB, 1000 * MB  # an earlier run in this process
+    dog = watchdog(TrainConfig(device="cuda"), None, fake)
+    with dog:
+        fake.max_allocated, fake.max_reserved = 50 * MB, 80 * MB
+    assert dog.summary_fields(0, None)["cuda_peak_reserved_bytes"] == 80 * MB
+
+
+def test_watchdog_reads_device_memory_only_once_a_context_surely_exists():
+    """CUDA can be initialised (device properties were asked for) before any context exists;
+    mem_get_info from the watchdog's thread would create one, so it waits for an allocation."""
+    fake = FakeCuda()
+    calls = []
+    real = fake.mem_get_info
+    fake.mem_get_info = lambda device=None: calls.append(1) or real()
+    dog = watchdog(TrainConfig(device="cuda"), 100 * MB, fake)
+    dog.sample()
+    assert not calls and dog.exceeded_bytes is None
+    fake.reserved = 200 * MB
+    dog.sample()
+    assert calls and dog.exceeded_bytes == 500 * MB
+
+
+def test_watchdog_takes_the_budget_rule_from_the_plan_before_cuda_starts():
+    """A plan made for unified memory (its probe saw an integrated GPU) budgets host RSS from
+    the first sample, before this process has touched CUDA."""
+    fake = FakeCuda(integrated=True)
+    fake.initialized = False
+    dog = cm.CudaWatchdog(TrainConfig(device="cuda"), limit_bytes=1 * MB, unified=True)
+    dog._torch = SimpleNamespace(cuda=fake)
+    dog.sample()
+    assert dog.exceeded_bytes is not None and dog.exceeded_bytes > 1 * MB
+    assert "host RSS" in dog.measured_what
+
+
+def test_unified_host_buffers_follow_each_modules_input():
+    """Module 0 reads images; later modules read feature maps, several times larger; their
+    host (pinned) buffers are planned at that size."""
+    acct = object.__new__(cm.PlanAccounting)
+    acct.sample_elements = 3 * 32 * 32
+    acct.input_elements = [3 * 32 * 32, 16 * 32 * 32, 16 * 32 * 32, 32 * 16 * 16]
+    assert acct.host_buffers(64, 1) == 16 / 3 * acct.host_buffers(64, 0)
+    assert acct.host_buffers(64, 3) == cm.host_buffer_bytes(32 * 16 * 16, 64)
+    assert acct.host_buffers(64, 0) == cm.host_buffer_bytes(3 * 32 * 32, 64)
 
 
 def test_to_device_passes_a_cpu_tensor_through():
@@ -522,8 +599,9 @@ def test_gpu_sequential_run(tmp_path, amp):
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert 0 < summary["cuda_peak_allocated_bytes"] <= summary["cuda_peak_reserved_bytes"]
     assert summary["cuda_context_bytes"] > 0 and summary["cuda_host_peak_rss_bytes"] > 0
+    host = summary["cuda_host_peak_rss_bytes"] if summary["cuda_unified_memory"] else 0
     assert summary["cuda_budgeted_peak_bytes"] == (summary["cuda_peak_reserved_bytes"]
-                                                   + summary["cuda_context_bytes"])
+                                                   + summary["cuda_context_bytes"] + host)
 
 
 @gpu
@@ -537,10 +615,25 @@ def test_gpu_resident_e2e_run(tmp_path):
 @pytest.mark.parametrize("budget", [dict(mem_budget="2GB"), dict(profile="jetson-orin-nano-8gb")],
                          ids=["discrete-2GB", "unified-rehearsal"])
 def test_gpu_budgeted_run_stays_under_its_budget(tmp_path, monkeypatch, budget):
-    from edge_trgl.train import train
+    """Through the CLI in a fresh process, as a user runs it: this test process may already hold
+    a CUDA context and allocator peaks of its own, which would count in the planner's probes."""
+    import subprocess
+    import sys
+    props = torch.cuda.get_device_properties(0)
+    if "mem_budget" in budget and getattr(props, "is_integrated", False):
+        pytest.skip(f"{props.name} is an integrated GPU: there a 2GB budget covers host RSS too "
+                    f"(the profile case checks it)")
     monkeypatch.setenv("EDGE_TRGL_CACHE", str(tmp_path / "cache"))
-    summary = train(gpu_config(tmp_path, model="resnet20", width=1.0, modules=None, epochs=1,
-                               batch_size=128, **budget))
+    out = tmp_path / "run"
+    args = ["--device", "cuda", "--model", "resnet20", "--synthetic-train", "512",
+            "--synthetic-test", "128", "--epochs", "1", "--batch-size", "128", "--threads", "2",
+            "--quiet", "--out", str(out)]
+    args += (["--mem-budget", budget["mem_budget"]] if "mem_budget" in budget
+             else ["--profile", budget["profile"]])
+    done = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", *args],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["budget_bytes"]
     # context included; the sum of separately taken peaks is an upper bound of the real peak
     assert summary["cuda_budgeted_peak_bytes"] <= summary["budget_bytes"], summary

@@ -12,7 +12,7 @@ from ..memory.measure import release_memory
 from ..meter import EpochMeter
 from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
-from ..prefetch import prefetch_batches
+from ..prefetch import prefetch_batches, prefetched
 from ..sources import epoch_rng
 from ..store import (checkpoint_path, load_tensors, module_files, optim_path, prefixed,
                      save_tensors, unprefixed)
@@ -57,10 +57,11 @@ def evaluate(blocks, head, source, batch_size: int, device, cfg) -> float | None
     for m in [*blocks, head]:
         m.eval()
     correct = 0
-    for x, y in prefetch_batches(source.batches(batch_size), device):
-        with autocast(cfg, device):
-            _, logits, _ = forward_module(blocks, head, to_device(x, device))
-        correct += int((logits.argmax(1).cpu().numpy() == y).sum())
+    with prefetched(source.batches(batch_size), device) as batches:
+        for x, y in batches:
+            with autocast(cfg, device):
+                _, logits, _ = forward_module(blocks, head, to_device(x, device))
+            correct += int((logits.argmax(1).cpu().numpy() == y).sum())
     return correct / source.count
 
 
@@ -82,21 +83,28 @@ def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight
     for m in [*blocks, head]:
         m.train()
     meter = EpochMeter()
-    batches = prefetch_batches(source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2), device)
-    for x_np, y_np in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size), desc=desc):
-        x, y = to_device(x_np, device), to_device(y_np, device)
-        w = adaptive.weight if adaptive is not None else weight
-        with autocast(cfg, device):
-            _, logits, energy = forward_module(blocks, head, x)
-            loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
-        optimizer_step(optimizer, loss, scaler)
-        if adaptive is not None:  # the only per-step read of a value (a GPU sync on CUDA)
-            adaptive.update(float(ce.detach()))
-        # float64 sums: the same precision as the Python floats they replace
-        meter.add(loss.detach().double(), ce.detach().double(), energy.detach().double(),
-                  (logits.argmax(1) == y).sum(), len(y_np))
-        check_budget(ctx)
+    with prefetched(source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2),
+                    device) as batches:
+        for x_np, y_np in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size),
+                                           desc=desc):
+            x, y = to_device(x_np, device), to_device(y_np, device)
+            w = adaptive.weight if adaptive is not None else weight
+            with autocast(cfg, device):
+                _, logits, energy = forward_module(blocks, head, x)
+                loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
+            optimizer_step(optimizer, loss, scaler)
+            if adaptive is not None:  # the only per-step read of a value (a GPU sync on CUDA)
+                adaptive.update(float(ce.detach()))
+            meter_add(meter, loss, ce, energy, logits, y, len(y_np))
+            check_budget(ctx)
     return meter.stats()
+
+
+def meter_add(meter, loss, ce, energy, logits, y, n: int) -> None:
+    """One step's figures into the epoch's meter without reading them back (no GPU sync); float64
+    sums, the precision of the Python floats they replace."""
+    meter.add(loss.detach().double(), ce.detach().double(), energy.detach().double(),
+              (logits.argmax(1) == y).sum(), n)
 
 
 def optimizer_step(optimizer, loss, scaler) -> None:
@@ -114,6 +122,19 @@ def make_scaler(cfg, device):
     if cfg.amp == "fp16" and device.type == "cuda":
         return torch.amp.GradScaler("cuda")
     return None
+
+
+def scaler_state(scaler) -> dict | None:
+    """The fp16 loss scale and its growth tracker, JSON-ready for a checkpoint's metadata: a
+    resumed run continues with the scale it had, not from 65536 with skipped steps."""
+    if scaler is None:
+        return None
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in scaler.state_dict().items()}
+
+
+def load_scaler_state(scaler, state: dict | None) -> None:
+    if scaler is not None and state:
+        scaler.load_state_dict(state)
 
 
 class TorchBackend:
@@ -150,7 +171,8 @@ class TorchBackend:
         scaler = make_scaler(cfg, device)
         start_epoch = 0
         if ckpt is not None:
-            start_epoch = self._load_checkpoint(run, ckpt, blocks, head, optimizer, adaptive)
+            start_epoch = self._load_checkpoint(run, ckpt, blocks, head, optimizer, adaptive,
+                                                scaler)
         val_source = ctx.source(task.k, "val")
         last = {}
         for epoch in range(start_epoch, task.epochs):
@@ -164,7 +186,7 @@ class TorchBackend:
                           "energy_weight": adaptive.weight if adaptive else task.energy_weight,
                           "rss_bytes": ctx.rss_now()})
             ctx.log_epoch(stats)
-            self._save_checkpoint(run, task, epoch + 1, blocks, head, optimizer, adaptive)
+            self._save_checkpoint(run, task, epoch + 1, blocks, head, optimizer, adaptive, scaler)
             last = stats
             ctx.check_interrupt()
         run.commit_module(module_files(task),
@@ -172,18 +194,20 @@ class TorchBackend:
                           {"lap": task.lap, "module": task.k})
         return last
 
-    def _save_checkpoint(self, run, task, epoch_done, blocks, head, optimizer, adaptive) -> None:
+    def _save_checkpoint(self, run, task, epoch_done, blocks, head, optimizer, adaptive,
+                         scaler) -> None:
         tensors = {}
         for offset, block in enumerate(blocks):
             tensors.update(prefixed(to_numpy_state(block), f"block{task.lo + offset}."))
         tensors.update(prefixed(to_numpy_state(head), "head."))
         tensors.update(prefixed(optimizer_to_numpy(optimizer), "optim."))
-        meta = {"epoch_done": epoch_done, "adaptive": adaptive.state() if adaptive else None}
+        meta = {"epoch_done": epoch_done, "adaptive": adaptive.state() if adaptive else None,
+                "scaler": scaler_state(scaler)}
         rel = checkpoint_path(task.k, task.lap, epoch_done)
         run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, meta),
                               {"lap": task.lap, "module": task.k, "epoch_done": epoch_done})
 
-    def _load_checkpoint(self, run, rel, blocks, head, optimizer, adaptive) -> int:
+    def _load_checkpoint(self, run, rel, blocks, head, optimizer, adaptive, scaler) -> int:
         tensors, meta = load_tensors(run.root, rel, run.checksum(rel))
         for block_index, block in self._indexed(blocks, tensors):
             block.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
@@ -195,6 +219,7 @@ class TorchBackend:
             optimizer_from_numpy(optimizer, optim_state)
         if adaptive is not None and meta.get("adaptive"):
             adaptive.load_state(meta["adaptive"])
+        load_scaler_state(scaler, meta.get("scaler"))
         return int(meta["epoch_done"])
 
     @staticmethod

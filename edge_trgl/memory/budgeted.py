@@ -136,7 +136,7 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
 
     def data_cost(lo: int, batch: int) -> int:
         if cuda_acct is not None:
-            return cuda_acct.fixed_bytes(batch)
+            return cuda_acct.fixed_bytes(batch, lo)
         return data_total(parts_for(lo, batch))
 
     calibration = {"factor": 1.0}

@@ -168,10 +168,12 @@ def probe_peaks(cfg, raw: dict) -> dict[int, int]:
 
 
 def host_buffer_bytes(sample_elements: int, batch: int) -> int:
-    """Host batch buffers of the CUDA data path: the CPU path's (a uint8 batch, its augmented
-    copy, the float32 normalised batch, the cache writer's output copies) plus the read-ahead:
-    one float32 batch being prepared and two pinned copies (queued, and in flight to the
-    device), each pinned block rounded up to a power of two by the caching host allocator."""
+    """Host batch buffers of the CUDA data path for a module whose input sample has
+    `sample_elements` values (the image for module 0, the previous module's feature map after
+    it, several times larger in a ResNet): the CPU path's (a uint8 batch, its augmented copy, the
+    float32 normalised batch, the cache writer's output copies) plus the read-ahead: one float32
+    batch being prepared and two pinned copies (queued, and in flight to the device), each
+    pinned block rounded up to a power of two by the caching host allocator."""
     cpu_path = batch * sample_elements * (1 + 1 + 4 + 4)
     read_ahead = batch * sample_elements * 4 * (1 + 2 * 2)
     return cpu_path + read_ahead
@@ -249,6 +251,7 @@ class PlanAccounting:
         self.context_bytes, self.context_method = probe_context_bytes(cfg, first_raw)
         self.host_baseline_bytes = int(host_baseline_bytes)
         self.sample_elements = int(math.prod(dataset.in_shape))
+        self.input_elements: list[int] = []  # per block: its input sample's values (set by for_plan)
         self.dataset_bytes = int(sum(a.images.nbytes + a.labels.nbytes
                                      for a in (dataset.train, dataset.val, dataset.test)))
 
@@ -258,17 +261,24 @@ class PlanAccounting:
         require_cuda(cfg)
         raw = raw_probe(cfg, dataset.in_shape, dataset.num_classes, arch, 0, 1, PROBE_BATCHES,
                         threads)
-        return cls(cfg, dataset, raw, host_baseline_bytes)
+        acct = cls(cfg, dataset, raw, host_baseline_bytes)
+        acct.input_elements = [int(math.prod(arch[i].in_shape)) for i in range(len(arch))]
+        return acct
 
-    def host_buffers(self, batch: int) -> int:
-        return host_buffer_bytes(self.sample_elements, batch)
+    def host_buffers(self, batch: int, lo: int = 0) -> int:
+        """Host batch buffers of the module starting at block `lo` (its input's size)."""
+        elements = self.sample_elements
+        if lo < len(self.input_elements):
+            elements = max(elements, self.input_elements[lo])
+        return host_buffer_bytes(elements, batch)
 
-    def fixed_bytes(self, batch: int) -> int:
+    def fixed_bytes(self, batch: int, lo: int = 0) -> int:
         """Budgeted bytes besides the module's own: the context, and on unified memory the
-        trainer's host baseline (interpreter, torch, dataset), its host batch buffers and the
-        training loop's measured host allowance beyond a probe (estimate.LOOP_ALLOWANCE_BYTES)."""
+        trainer's host baseline (interpreter, torch, dataset), the host batch buffers of the
+        module starting at block `lo` and the training loop's measured host allowance beyond a
+        probe (estimate.LOOP_ALLOWANCE_BYTES)."""
         if self.unified:
-            return (self.host_baseline_bytes + self.host_buffers(batch) + LOOP_ALLOWANCE_BYTES
+            return (self.host_baseline_bytes + self.host_buffers(batch, lo) + LOOP_ALLOWANCE_BYTES
                     + self.context_bytes)
         return self.context_bytes
 
@@ -306,17 +316,17 @@ class PlanAccounting:
             entry = next(e for e in raw["results"] if int(e["batch"]) == batch)
             composed = costs.module_estimate(lo, hi, batch)
             host_above = max(0, int(entry["peak_bytes"]) - int(raw["baseline_bytes"]))
-            host_rss = (self.host_baseline_bytes + host_above + self.host_buffers(batch)
-                        + LOOP_ALLOWANCE_BYTES)
-            fixed = self.fixed_bytes(batch)
+            buffers = self.host_buffers(batch, lo)
+            host_rss = self.host_baseline_bytes + host_above + buffers + LOOP_ALLOWANCE_BYTES
+            fixed = self.fixed_bytes(batch, lo)
             rows.append({
                 "blocks": [lo, hi], "batch_size": batch, "measured_probe_bytes": measured,
                 "composed": composed,
                 "composition_error": (composed["module_bytes"] - measured) / max(measured, 1),
                 # the plan table's columns, in the currency of this device's budget
-                "process_baseline_bytes": fixed - (self.host_buffers(batch) if self.unified else 0),
+                "process_baseline_bytes": fixed - (buffers if self.unified else 0),
                 "dataset_bytes": self.dataset_bytes if self.unified else 0,
-                "batch_buffer_bytes": self.host_buffers(batch) if self.unified else 0,
+                "batch_buffer_bytes": buffers if self.unified else 0,
                 "estimated_peak_bytes": measured + fixed,
                 "accounting": "cuda-unified" if self.unified else "cuda-discrete",
                 "budget_covers": BUDGET_COVERS[self.unified],
@@ -359,18 +369,22 @@ class CudaWatchdog(RssWatchdog):
     context of its own. The allocator's peaks are exact (tracked by PyTorch on every
     allocation); the context and host RSS are sampled every `interval_s`."""
 
-    def __init__(self, cfg, limit_bytes: int | None = None, interval_s: float = 0.02):
+    def __init__(self, cfg, limit_bytes: int | None = None, interval_s: float = 0.02,
+                 unified: bool | None = None):
         super().__init__(limit_bytes=limit_bytes, interval_s=interval_s)
         import torch
         self._torch = torch
-        self._profile_unified = None if cfg.profile is None else unified_memory(cfg, None)
-        self.unified: bool | None = self._profile_unified
+        # A profile decides; else the plan's accounting (its probe saw the device), so the rule
+        # is known before this process touches CUDA; else the device, once it is initialised.
+        self.unified: bool | None = (unified_memory(cfg, None) if cfg.profile is not None
+                                     else unified)
         self.context_default_bytes, self.context_default_method = context_default_bytes(cfg)
         self.device_name: str | None = None
         self.context_max_bytes = 0
         self.budgeted_max_sampled_bytes = 0
         self.allocated_max_bytes = 0
         self.reserved_max_bytes = 0
+        self.pinned_host_max_bytes = 0
 
     @property
     def measured_what(self) -> str:
@@ -379,6 +393,21 @@ class CudaWatchdog(RssWatchdog):
 
     def _cuda_ready(self) -> bool:
         return self._torch.cuda.is_initialized()
+
+    def _context_exists(self) -> bool:
+        """CUDA is initialised *and* the allocator holds memory, so a context certainly exists:
+        only then does sampling call mem_get_info, which would otherwise create the context
+        from this thread before training has (is_initialized() turns true as soon as anything
+        asks for device properties)."""
+        return self._cuda_ready() and self._torch.cuda.memory_reserved() > 0
+
+    def __enter__(self):
+        # The allocator's peaks are per process: a run that follows another in the same
+        # process (a notebook, a test session) must not report the earlier run's peaks.
+        if self._cuda_ready():
+            self._torch.cuda.empty_cache()
+            self._torch.cuda.reset_peak_memory_stats()
+        return super().__enter__()
 
     def _context_now(self) -> int:
         cuda = self._torch.cuda
@@ -399,7 +428,7 @@ class CudaWatchdog(RssWatchdog):
         now = rss_bytes()
         self.max_seen_bytes = max(self.max_seen_bytes, now)
         self.phase_max_bytes = max(self.phase_max_bytes, now)
-        if not self._cuda_ready():
+        if not self._context_exists():
             budgeted = now if self.unified else 0  # before CUDA, only host memory exists
         else:
             self._learn_device()
@@ -417,6 +446,9 @@ class CudaWatchdog(RssWatchdog):
             cuda = self._torch.cuda
             self.allocated_max_bytes = max(self.allocated_max_bytes, cuda.max_memory_allocated())
             self.reserved_max_bytes = max(self.reserved_max_bytes, cuda.max_memory_reserved())
+            stats = cuda.host_memory_stats() if hasattr(cuda, "host_memory_stats") else {}
+            self.pinned_host_max_bytes = max(self.pinned_host_max_bytes,
+                                             int(stats.get("allocated_bytes.peak", 0) or 0))
 
     def start_phase(self) -> None:
         """A module starts: keep the process peaks, then give cached blocks back and restart
@@ -434,11 +466,16 @@ class CudaWatchdog(RssWatchdog):
 
     def phase_budgeted_bytes(self, host_phase_bytes: int) -> int:
         """This module's peak in the budget's currency (comparable with its plan row)."""
-        reserved = self._torch.cuda.max_memory_reserved() if self._cuda_ready() else 0
+        reserved = 0
+        if self._cuda_ready():
+            self._learn_device()
+            reserved = self._torch.cuda.max_memory_reserved()
         return CudaPeaks(0, reserved, self.context_max_bytes, host_phase_bytes,
                          bool(self.unified)).budgeted_bytes
 
     def peaks(self, host_peak_bytes: int) -> CudaPeaks:
+        if self._cuda_ready():
+            self._learn_device()
         self._fold_peaks()
         return CudaPeaks(self.allocated_max_bytes, self.reserved_max_bytes, self.context_max_bytes,
                          int(host_peak_bytes), bool(self.unified))
@@ -458,6 +495,9 @@ class CudaWatchdog(RssWatchdog):
                                     "sampled max of device total - free - reserved "
                                     "(mem_get_info; includes other processes on this GPU)"),
             "cuda_host_peak_rss_bytes": p.host_rss_bytes,
+            # page-locked batch buffers (the pinned-host allocator's peak, power-of-two blocks):
+            # resident host pages, so already inside host RSS; reported to show their share
+            "cuda_pinned_host_peak_bytes": self.pinned_host_max_bytes,
             "cuda_device_peak_bytes": p.device_bytes,
             "cuda_budgeted_peak_bytes": p.budgeted_bytes,
             "cuda_budgeted_peak_sampled_bytes": self.budgeted_max_sampled_bytes,

@@ -58,10 +58,17 @@ def _store_cache(cache: dict) -> None:
 
 def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
     import torch
-    ident = {"probe_format": 4, "torch": torch.__version__, "threads": threads, "device": cfg.device,
+    ident = {"probe_format": 5, "torch": torch.__version__, "threads": threads, "device": cfg.device,
              "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
              "in_shape": list(in_shape)}
+    if cfg.device == "cuda":
+        # A CUDA probe's figures (reserved, context, integrated) belong to one GPU: a cache
+        # shared between machines, or a changed GPU selection, must not reuse them. Read
+        # without initialising CUDA in this (planning) process.
+        import platform
+        ident.update({"host": platform.node(), "torch_cuda": torch.version.cuda,
+                      "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 

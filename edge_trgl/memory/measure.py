@@ -55,13 +55,18 @@ def reset_peak() -> bool:
 
 def release_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise), and on CUDA the caching
-    allocator's unused blocks back to the driver: on a unified-memory device that is system RAM."""
+    allocator's unused blocks back to the driver: on a unified-memory device that is system RAM.
+    The pinned-host allocator's cached blocks too: it keeps one power-of-two block per batch
+    shape it has seen (images, then each module's feature maps) for the life of the process."""
     import gc
     import sys
     gc.collect()
     torch = sys.modules.get("torch")  # never imported for this (the ORT worker is torch-free)
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+        accelerator = getattr(torch, "accelerator", None)
+        if accelerator is not None and hasattr(accelerator, "empty_host_cache"):
+            accelerator.empty_host_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

@@ -94,7 +94,8 @@ def main(argv: list[str]) -> int:
         cuda_facts = probe_facts(torch, device)
     # Saved activations, counted exactly after the peaks were taken (so this cannot affect them).
     from .estimate import saved_activation_bytes_per_sample
-    saved = sum(saved_activation_bytes_per_sample(b, tuple(b.in_shape)) for b in blocks)
+    with autocast(cfg, device):  # --amp: the saved activations are half precision too
+        saved = sum(saved_activation_bytes_per_sample(b, tuple(b.in_shape)) for b in blocks)
     out = {"baseline_bytes": baseline, "results": results, "saved_bytes_per_sample": saved}
     if cuda_facts is not None:
         out["cuda"] = cuda_facts

@@ -42,18 +42,41 @@ __all__ = [
 ]
 
 
+class _HalfMeanSquare(torch.autograd.Function):
+    """``mean(t * t)`` of a float16 tensor, squared and summed in float32. In float16 any
+    |t| > 256 squares to inf (max 65504), and one inf makes the loss inf, so every step would
+    be skipped by the gradient scaler. Saves only ``t`` (as ``t * t`` would) and returns the
+    gradient in float16, computed in float32 inside the kernel (a 0-dim float32 factor)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        ctx.save_for_backward(t)
+        return torch.linalg.vector_norm(t, dtype=torch.float32).square() / t.numel()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (t,) = ctx.saved_tensors
+        return t * (grad.float() * (2.0 / t.numel()))
+
+
+def mean_square(t: Tensor) -> Tensor:
+    """``mean(t**2)`` as a 0-dim tensor; float16 (CUDA ``--amp fp16``) goes through float32."""
+    if t.dtype == torch.float16:
+        return _HalfMeanSquare.apply(t)
+    return torch.mean(t * t)
+
+
 def kinetic_energy(g: Tensor) -> Tensor:
     """``mean(g**2)`` over every element (batch and features), as a 0-dim tensor.
 
     Written as ``g * g`` so that it exports to ONNX as a plain ``Mul`` + ``ReduceMean``.
     """
-    return torch.mean(g * g)
+    return mean_square(g)
 
 
 def monge_energy(y: Tensor, x: Tensor) -> Tensor:
     """``mean((y - x)**2)`` for a non-residual block that keeps its shape."""
-    d = y - x
-    return torch.mean(d * d)
+    return mean_square(y - x)
 
 
 def zero_energy(x: Tensor) -> Tensor:

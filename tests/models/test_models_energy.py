@@ -154,3 +154,24 @@ def test_energy_gradient_reaches_branch_not_shortcut():
     assert blk.conv1.weight.grad.abs().sum() > 0
     assert blk.conv2.weight.grad.abs().sum() > 0
     assert blk.shortcut[0].weight.grad is None
+
+
+def test_half_precision_energy_does_not_overflow_and_has_the_exact_gradient():
+    """Under --amp fp16 a branch value above 256 squares past float16's 65504; the energy is
+    squared and summed in float32 instead, its gradient 2 g / N comes back in float16."""
+    from edge_trgl.models.blocks import kinetic_energy, monge_energy
+    g = (torch.randn(8, 4, 6, 6) * 300).half().requires_grad_()
+    assert not torch.isfinite(torch.mean(g * g))  # what plain float16 arithmetic gives
+    e = kinetic_energy(g)
+    ref = (g.detach().double() ** 2).mean()
+    assert e.dtype == torch.float32 and math.isclose(e.item(), ref.item(), rel_tol=1e-5)
+    e.backward(torch.tensor(512.0))  # a loss-scaled upstream gradient
+    expected = 2 * g.detach().double() / g.numel() * 512
+    assert g.grad.dtype == torch.float16
+    assert torch.allclose(g.grad.double(), expected, rtol=1e-3, atol=1e-6)
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.float16)
+    y = torch.full_like(x, 400.0)
+    assert monge_energy(y, x).item() == 160000.0
+    # float32 keeps the plain Mul + ReduceMean (what ONNX export and the ORT artifacts use)
+    g32 = torch.randn(3, 5)
+    assert torch.equal(kinetic_energy(g32), torch.mean(g32 * g32))
