@@ -3,8 +3,9 @@
 A *matrix* (benchmarks/matrices/*.toml) names a suite, default `edge-trgl train` options, named
 method presets and rows; a row whose values are lists expands to the cartesian product. Every
 expanded row runs as a fresh child process (`python -m edge_trgl.cli.main train ... --out TMP`)
-measured from outside: its peak RSS is the child's own ru_maxrss from os.wait4, so nothing the
-harness itself allocated can leak into the figure. Everything else (accuracy of every module's
+measured from outside: its peak RSS is the child's own VmHWM, polled from /proc every 20 ms
+(run_child_watched; not os.wait4's ru_maxrss, see there), so nothing the harness itself
+allocated can leak into the figure. Everything else (accuracy of every module's
 head, samples per second, CUDA or ONNX Runtime figures) is read back from the run directory the
 child wrote (summary.json, metrics.jsonl, config.json, plan.json).
 

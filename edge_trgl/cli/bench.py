@@ -11,7 +11,7 @@ HELP = "run benchmark matrices (memory, accuracy, throughput) and render the rep
 
 DESCRIPTION = """\
 Run benchmark matrices, each configuration in a fresh `edge-trgl train` child process measured
-from outside (peak RSS from os.wait4), and render Markdown + PNG reports from the JSON results.
+from outside (peak RSS = the child's VmHWM polled from /proc), and render Markdown + PNG reports from the JSON results.
 
   edge-trgl bench run --quick                 tiny synthetic suite, a few minutes
   edge-trgl bench run                         the default suites: accuracy, memory, throughput
