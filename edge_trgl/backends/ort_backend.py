@@ -109,6 +109,7 @@ class OrtBackend:
         budget = ctx.watchdog.limit_bytes if ctx.watchdog is not None else None
         from ..memory.measure import rss_bytes
         return {"mode": mode, "run_dir": str(ctx.run.root), "config": self.cfg.to_json(),
+                "parent_pid": os.getpid(),
                 "task": task.to_json(), "splits": [list(s) for s in ctx.splits],
                 "batch_size": ctx.batch_size, "eval_batch_size": ctx.eval_batch_size,
                 "views": ctx.views, "threads": _threads(self.cfg),
@@ -390,6 +391,7 @@ def _probe_worker(cfg, art_dir, batches, threads) -> dict:
     with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-probe-") as tmp:
         tmp = Path(tmp)
         job = {"mode": "probe", "config": cfg.to_json(), "threads": threads,
+               "parent_pid": os.getpid(),
                "artifact_dir": str(art_dir) if art_dir else None, "batches": list(batches),
                "steps": 4, "result_path": str(tmp / "result.json")}
         (tmp / "job.json").write_text(json.dumps(job))

@@ -119,6 +119,53 @@ def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(or
     assert [(m["module"], m["epoch"]) for m in logged] == [(k, e) for k in (0, 1) for e in range(1, 5)]
 
 
+def test_a_killed_orchestrator_takes_its_trainer_with_it(ort_available, tmp_path):
+    """The trainer runs in its own process group; if `edge-trgl` itself is killed (SIGKILL, OOM
+    killer) the trainer must not live on writing the run while the user resumes it."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = list(ARGS)
+    args[args.index("--epochs") + 1] = "30"  # module 0 trains for seconds after the kill
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train", *args,
+                             "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first epoch was logged"
+    trainers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert trainers, "no trainer child found"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    def alive():
+        living = []
+        for p in trainers:
+            try:
+                state = Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":  # a zombie waits for init to reap it: it is dead
+                living.append(p)
+        return living
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and alive():
+        time.sleep(0.02)
+    left = alive()
+    for p in left:  # do not leave it running if the assertion fails
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"trainer(s) {left} outlived the orchestrator"
+    progress = json.loads((out / "manifest.json").read_text())["progress"]
+    assert (progress["module"], progress["phase"]) == (0, "train")
+    assert progress["epoch_done"] < 30  # it was stopped mid-module, not left to finish
+
+
 def test_without_the_extra_the_error_says_how_to_install(monkeypatch, tmp_path):
     import importlib.util
 
