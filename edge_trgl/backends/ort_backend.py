@@ -361,7 +361,8 @@ def ort_plan_note(cfg, dataset) -> str:
     arrays = sum(a.images.nbytes + a.labels.nbytes for a in (dataset.train, dataset.val, dataset.test))
     return (f"--backend ort: baseline = torch-free orchestrator {format_size(parts['orchestrator_bytes'])} "
             f"+ ONNX Runtime trainer after imports {format_size(parts['worker_baseline_bytes'])} + "
-            f"dataset {format_size(arrays)} (all measured; the two processes are alive together); "
+            f"dataset {format_size(arrays)} (all measured; the two processes are alive together; "
+            f"the images only for module 0: later trainers read the feature cache); "
             f"module = that trainer's measured peak above its baseline. Preparation (torch + onnx "
             f"export, before training) runs in a separate, earlier process and is not in the budget.")
 
