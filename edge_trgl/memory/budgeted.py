@@ -108,7 +108,7 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
     costs = BlockCosts(cfg, dataset.in_shape, dataset.num_classes, arch, threads)
     fixed = None
     if cfg.scheme in ("parallel", "e2e"):
-        fixed = resolve_splits(n, cfg) if cfg.scheme == "parallel" else resolve_splits(n, cfg)
+        fixed = resolve_splits(n, cfg)
     elif any(getattr(cfg, f) is not None for f in ("module_size", "modules", "splits")):
         fixed = resolve_splits(n, cfg)
 
@@ -145,7 +145,20 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
         composed = costs.module_estimate(lo, hi, batch)["module_bytes"] * calibration["factor"]
         return int(composed) + data_cost(lo, batch)
 
+    # The parallel scheme keeps every module resident (weights, gradients, optimizer state) but
+    # steps them one at a time on a detached input, so only one module's activations and kernel
+    # buffers are alive at once: module k's own cost plus the others' static bytes. (The CUDA
+    # accounting keeps the e2e-like bound for it: not measured on a GPU.)
+    parallel = cfg.scheme == "parallel" and cuda_acct is None
+
+    def others_static(splits, k: int) -> int:
+        return sum(costs.static_bytes[i] for j, (lo, hi) in enumerate(splits) if j != k
+                   for i in range(lo, hi))
+
     def choose(batch: int):
+        if parallel:
+            return max(total(lo, hi, batch) + others_static(fixed, k)
+                       for k, (lo, hi) in enumerate(fixed)), fixed
         if cfg.scheme in ("parallel", "e2e"):
             # every block resident and (e2e) every activation alive: the whole network is one module
             return total(0, n, batch), fixed
@@ -162,15 +175,20 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
             return cuda_acct.verify(batch, [(0, n)] if cfg.scheme in ("parallel", "e2e") else splits,
                                     costs)
         estimates = []
-        for lo, hi in ([(0, n)] if cfg.scheme in ("parallel", "e2e") else splits):
+        whole = cfg.scheme == "e2e" or (cfg.scheme == "parallel" and not parallel)
+        for k, (lo, hi) in enumerate([(0, n)] if whole else splits):
             measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
                                     [batch], threads)[batch]
             composed = costs.module_estimate(lo, hi, batch)
             parts = parts_for(lo, batch)
-            estimates.append({"blocks": [lo, hi], "batch_size": batch,
-                              "measured_probe_bytes": measured, "composed": composed,
-                              "composition_error": (composed["module_bytes"] - measured) / measured,
-                              **parts, "estimated_peak_bytes": measured + data_total(parts)})
+            resident = others_static(splits, k) if parallel else 0
+            row = {"blocks": [lo, hi], "batch_size": batch,
+                   "measured_probe_bytes": measured, "composed": composed,
+                   "composition_error": (composed["module_bytes"] - measured) / measured,
+                   **parts, "estimated_peak_bytes": measured + resident + data_total(parts)}
+            if parallel:
+                row["other_modules_static_bytes"] = resident
+            estimates.append(row)
         return estimates
 
     # Largest batch first; at each batch the fewest modules whose composed estimate fits; then

@@ -34,6 +34,7 @@ class FakeCosts:
 
     def __init__(self, cfg, in_shape, num_classes, arch, threads):
         self.n = len(arch)
+        self.static_bytes = [10 * MB] * self.n  # weights + gradients + optimizer state
 
     def block_peak(self, i, batch):
         return 40 * MB + batch * MB
@@ -105,6 +106,26 @@ def test_ort_plans_the_image_arrays_for_the_first_module_only(fake_planner):
         assert o["loop_allowance_bytes"] < t["loop_allowance_bytes"]  # ORT's measured, smaller
         assert o["estimated_peak_bytes"] == expected
         assert o["dataset_bytes"] == t["dataset_bytes"] - (images if k > 0 else 0)
+
+
+def test_parallel_plans_one_modules_activations_plus_every_modules_weights(fake_planner):
+    """The parallel scheme keeps every module resident but steps one at a time on a detached
+    input: its estimate is the largest module's own cost plus the other modules' static bytes,
+    well below end-to-end's whole-network graph."""
+    parallel = plan_for(fake_planner, "2GB", modules=2, scheme="parallel")
+    e2e = plan_for(fake_planner, "2GB", modules=2, scheme="e2e")
+    assert parallel.batch_size == e2e.batch_size == 64
+    assert len(parallel.module_estimates) == 2 and len(e2e.module_estimates) == 1
+    for k, row in enumerate(parallel.module_estimates):
+        lo, hi = row["blocks"]
+        others = sum(10 * MB for j, (a, b) in enumerate(parallel.splits) if j != k
+                     for _ in range(a, b))
+        assert row["other_modules_static_bytes"] == others
+        assert row["estimated_peak_bytes"] == (row["measured_probe_bytes"] + others
+                                               + row["process_baseline_bytes"]
+                                               + row["batch_buffer_bytes"]
+                                               + row["loop_allowance_bytes"])
+    assert parallel.estimated_peak_bytes < e2e.estimated_peak_bytes
 
 
 def test_child_peak_is_its_own_not_its_descendants():
