@@ -227,12 +227,23 @@ def summarize(run, cfg, plan, watchdog, seconds, peak) -> dict:
 
 def format_summary(summary: dict) -> str:
     from .budget import format_size
-    lines = [f"{'module':>6}  {'blocks':>9}  {'val acc':>8}  {'test acc':>8}"]
+    # per-module memory columns where the run measured them (module-wise schemes), next to the
+    # plan's estimate where there was a budget
+    peaks = any(row.get("measured_peak_bytes") for row in summary["modules"])
+    estimates = any(row.get("estimated_peak_bytes") for row in summary["modules"])
+    header = f"{'module':>6}  {'blocks':>9}  {'val acc':>8}  {'test acc':>8}"
+    header += f"  {'peak':>9}" if peaks else ""
+    header += f"  {'estimate':>9}" if estimates else ""
+    lines = [header]
+    size = lambda v: "-" if not v else format_size(v)  # noqa: E731
     for row in summary["modules"]:
         mark = " <- best" if row["module"] == summary["best_module"] else ""
         fmt = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-        lines.append(f"{row['module']:>6}  {row['blocks'][0]:>4}-{row['blocks'][1] - 1:<4}  "
-                     f"{fmt(row['val_acc']):>8}  {fmt(row['test_acc']):>8}{mark}")
+        line = (f"{row['module']:>6}  {row['blocks'][0]:>4}-{row['blocks'][1] - 1:<4}  "
+                f"{fmt(row['val_acc']):>8}  {fmt(row['test_acc']):>8}")
+        line += f"  {size(row.get('measured_peak_bytes')):>9}" if peaks else ""
+        line += f"  {size(row.get('estimated_peak_bytes')):>9}" if estimates else ""
+        lines.append(line + mark)
     lines.append(f"best module: {summary['best_module']}   time: {summary['seconds']:.1f} s   "
                  f"peak RSS: {format_size(summary['peak_rss_bytes'])}"
                  + (f" (budget {format_size(summary['budget_bytes'])}, estimate "
