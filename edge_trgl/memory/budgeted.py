@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from ..budget import format_size, parse_size
 from ..errors import UserError
-from .estimate import ORT_LOOP_ALLOWANCE_BYTES, BlockCosts, data_bytes, data_total, probe_module
+from .estimate import BlockCosts, data_bytes, data_total, loop_allowance_bytes, probe_module
 from .planner import Plan, default_views
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
@@ -126,24 +126,23 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
     image_bytes = (sum(a.images.nbytes for a in (dataset.train, dataset.val, dataset.test))
                    if cfg.backend == "ort" and cfg.scheme in ("sequential", "multilap") else 0)
 
-    def parts_for(lo: int, batch: int) -> dict:
-        parts = data_bytes(dataset, batch, baseline_bytes,
-                           ORT_LOOP_ALLOWANCE_BYTES if cfg.backend == "ort" else None)
+    def parts_for(lo: int, batch: int, module_bytes: float) -> dict:
+        parts = data_bytes(dataset, batch, baseline_bytes, loop_allowance_bytes(cfg, module_bytes))
         if lo > 0 and image_bytes:
             parts["process_baseline_bytes"] -= image_bytes
             parts["dataset_bytes"] -= image_bytes
         return parts
 
-    def data_cost(lo: int, batch: int) -> int:
+    def data_cost(lo: int, batch: int, module_bytes: float) -> int:
         if cuda_acct is not None:
             return cuda_acct.fixed_bytes(batch, lo)
-        return data_total(parts_for(lo, batch))
+        return data_total(parts_for(lo, batch, module_bytes))
 
     calibration = {"factor": 1.0}
 
     def total(lo: int, hi: int, batch: int) -> int:
         composed = costs.module_estimate(lo, hi, batch)["module_bytes"] * calibration["factor"]
-        return int(composed) + data_cost(lo, batch)
+        return int(composed) + data_cost(lo, batch, composed)
 
     # The parallel scheme keeps every module resident (weights, gradients, optimizer state) but
     # steps them one at a time on a detached input, so only one module's activations and kernel
@@ -180,7 +179,7 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
             measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
                                     [batch], threads)[batch]
             composed = costs.module_estimate(lo, hi, batch)
-            parts = parts_for(lo, batch)
+            parts = parts_for(lo, batch, measured)
             resident = others_static(splits, k) if parallel else 0
             row = {"blocks": [lo, hi], "batch_size": batch,
                    "measured_probe_bytes": measured, "composed": composed,
