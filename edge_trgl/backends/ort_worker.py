@@ -519,6 +519,8 @@ def main(argv: list[str]) -> int:
         result = run_job(job)
     except Interrupted:
         code, result = EXIT_INTERRUPTED, {"interrupted": True}
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now (every write is atomic), no traceback
+        code, result = EXIT_INTERRUPTED, {"interrupted": True, "immediately": True}
     except OverBudget as exc:
         code, result = EXIT_OVER_BUDGET, {"over_budget_bytes": int(exc.args[0])}
     except UserError as exc:

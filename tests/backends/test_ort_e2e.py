@@ -119,6 +119,43 @@ def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(or
     assert [(m["module"], m["epoch"]) for m in logged] == [(k, e) for k in (0, 1) for e in range(1, 5)]
 
 
+def test_a_second_stop_request_stops_at_once_without_a_traceback(ort_available, tmp_path):
+    """Ctrl-C twice (here: two SIGTERMs to edge-trgl): stop now. Neither the orchestrator nor
+    the trainer prints a traceback, and the run resumes from its last checkpoint."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = list(ARGS)
+    args[args.index("--epochs") + 1] = "30"
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train", *args,
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first epoch was logged"
+    os.kill(proc.pid, signal.SIGTERM)
+    time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "interrupted" in err
+    progress = json.loads((out / "manifest.json").read_text())["progress"]
+    assert (progress["module"], progress["phase"]) == (0, "train")
+    time.sleep(0.5)  # the trainer went down with the orchestrator (PR_SET_PDEATHSIG)
+    resumed = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", "--resume",
+                              str(out), "--quiet"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(m["module"], m["epoch"]) for m in logged] == [(k, e) for k in (0, 1)
+                                                          for e in range(1, 31)]
+
+
 def test_a_killed_orchestrator_takes_its_trainer_with_it(ort_available, tmp_path):
     """The trainer runs in its own process group; if `edge-trgl` itself is killed (SIGKILL, OOM
     killer) the trainer must not live on writing the run while the user resumes it."""
