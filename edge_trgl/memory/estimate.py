@@ -221,15 +221,17 @@ LOOP_ALLOWANCE_BYTES = 24 * 1000 * 1000
 # a margin over that.
 ORT_LOOP_ALLOWANCE_BYTES = 8 * 1000 * 1000
 
-# For large modules the torch loop's excess over its probe grows with the module: in the
-# ResNet-56 1 GB plan (batch 128, modules of 5-9 blocks, probes 328-594 MB) training held
-# 32-79 MB above baseline + probe + buffers, i.e. 24 MB + 1.4-10.7 % of the probe, and the
-# 24 MB allowance left two modules 4.8 % and 6.2 % under their measurement, past the planner's
-# 5 % safety margin. (More probe steps are not the cure: the 9-block module's probe measured
-# 520 / 558 / 550 / 541 MB after 4 / 16 / 32 / 64 steps, a spread of its own.) The allowance is
-# therefore the larger of 24 MB and 10 % of the module's own measured (or composed) cost; for the
-# 150 MB modules of the 512 MB plans it stays 24 MB.
-LOOP_ALLOWANCE_FRACTION = 0.10
+# For large modules the torch loop's excess over its probe grows with the module (and scatters:
+# glibc's heap after hundreds of steps). Two ResNet-56 1 GB runs (batch 128, CIFAR-10 10 %):
+# with 4 modules (probes 328-594 MB) training held 32-79 MB above baseline + probe + buffers,
+# with 6 modules (probes 283-460 MB) 37-90 MB; i.e. up to ~20 % of the probe. A 24 MB allowance
+# left modules up to 6.2 % under their measurement (past the planner's 5 % safety margin), a 10 %
+# one still 5.2 %; 15 % brings every one of those ten modules within -3.3 .. +3.9 %. More probe
+# steps are not the cure: the 9-block module's probe measured 520 / 558 / 550 / 541 MB after
+# 4 / 16 / 32 / 64 steps, a spread of its own. The allowance is the larger of 24 MB and 15 % of
+# the module's own measured (or composed) cost; for the ~150 MB modules of the 512 MB plans,
+# whose excess was 11-31 MB, it stays 24 MB.
+LOOP_ALLOWANCE_FRACTION = 0.15
 
 
 def loop_allowance_bytes(cfg, module_bytes: float) -> int:
