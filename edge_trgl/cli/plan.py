@@ -41,13 +41,15 @@ def format_plan(plan: dict) -> str:
                 f"{100 * est['composition_error']:>+8.1f}%")
         if not str(plan["module_estimates"][0].get("accounting", "")).startswith("cuda"):
             # (a CUDA plan explains its columns in its note: they count device memory)
-            allowance = plan["module_estimates"][0].get("loop_allowance_bytes", 0)
+            allowances = [e.get("loop_allowance_bytes", 0) for e in plan["module_estimates"]]
+            low, high = min(allowances), max(allowances)
+            allowance = format_size(low) if low == high else f"{format_size(low)}-{format_size(high)}"
             lines.append("baseline: what the training process(es) hold before any module (interpreter, "
                          "framework, the dataset's arrays (data); for --backend ort see the note); "
                          "module: a few training steps of that module (+ head, optimizer) measured in "
                          "a fresh process, above its own baseline; buffers: data-path batches; "
-                         f"estimate: baseline + module + buffers + a {format_size(allowance)} loop "
-                         "allowance (measured: what a real training loop holds beyond a probe); "
+                         f"estimate: baseline + module + buffers + a loop allowance ({allowance}; "
+                         "measured: what a real training loop holds beyond a probe); "
                          "composed: the per-block composition's error against the module measurement")
     else:
         for k, (lo, hi) in enumerate(plan["splits"]):
