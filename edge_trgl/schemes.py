@@ -147,7 +147,11 @@ class Context:
         return max(getattr(self, "peak_bytes", 0), peak_rss_bytes())
 
     # --- interruption ---------------------------------------------------------------------------
-    def install_signal_handlers(self):
+    def install_signal_handlers(self, *, exit_code_now: int | None = None):
+        """Ctrl-C / SIGTERM: the first stops at the next safe point, the second stops now. With
+        `exit_code_now` (a trainer child, which its orchestrator speaks for) the second exits the
+        process at once with that status and nothing is printed: a KeyboardInterrupt raised at an
+        arbitrary point of a process that is already winding down can escape as a traceback."""
         def handler(signum, frame):
             child = self.forward_signals_to
             if child is not None:  # it runs in its own process group: nothing else tells it
@@ -156,10 +160,13 @@ class Context:
                 except ProcessLookupError:
                     pass
             if self._interrupted:  # second Ctrl-C: stop now (files are still atomic)
+                if exit_code_now is not None:
+                    os._exit(exit_code_now)
                 raise KeyboardInterrupt
             self._interrupted = True
-            print("\nstopping at the next safe point (end of this epoch); Ctrl-C again to stop now",
-                  file=sys.stderr, flush=True)
+            if exit_code_now is None:
+                print("\nstopping at the next safe point (end of this epoch); Ctrl-C again to stop "
+                      "now", file=sys.stderr, flush=True)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
             signal.signal(s, handler)

@@ -470,7 +470,7 @@ def run_job(job: dict) -> dict:
     task = ModuleTask(**job["task"])
     ctx = _context(job, run, cfg, task)
     trainer = OrtTrainer(cfg, run, task.k, int(job["threads"]))
-    ctx.install_signal_handlers()
+    ctx.install_signal_handlers(exit_code_now=EXIT_INTERRUPTED)
     watchdog = ctx.watchdog
     try:
         if watchdog is not None:
@@ -519,8 +519,6 @@ def main(argv: list[str]) -> int:
         result = run_job(job)
     except Interrupted:
         code, result = EXIT_INTERRUPTED, {"interrupted": True}
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now (every write is atomic), no traceback
-        code, result = EXIT_INTERRUPTED, {"interrupted": True, "immediately": True}
     except OverBudget as exc:
         code, result = EXIT_OVER_BUDGET, {"over_budget_bytes": int(exc.args[0])}
     except UserError as exc:

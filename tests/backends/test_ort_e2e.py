@@ -142,8 +142,11 @@ def test_a_second_stop_request_stops_at_once_without_a_traceback(ort_available, 
     time.sleep(0.1)
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and "interrupted" in err
+    # 130 (stopped or interrupted); or, when the second signal lands after the run has put the
+    # default handlers back on its way out, killed by that SIGTERM: a stop either way
+    assert proc.returncode in (130, -signal.SIGTERM), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert err.count("stopping at the next safe point") == 1  # the trainer says nothing itself
     progress = json.loads((out / "manifest.json").read_text())["progress"]
     assert (progress["module"], progress["phase"]) == (0, "train")
     time.sleep(0.5)  # the trainer went down with the orchestrator (PR_SET_PDEATHSIG)
