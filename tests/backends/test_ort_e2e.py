@@ -85,19 +85,15 @@ def test_train_crash_resume_and_the_run_directory(ort_available, tmp_path):
     assert abs(acc - row0["test_acc"]) <= 1.0 / len(data.test.labels) + 1e-9
 
 
-def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(ort_available, tmp_path):
-    """A service manager's SIGTERM reaches only the orchestrator (the trainer runs in its own
-    process group); it is forwarded, so the trainer stops after its current epoch instead of
-    finishing the whole module first, and the run resumes from that checkpoint."""
-    import signal
+def start_until_first_epoch(out: Path, epochs: int, capture: bool = True):
+    """`edge-trgl train` (ORT) as a child, returned once module 0's first epoch is logged."""
     import time
-    out = tmp_path / "run"
     args = list(ARGS)
-    args[args.index("--epochs") + 1] = "4"
+    args[args.index("--epochs") + 1] = str(epochs)
     env = {k: v for k, v in os.environ.items() if k != ENV}
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train", *args,
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], env=env, stdout=pipe, stderr=pipe, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -105,6 +101,17 @@ def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(or
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before its first epoch was logged"
+    return proc
+
+
+def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(ort_available, tmp_path):
+    """A service manager's SIGTERM reaches only the orchestrator (the trainer runs in its own
+    process group); it is forwarded, so the trainer stops after its current epoch instead of
+    finishing the whole module first, and the run resumes from that checkpoint."""
+    import signal
+    out = tmp_path / "run"
+    proc = start_until_first_epoch(out, 4)
+    metrics = out / "metrics.jsonl"
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-3000:]
@@ -125,19 +132,8 @@ def test_a_second_stop_request_stops_at_once_without_a_traceback(ort_available, 
     import signal
     import time
     out = tmp_path / "run"
-    args = list(ARGS)
-    args[args.index("--epochs") + 1] = "30"
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train", *args,
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_until_first_epoch(out, 30)
     metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before its first epoch was logged"
     os.kill(proc.pid, signal.SIGTERM)
     time.sleep(0.1)
     os.kill(proc.pid, signal.SIGTERM)
@@ -150,9 +146,7 @@ def test_a_second_stop_request_stops_at_once_without_a_traceback(ort_available, 
     progress = json.loads((out / "manifest.json").read_text())["progress"]
     assert (progress["module"], progress["phase"]) == (0, "train")
     time.sleep(0.5)  # the trainer went down with the orchestrator (PR_SET_PDEATHSIG)
-    resumed = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", "--resume",
-                              str(out), "--quiet"], env=env, capture_output=True, text=True,
-                             timeout=600)
+    resumed = train_cli("--resume", str(out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     logged = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(m["module"], m["epoch"]) for m in logged] == [(k, e) for k in (0, 1)
@@ -165,19 +159,7 @@ def test_a_killed_orchestrator_takes_its_trainer_with_it(ort_available, tmp_path
     import signal
     import time
     out = tmp_path / "run"
-    args = list(ARGS)
-    args[args.index("--epochs") + 1] = "30"  # module 0 trains for seconds after the kill
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train", *args,
-                             "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before its first epoch was logged"
+    proc = start_until_first_epoch(out, 30, capture=False)
     trainers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                                text=True).stdout.split()]
     assert trainers, "no trainer child found"
