@@ -222,8 +222,9 @@ def write_module_cache(ctx, task, out_shape, batches, predict, check_budget) -> 
     """Module k's pass over every split it feeds forward: write its outputs as module k+1's cache
     (not for the last module) and count its head's val/test accuracy. Shared by the torch backend
     and the torch-free ORT worker, so it stays numpy-only: `batches(source, aug_rng)` yields host
-    (x, y) batches (closed here however the pass ends, which stops a read-ahead thread), `predict(x)` returns (features, logits) as numpy arrays, `check_budget(ctx)`
-    stops a run over its budget. Records the shards in the manifest and, once every split is
+    (x, y) batches (closed here however the pass ends, which stops a read-ahead thread),
+    `predict(x)` returns (features, logits) as numpy arrays, `check_budget(ctx)` stops a run over
+    its budget. Records the shards in the manifest and, once every split is
     written, marks module k's cache complete and its progress done (one save)."""
     run, cfg = ctx.run, ctx.cfg
     rel_dir = cache_dir(task.k)

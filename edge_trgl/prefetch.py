@@ -110,7 +110,6 @@ class Prefetcher:
         self.close()
 
 
-
 def pin_inputs(batch):
     """(x, y) -> (x copied into page-locked host memory as a torch tensor, y unchanged): a pinned
     source lets `to_device` copy with non_blocking=True, overlapping the transfer with compute.

@@ -561,7 +561,6 @@ def test_unified_host_buffers_follow_each_modules_input():
     """Module 0 reads images; later modules read feature maps, several times larger; their
     host (pinned) buffers are planned at that size."""
     acct = object.__new__(cm.PlanAccounting)
-    acct.sample_elements = 3 * 32 * 32
     acct.input_elements = [3 * 32 * 32, 16 * 32 * 32, 16 * 32 * 32, 32 * 16 * 16]
     assert acct.host_buffers(64, 1) == 16 / 3 * acct.host_buffers(64, 0)
     assert acct.host_buffers(64, 3) == cm.host_buffer_bytes(32 * 16 * 16, 64)

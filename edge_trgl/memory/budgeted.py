@@ -174,8 +174,8 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
             return cuda_acct.verify(batch, [(0, n)] if cfg.scheme in ("parallel", "e2e") else splits,
                                     costs)
         estimates = []
-        whole = cfg.scheme == "e2e" or (cfg.scheme == "parallel" and not parallel)
-        for k, (lo, hi) in enumerate([(0, n)] if whole else splits):
+        # (here cuda_acct is None, so a parallel plan is always the per-module one)
+        for k, (lo, hi) in enumerate([(0, n)] if cfg.scheme == "e2e" else splits):
             measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
                                     [batch], threads)[batch]
             composed = costs.module_estimate(lo, hi, batch)

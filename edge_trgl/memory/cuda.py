@@ -243,15 +243,15 @@ def profile_budget(cfg) -> tuple[int, list[str]]:
 class PlanAccounting:
     """The planner's CUDA side: fixed costs per plan, and one row per verified module."""
 
-    def __init__(self, cfg, dataset, first_raw: dict, host_baseline_bytes: int):
+    def __init__(self, cfg, dataset, arch, first_raw: dict, host_baseline_bytes: int):
         self.cfg = cfg
         facts = first_raw["cuda"]
         self.device_name = facts.get("device_name")
         self.unified = unified_memory(cfg, facts.get("integrated"))
         self.context_bytes, self.context_method = probe_context_bytes(cfg, first_raw)
         self.host_baseline_bytes = int(host_baseline_bytes)
-        self.sample_elements = int(math.prod(dataset.in_shape))
-        self.input_elements: list[int] = []  # per block: its input sample's values (set by for_plan)
+        # per block: the values of one input sample (block 0: the image; later: feature maps)
+        self.input_elements = [int(math.prod(block.in_shape)) for block in arch]
         self.dataset_bytes = int(sum(a.images.nbytes + a.labels.nbytes
                                      for a in (dataset.train, dataset.val, dataset.test)))
 
@@ -261,16 +261,11 @@ class PlanAccounting:
         require_cuda(cfg)
         raw = raw_probe(cfg, dataset.in_shape, dataset.num_classes, arch, 0, 1, PROBE_BATCHES,
                         threads)
-        acct = cls(cfg, dataset, raw, host_baseline_bytes)
-        acct.input_elements = [int(math.prod(arch[i].in_shape)) for i in range(len(arch))]
-        return acct
+        return cls(cfg, dataset, arch, raw, host_baseline_bytes)
 
     def host_buffers(self, batch: int, lo: int = 0) -> int:
         """Host batch buffers of the module starting at block `lo` (its input's size)."""
-        elements = self.sample_elements
-        if lo < len(self.input_elements):
-            elements = max(elements, self.input_elements[lo])
-        return host_buffer_bytes(elements, batch)
+        return host_buffer_bytes(self.input_elements[lo], batch)
 
     def fixed_bytes(self, batch: int, lo: int = 0) -> int:
         """Budgeted bytes besides the module's own: the context, and on unified memory the

@@ -190,20 +190,19 @@ class BlockCosts:
                 "module_bytes": int(peaks[top - lo] + others_static + others_saved)}
 
 
-def data_bytes(dataset, batch: int, baseline_bytes: int,
-               loop_allowance_bytes: int | None = None) -> dict:
+def data_bytes(dataset, batch: int, baseline_bytes: int, allowance_bytes: int) -> dict:
     """Memory the training process holds besides the module being trained: its own baseline
     (measured: interpreter, torch, the dataset arrays; `dataset_bytes` says how much of it is
     data) and the batch buffers of the data path (a uint8 batch, its augmented copy, its float32
-    normalised copy, and the cache writer's fp32 + fp16 output batch)."""
+    normalised copy, and the cache writer's fp32 + fp16 output batch), plus what the training
+    loop holds beyond a probe (`allowance_bytes`, see loop_allowance_bytes)."""
     arrays = sum(a.images.nbytes + a.labels.nbytes
                  for a in (dataset.train, dataset.val, dataset.test))
     c, h, w = dataset.in_shape
     batch_buffers = batch * c * h * w * (1 + 1 + 4 + 4)
     return {"process_baseline_bytes": int(baseline_bytes), "dataset_bytes": int(arrays),
             "batch_buffer_bytes": int(batch_buffers),
-            "loop_allowance_bytes": (LOOP_ALLOWANCE_BYTES if loop_allowance_bytes is None
-                                     else int(loop_allowance_bytes))}
+            "loop_allowance_bytes": int(allowance_bytes)}
 
 
 # What the real training loop holds beyond a probe of the same module: the RSS watchdog thread
@@ -243,5 +242,5 @@ def loop_allowance_bytes(cfg, module_bytes: float) -> int:
 
 def data_total(parts: dict) -> int:
     return (parts["process_baseline_bytes"] + parts["batch_buffer_bytes"]
-            + parts.get("loop_allowance_bytes", 0))
+            + parts["loop_allowance_bytes"])
 

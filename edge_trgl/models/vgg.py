@@ -47,7 +47,6 @@ class VGGBlock(Block):
         self.pool = bool(pool)
         self.conv = nn.Conv2d(c, out_ch, 3, stride=1, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
-        self.keeps_shape = self.in_shape == self.out_shape
         self.has_energy = c == out_ch  # the conv's own displacement, before any pool
 
     def signature(self) -> str:
