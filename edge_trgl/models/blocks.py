@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Block",
+    "materialize",
     "run_blocks",
     "kinetic_energy",
     "monge_energy",
@@ -153,6 +154,23 @@ def make_generator(seed: int | None) -> torch.Generator:
     else:
         g.manual_seed(int(seed))
     return g
+
+
+def materialize(module: nn.Module, device="cpu") -> nn.Module:
+    """A meta-device module with real (uninitialised) storage on `device`, like
+    ``module.to_empty(device=device)`` but without its cost: from the meta device, ``to_empty``
+    goes through torch's symbolic-shape machinery, which imports ~490 modules (sympy, mpmath)
+    and holds ~33 MB for the life of the process -- every probe, trainer and export process
+    paid that. Plain ``torch.empty`` per parameter and buffer imports nothing."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None:
+                sub._parameters[name] = nn.Parameter(
+                    torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=p.requires_grad)
+        for name, b in list(sub._buffers.items()):
+            if b is not None:
+                sub._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
+    return module
 
 
 @torch.no_grad()
