@@ -1,10 +1,13 @@
-"""Issue-3 acceptance measurement: ResNet-56 on CIFAR-10 (10% subset, requested batch 128) trained
-sequentially under several memory budgets. Each budget runs `edge-trgl train` in a fresh child
-process; its peak RSS is read from outside (the child's VmHWM polled from /proc, see
-edge_trgl/memory/measure.run_measured), and each
-module's peak is the run's RSS watchdog maximum during that module (sampled every 20 ms), compared
-with the plan's per-module estimate. `--module-peaks` adds a second run per budget with exact
-per-module VmHWM readings (clear_refs at each module start).
+"""Planner budget runs: ResNet-56 on CIFAR-10 (10% subset, requested batch 128) trained
+sequentially under several memory budgets, each as a user on a device with exactly that much
+memory would: `edge-trgl train --mem-budget B` inside a fresh memory cgroup limited to B (a
+kernel-enforced limit on every process of the command together), with an empty probe cache.
+Recorded: the command's exit status, the kernel's OOM-kill count and the group's peak (anonymous
++ mapped file pages of all its processes), the run's summary (whole-command figures, each
+module's estimate against its measurement = trainer process peak + the orchestrator beside it)
+and plan. Without a writable cgroup it falls back to measuring the `edge-trgl` process from
+outside (VmHWM polled, memory/measure.run_measured), and says so. `--module-peaks` adds a second
+run per budget with exact per-module VmHWM readings (clear_refs at each module start).
 
     python benchmarks/planner_budgets.py [--budgets 384MB,512MB,1GB] [--epochs 1] [--backend ort]
 
@@ -25,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_trgl.budget import parse_size  # noqa: E402
+from edge_trgl.memory.cgroup import run_in_new_cgroup  # noqa: E402
 from edge_trgl.memory.measure import run_measured  # noqa: E402
 from edge_trgl.train import environment  # noqa: E402
 
@@ -51,9 +56,20 @@ def main() -> int:
             cmd += ["--module-peaks"] if module_peaks else []
             started = time.time()
             detail: dict = {}
-            code, peak_bytes, wall_s = run_measured(cmd, detail=detail)
+            env = dict(os.environ, EDGE_TRGL_CACHE=str(run_dir.parent / "probe-cache"))
+            kernel = run_in_new_cgroup(cmd, parse_size(budget), env=env)
+            if kernel is not None:
+                code, detail = kernel
+                detail = {"cgroup": {k: v for k, v in detail.items()
+                                     if k not in ("stdout", "stderr")}}
+                peak_bytes = detail["cgroup"]["peak_resident_bytes"]
+            else:
+                code, peak_bytes, _ = run_measured(cmd, detail=detail, env=env)
+            wall_s = time.time() - started
             entry = {"command": " ".join(cmd[1:]), "exit_code": code,
-                     "outside_peak_rss_bytes": peak_bytes, "wall_s": wall_s,
+                     "measured_in": "a memory cgroup of the budget's size" if kernel is not None
+                     else "no cgroup: edge-trgl's own VmHWM polled from outside",
+                     "outside_peak_bytes": peak_bytes, "wall_s": wall_s,
                      "started": started, "module_peaks": module_peaks, **detail}
             if code == 0:
                 entry["summary"] = json.loads((run_dir / "summary.json").read_text())

@@ -391,8 +391,8 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------------
 
 def _status_bytes(pid: int, field: str) -> int:
-    from .memory.measure import _status_field  # one reader of /proc/<pid>/status
-    return _status_field(field, pid)
+    from .memory.procfs import status_field  # one reader of /proc/<pid>/status
+    return status_field(field, pid)
 
 
 def run_child_watched(cmd: list[str], *, env: dict | None = None, stdout=None, stderr=None,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .models import build_blocks, make_head
-from .models.blocks import init_weights, make_generator
+from .models.blocks import init_weights, make_generator, materialize
 from .store import block_path, head_path, load_tensors, optim_path, save_tensors
 
 
@@ -57,7 +57,7 @@ def load_module(run, cfg, in_shape, num_classes, lo: int, hi: int, k: int,
     arch = architecture(cfg, in_shape, num_classes)
     blocks = []
     for i in range(lo, hi):
-        block = arch[i].to_empty(device=device)
+        block = materialize(arch[i], device)
         if from_store:
             state, _ = load_tensors(run.root, block_path(i), run.checksum(block_path(i)))
             load_numpy_state(block, state)
@@ -65,7 +65,7 @@ def load_module(run, cfg, in_shape, num_classes, lo: int, hi: int, k: int,
     del arch
     with torch.device("meta"):
         head = make_head(cfg.head, tuple(blocks[-1].out_shape), num_classes)
-    head = head.to_empty(device=device)
+    head = materialize(head, device)
     if from_store:
         state, _ = load_tensors(run.root, head_path(k), run.checksum(head_path(k)))
         load_numpy_state(head, state)
@@ -102,11 +102,13 @@ def optimizer_from_numpy(optimizer: torch.optim.Optimizer, arrays: dict[str, np.
 
 
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """torch's SGD / AdamW update rules (edge_trgl/optim.py: bit-identical on the CPU, without
+    the ~67 MB that torch.optim's first step imports)."""
+    from .optim import SGD, AdamW
     params = list(params)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+        return AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def module_parameters(blocks, head):

@@ -102,18 +102,63 @@ def make_plan(cfg: TrainConfig, dataset, arch):
     return plan_run(cfg, dataset, arch)
 
 
-def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
-    """Run (or resume) a training run; return its summary (also written to summary.json)."""
+def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None,
+          prepare_only: bool = False) -> dict:
+    """Run (or resume) a training run; return its summary (also written to summary.json).
+
+    With a memory budget (--mem-budget, --profile, or a resumed run that was planned with one)
+    the whole command keeps it: this process stays torch-free and runs every torch process
+    (the planner's probes, the trainer) as its one child of the moment, inside a memory cgroup
+    of the budget's size where one can be created (driver.py). Without a budget there is no
+    promise to divide between processes, and the run trains in this process.
+
+    `prepare_only`: plan and write the new run directory, train nothing, and return
+    {"run_dir", "plan"}; `train(cfg, resume=run_dir)` (here or on another machine) trains it."""
     from .backends.ort_backend import is_ort_run
-    if is_ort_run(cfg, resume):  # torch-free orchestrator; torch only in a set-up child
+    if is_ort_run(cfg, resume):  # torch-free orchestrator; torch only in set-up children
         from .backends.ort_backend import train_ort
-        return train_ort(cfg, resume=resume)
+        return train_ort(cfg, resume=resume, prepare_only=prepare_only)
+    from .driver import is_budgeted, train_budgeted
+    if is_budgeted(cfg, resume) or prepare_only:
+        return train_budgeted(cfg, resume=resume, prepare_only=prepare_only)
+    return train_in_process(cfg, resume=resume)
+
+
+def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = None,
+                     staged: dict | None = None, rss_limit_bytes: int | None = None) -> dict:
+    """The whole run in this process (torch imported here). `staged` is a run directory the
+    driver already staged (config, plan, data fingerprint) for this process to initialise,
+    publish and train; `rss_limit_bytes` is this process's share of the budget."""
     from .backends import get_backend
     from .run import Run
     from .schemes import Context, run_modulewise, run_resident
 
     started = time.time()
-    if resume is not None:
+    if staged is not None:
+        run = Run(Path(staged["run_dir"]), json.loads((Path(staged["run_dir"]) / "manifest.json").read_text()))
+        run.final_root = Path(staged["final_root"])
+        cfg = TrainConfig.from_json(run.read_json("config.json"))
+        plan = run.read_json("plan.json")
+        try:
+            run.lock()
+            _require_device(cfg)
+            dataset = load_data(cfg)
+            if dataset.fingerprint() != run.manifest.get("data_fingerprint"):
+                raise UserError("The dataset changed while the run was being planned; start again.")
+            release_memory()
+            set_threads(cfg)
+            from .modules import init_store
+            init_store(run, cfg, dataset.in_shape, dataset.num_classes,
+                       [tuple(s) for s in plan["splits"]])
+            run.manifest["status"] = "running"
+            kill_point("setup")
+            run.publish()
+        except BaseException:
+            run.discard()
+            raise
+        if staged.get("prepare_only"):
+            return {"run_dir": str(run.root), "plan": plan}
+    elif resume is not None:
         from .resume import check_data, open_for_resume
         run, cfg, plan = open_for_resume(resume, cfg)
         _require_device(cfg)
@@ -155,6 +200,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None) -> dict:
             raise
     splits = [tuple(s) for s in plan["splits"]]
     budget = plan.get("budget_bytes")
+    if rss_limit_bytes is not None and cfg.device != "cuda":  # the budget less the orchestrator
+        budget = rss_limit_bytes
     if cfg.device == "cuda":  # the budget covers device memory (+ host RSS on unified memory)
         from .memory.cuda import CudaWatchdog
         rows = plan.get("module_estimates") or [{}]
@@ -248,6 +295,18 @@ def format_summary(summary: dict) -> str:
                  f"peak RSS: {format_size(summary['peak_rss_bytes'])}"
                  + (f" (budget {format_size(summary['budget_bytes'])}, estimate "
                     f"{format_size(summary['estimated_peak_bytes'])})" if summary.get("budget_bytes") else ""))
+    whole = summary.get("whole_command")
+    if whole:  # every process of the command together (driver.py, memory/cgroup.py)
+        kernel = whole.get("enforcement", "").startswith("cgroup")
+        lines.append(
+            f"whole command: peak {format_size(whole['whole_command_peak_bytes'])} "
+            + (f"as its memory cgroup counted it (shared pages once), "
+               f"{whole.get('oom_kills', 0)} OOM kill(s); " if kernel else "(sum of its processes' "
+               "peaks; no memory cgroup could be created) ; ")
+            + f"each process's own peak RSS: this one {format_size(whole['orchestrator_peak_rss_bytes'])}"
+            f", its largest child {format_size(whole['largest_child_peak_rss_bytes'])} (RSS counts "
+            f"shared library pages in every process that maps them); enforced by "
+            + ("a kernel memory limit" if kernel else "per-process RSS watchdogs"))
     if summary.get("ort"):  # the ORT backend's processes, measured one by one
         from .backends.ort_backend import format_ort_summary
         lines.append(format_ort_summary(summary))

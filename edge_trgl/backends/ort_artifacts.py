@@ -1,6 +1,8 @@
-"""ONNX Runtime training artifacts for one TRGL module (its blocks + auxiliary head). Needs torch,
-onnx and onnxruntime-training; it runs only in short-lived preparation processes, never in the
-trainer (ort_worker.py), so the ~220 MB that torch costs is never part of training.
+"""ONNX Runtime training artifacts for one TRGL module (its blocks + auxiliary head): the torch
+half (exports). Needs torch and onnx; it runs only in short-lived preparation processes, never in
+the trainer (ort_worker.py), so the ~220 MB that torch costs is never part of training. The
+other half, which needs onnx and ONNX Runtime's training-graph builder but no torch, is
+ort_graph.py; each runs in its own process when the orchestrator sets up a run.
 
 For module k the builder writes ort/module_XX/:
 
@@ -37,51 +39,19 @@ computes (see ort_worker.NumpySGD / NumpyAdamW).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import UserError
 from .ort_common import ARTIFACT_FILES, ARTIFACT_FORMAT, artifact_dir, require_ort
 
 OPSET = 17          # ReduceMean takes `axes` as an attribute up to opset 17 (the rewrite uses it)
 EXPORT_BATCH = 2    # BatchNorm in training mode needs more than one value per channel
-
-
-def _quiet_ort() -> None:
-    import onnxruntime
-    onnxruntime.set_default_logger_severity(3)
-
-
-@contextlib.contextmanager
-def _native_stderr_captured():
-    """generate_artifacts' graph optimiser logs every transformer at INFO level from C++, past
-    the logger severity; keep that off the user's terminal, and show it only if building fails."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            log.seek(0)
-            lines = [ln for ln in log.read().decode(errors="replace").splitlines()
-                     if "[I:onnxruntime" not in ln]
-            if lines:
-                print("\n".join(lines[-40:]), file=sys.stderr)
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 class _ModuleGraph:
@@ -118,10 +88,10 @@ def build_module(cfg, in_shape, num_classes, lo: int, hi: int):
     """Blocks lo..hi-1 and a head, with throw-away deterministic weights (the trainer replaces
     them with the store's)."""
     from ..models import make_head
-    from ..models.blocks import init_weights, make_generator
+    from ..models.blocks import init_weights, make_generator, materialize
     from ..modules import architecture
     arch = architecture(cfg, tuple(in_shape), num_classes)
-    blocks = [arch[i].to_empty(device="cpu") for i in range(lo, hi)]
+    blocks = [materialize(arch[i], "cpu") for i in range(lo, hi)]
     del arch
     gen = make_generator(0)
     for b in blocks:
@@ -145,114 +115,14 @@ def _export(model, sample, path: Path, *, training: bool, output_names: list[str
                                            if n != "energy"}})
 
 
-def _shapes(model) -> dict[str, list[int]]:
-    import onnx
-    inferred = onnx.shape_inference.infer_shapes(model)
-    out = {}
-    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        out[v.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
-    return out
-
-
-def rewrite_average_pools(model) -> int:
-    """Replace AveragePool (kernel == stride, no padding) by Reshape + ReduceMean over the window
-    axes; the same numbers, and a gradient that ORT 1.19 computes without crashing."""
-    import onnx
-    from onnx import helper, numpy_helper
-    shapes = _shapes(model)
-    nodes, count = [], 0
-    for node in model.graph.node:
-        if node.op_type != "AveragePool":
-            nodes.append(node)
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        kernel = list(attrs["kernel_shape"])
-        strides = list(attrs.get("strides", [1] * len(kernel)))
-        pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
-        shape = shapes.get(node.input[0], [])
-        if (len(kernel) != 2 or kernel != strides or any(pads) or len(shape) != 4
-                or min(shape[1:]) < 1 or shape[2] % kernel[0] or shape[3] % kernel[1]):
-            raise UserError(
-                f"The module contains an average pooling (kernel {kernel}, stride {strides}, pads "
-                f"{pads}, input {shape}) that the ONNX Runtime backend cannot train: ORT 1.19's "
-                f"AveragePool gradient crashes on the CPU, and only non-overlapping, unpadded "
-                f"pooling is rewritten. Use --backend torch for this model or head.")
-        _, c, h, w = shape
-        shape_name = f"{node.name or node.output[0]}_rewrite_shape"
-        model.graph.initializer.append(numpy_helper.from_array(
-            np.array([0, c, h // kernel[0], kernel[0], w // kernel[1], kernel[1]], np.int64),
-            shape_name))
-        windows = f"{node.output[0]}_windows"
-        nodes.append(helper.make_node("Reshape", [node.input[0], shape_name], [windows],
-                                      name=f"{node.name}_reshape"))
-        nodes.append(helper.make_node("ReduceMean", [windows], [node.output[0]], axes=[3, 5],
-                                      keepdims=0, name=f"{node.name}_mean"))
-        count += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    return count
-
-
-def expose_layer_norm_statistics(model) -> int:
-    """Give every LayerNormalization node its optional Mean and InvStdDev outputs: ORT's gradient
-    builder for it reads them (without them it fails with "i < node_->OutputDefs().size()")."""
-    count = 0
-    for node in model.graph.node:
-        if node.op_type == "LayerNormalization" and len(node.output) == 1:
-            base = node.name or node.output[0]
-            node.output.extend([f"{base}_saved_mean", f"{base}_saved_inv_std"])
-            count += 1
-    return count
-
-
-def _loss_block(label_smoothing: float):
-    import onnxruntime.training.onnxblock as onnxblock
-    from onnx import TensorProto, helper
-
-    class TrglLoss(onnxblock.Block):
-        """loss = CE_ls(logits, labels) + energy_weight * energy; outputs (loss, ce, logits, energy)."""
-
-        def build(self, logits: str, energy: str):
-            graph = self.base.graph
-            graph.input.append(helper.make_tensor_value_info("labels", TensorProto.INT64, ["batch"]))
-            graph.input.append(helper.make_tensor_value_info("energy_weight", TensorProto.FLOAT, []))
-
-            def node(op, inputs, output, **attrs):
-                graph.node.append(helper.make_node(op, inputs, [output], name=f"trgl_{output}", **attrs))
-                return output
-
-            def const(name, value):
-                graph.initializer.append(helper.make_tensor(name, TensorProto.FLOAT, [], [value]))
-                return name
-
-            hard = node("SoftmaxCrossEntropyLoss", [logits, "labels"], "trgl_ce_hard",
-                        reduction="mean")
-            if label_smoothing > 0:
-                logp = node("LogSoftmax", [logits], "trgl_logp", axis=1)
-                mean_logp = node("ReduceMean", [logp], "trgl_mean_logp", keepdims=0)
-                a = node("Mul", [hard, const("trgl_one_minus_eps", 1.0 - label_smoothing)], "trgl_a")
-                b = node("Mul", [mean_logp, const("trgl_minus_eps", -label_smoothing)], "trgl_b")
-                ce = node("Add", [a, b], "ce")
-            else:
-                ce = node("Identity", [hard], "ce")
-            weighted = node("Mul", [energy, "energy_weight"], "trgl_weighted_energy")
-            loss = node("Add", [ce, weighted], "loss")
-            return loss, ce, logits, energy
-
-    return TrglLoss()
-
-
-def build_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, out_dir: Path) -> dict:
-    """Write the artifacts of the module made of blocks lo..hi-1 (+ head) into out_dir."""
+def export_module(cfg, in_shape, num_classes, lo: int, hi: int, out_dir: Path) -> None:
+    """The torch half of the artifacts of blocks lo..hi-1 (+ head): the TRAINING-mode forward
+    export, the EVAL-mode export and export.json, into out_dir (ort_graph.finish_artifacts, which
+    needs no torch, makes the artifacts from them)."""
     require_ort(need_onnx=True)
-    import onnx
-    import onnxruntime
     import torch
-    from onnxruntime.training import artifacts
-    from onnx import helper
-    _quiet_ort()
+
+    from .ort_graph import EVAL_RAW, EXPORT_META, FORWARD
     if cfg.amp is not None:
         raise UserError("--amp is for --backend torch on CUDA; the ONNX Runtime backend trains "
                         "in fp32 on the CPU. Drop --amp.")
@@ -265,102 +135,21 @@ def build_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, out_dir: Path)
     train_net = _ModuleGraph.make(blocks, head, "train")
     state_keys = list(train_net.state_dict().keys())
     trainable = [n for n, _ in train_net.named_parameters()]
-    with tempfile.TemporaryDirectory() as tmp:
-        fwd_path = Path(tmp) / "forward.onnx"
-        _export(train_net, sample, fwd_path, training=True, output_names=["logits", "energy"])
-        forward = onnx.load(str(fwd_path))
-    rewritten = rewrite_average_pools(forward)
-    expose_layer_norm_statistics(forward)
-    initializers = {i.name for i in forward.graph.initializer}
-    missing = [n for n in trainable if n not in initializers]
-    if missing:
-        raise UserError(
-            f"The ONNX export of blocks {lo}..{hi - 1} of {cfg.model} does not keep the parameters "
-            f"{missing[:5]} under their names, so the ONNX Runtime backend cannot map them to the "
-            f"block store. Use --backend torch for this model.")
-    shapes = _shapes(forward)
-    bn = []
-    for node in forward.graph.node:
-        if node.op_type != "BatchNormalization" or len(node.output) < 3:
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        in_shape_bn = shapes.get(node.input[0], [])
-        per_channel = int(np.prod(in_shape_bn[2:])) if len(in_shape_bn) > 2 else 1
-        if len(in_shape_bn) < 2 or per_channel < 1:
-            raise UserError(f"Cannot read the input shape of BatchNorm {node.name} in the export of "
-                            f"blocks {lo}..{hi - 1}; use --backend torch for this model.")
-        bn.append({"mean": node.input[3], "var": node.input[4], "mean_out": node.output[1],
-                   "var_out": node.output[2], "momentum": float(attrs.get("momentum", 0.9)),
-                   "values_per_channel_per_sample": per_channel})
-    frozen = sorted({b["mean"] for b in bn} | {b["var"] for b in bn})
-    other_inits = sorted(initializers - set(trainable) - set(frozen))
-    weights = [n for n in state_keys if n in set(trainable) | set(frozen)]
-    try:
-        with _native_stderr_captured():
-            artifacts.generate_artifacts(
-                forward, requires_grad=trainable, frozen_params=frozen,
-                loss=_loss_block(float(cfg.label_smoothing)), optimizer=None,
-                artifact_directory=str(out_dir),
-                additional_output_names=[o for b in bn for o in (b["mean_out"], b["var_out"])])
-    except RuntimeError as exc:  # ORT's gradient builder lacks a gradient for some op
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"ONNX Runtime 1.19 cannot build a training graph for blocks {lo}..{hi - 1} of "
-            f"{cfg.model} with the {cfg.head} head ({first}). Use --backend torch for this "
-            f"model.") from None
-    (out_dir / "eval_model.onnx").unlink()  # see the module docstring: replaced below
-
+    _export(train_net, sample, out_dir / FORWARD, training=True, output_names=["logits", "energy"])
     eval_net = _ModuleGraph.make(blocks, head, "eval")
-    eval_path = out_dir / "eval_model.onnx"
-    _export(eval_net, sample, eval_path, training=False, output_names=["features", "logits"])
-    eval_model = onnx.load(str(eval_path))
-    # Weights become inputs only (fed from the trainer's current values); any other initializer
-    # the exporter made stays a constant.
-    feed = set(weights)
-    kept = [i for i in eval_model.graph.initializer if i.name not in feed]
-    del eval_model.graph.initializer[:]
-    eval_model.graph.initializer.extend(kept)
-    constant = {i.name for i in kept}
-    inputs = [i for i in eval_model.graph.input if i.name not in constant]
-    del eval_model.graph.input[:]
-    eval_model.graph.input.extend(inputs)
-    eval_inputs = [i.name for i in inputs]
-    absent = sorted(set(eval_inputs) - feed - {"input"})
-    if absent:
-        raise UserError(f"The eval export of blocks {lo}..{hi - 1} needs inputs {absent[:5]} that "
-                        f"are not module weights; use --backend torch for this model.")
-    onnx.save(eval_model, str(eval_path))
+    _export(eval_net, sample, out_dir / EVAL_RAW, training=False, output_names=["features", "logits"])
+    exported = {"model": cfg.model, "width": cfg.width, "head": cfg.head,
+                "num_classes": int(num_classes), "in_shape": list(blocks[0].in_shape),
+                "out_shape": list(blocks[-1].out_shape), "state_keys": state_keys,
+                "trainable": trainable, "opset": OPSET, "torch": torch.__version__}
+    (out_dir / EXPORT_META).write_text(json.dumps(exported, indent=2, sort_keys=True) + "\n")
 
-    store_map = {}
-    for name in state_keys:
-        head_part, _, rest = name.partition(".")
-        if head_part == "blocks":
-            offset, _, key = rest.partition(".")
-            store_map[name] = ["block", int(offset), key]
-        else:
-            store_map[name] = ["head", rest]
-    meta = {
-        "format": ARTIFACT_FORMAT, "lo": lo, "hi": hi, "model": cfg.model, "width": cfg.width,
-        "head": cfg.head, "num_classes": int(num_classes),
-        "in_shape": list(blocks[0].in_shape), "out_shape": list(blocks[-1].out_shape),
-        "label_smoothing": float(cfg.label_smoothing),
-        "trainable": trainable,                 # torch's parameter order (optimizer indices)
-        "frozen": frozen,                       # BatchNorm running statistics
-        "state_keys": state_keys,               # everything the store holds for this module
-        "store_map": store_map,                 # onnx/state name -> [block, offset, key] | [head, key]
-        "batchnorm": bn,
-        "eval_inputs": eval_inputs, "eval_outputs": ["features", "logits"],
-        "train_inputs": ["input", "labels", "energy_weight"],
-        "constant_initializers": other_inits,
-        "average_pools_rewritten": rewritten, "opset": OPSET,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__},
-    }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    for name in ARTIFACT_FILES:
-        if not (out_dir / name).is_file():
-            raise RuntimeError(f"artifact generation did not write {name} into {out_dir}")
-    return meta
+
+def build_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, out_dir: Path) -> dict:
+    """Both halves in this process (tests, and callers that hold torch anyway)."""
+    from .ort_graph import finish_artifacts
+    export_module(cfg, in_shape, num_classes, lo, hi, out_dir)
+    return finish_artifacts(Path(out_dir), lo, hi, float(cfg.label_smoothing))
 
 
 def structure_key(cfg, in_shape, num_classes, lo: int, hi: int, signatures: list[str]) -> str:
@@ -372,15 +161,31 @@ def structure_key(cfg, in_shape, num_classes, lo: int, hi: int, signatures: list
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, signatures: list[str]) -> Path:
-    """Artifacts for a planner probe, built once per module structure under the probe cache."""
+def _artifact_cache_root(cfg, in_shape, num_classes, lo, hi, signatures) -> Path:
     from ..memory.estimate import cache_file
     key = structure_key(cfg, in_shape, num_classes, lo, hi, signatures)
-    root = cache_file().parent / "ort-artifacts" / key
-    if all((root / n).is_file() for n in ARTIFACT_FILES):
-        return root
-    tmp = root.with_name(f".{key}.tmp-{os.getpid()}")
-    build_artifacts(cfg, in_shape, num_classes, lo, hi, tmp)
+    return cache_file().parent / "ort-artifacts" / key
+
+
+def cached_artifact_path(cfg, in_shape, num_classes, lo: int, hi: int,
+                         signatures: list[str]) -> Path | None:
+    """The cached probe artifacts of this module structure if they exist (no torch needed)."""
+    root = _artifact_cache_root(cfg, in_shape, num_classes, lo, hi, signatures)
+    return root if all((root / n).is_file() for n in ARTIFACT_FILES) else None
+
+
+def export_for_cache(cfg, in_shape, num_classes, lo: int, hi: int, signatures: list[str]) -> dict:
+    """The torch half of a planner probe's artifacts, into a temp folder beside the cache entry;
+    returns where it is and where the finished artifacts belong (ort_backend finishes and
+    renames them)."""
+    root = _artifact_cache_root(cfg, in_shape, num_classes, lo, hi, signatures)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    export_module(cfg, in_shape, num_classes, lo, hi, tmp)
+    return {"tmp": str(tmp), "path": str(root)}
+
+
+def publish_cached(tmp: Path, root: Path) -> Path:
+    """Move finished probe artifacts into the cache (another planner may have won the race)."""
     if root.exists() and not all((root / n).is_file() for n in ARTIFACT_FILES):
         shutil.rmtree(root, ignore_errors=True)  # an incomplete earlier attempt
     try:
@@ -390,16 +195,26 @@ def cached_artifacts(cfg, in_shape, num_classes, lo: int, hi: int, signatures: l
     return root
 
 
-def write_run_artifacts(run, cfg, in_shape, num_classes, splits, modules=None) -> None:
-    """Build (or rebuild) the artifacts of the run's modules and record their checksums under
-    manifest["ort"]["artifacts"] (not "files": they are derived, and rebuilt when damaged)."""
-    from ..atomic import sha256_file
-    record = run.manifest.setdefault("ort", {}).setdefault("artifacts", {})
+def export_run_modules(run, cfg, in_shape, num_classes, splits, modules=None) -> list[dict]:
+    """The torch half of the artifacts of the run's modules (all, or `modules`), each into its
+    artifact folder; returns what ort_graph's finishing step needs for each."""
+    todo = []
     for k, (lo, hi) in enumerate(splits):
         if modules is not None and k not in modules:
             continue
+        out = Path(run.root) / artifact_dir(k)
+        export_module(cfg, in_shape, num_classes, lo, hi, out)
+        todo.append({"dir": str(out), "lo": lo, "hi": hi, "k": k})
+    return todo
+
+
+def record_artifacts(run, modules) -> None:
+    """Record the finished artifacts' checksums under manifest["ort"]["artifacts"] (not
+    "files": they are derived, and rebuilt when damaged)."""
+    from ..atomic import sha256_file
+    record = run.manifest.setdefault("ort", {}).setdefault("artifacts", {})
+    for k in modules:
         rel = artifact_dir(k)
-        build_artifacts(cfg, in_shape, num_classes, lo, hi, Path(run.root) / rel)
         for name in ARTIFACT_FILES:
             record[f"{rel}/{name}"] = sha256_file(Path(run.root) / rel / name)
 
@@ -407,13 +222,14 @@ def write_run_artifacts(run, cfg, in_shape, num_classes, splits, modules=None) -
 # --- the preparation process --------------------------------------------------------------------
 
 def prepare_new_run(spec: dict) -> dict:
-    """Everything before training that needs torch, for a new ORT run: load the data, plan (ORT
-    probes), stage the run directory, write the initial weights, the data snapshot and every
-    module's artifacts, publish. Mirrors train.train()'s set-up."""
+    """The torch part of setting up a new ORT run, in a child of the torch-free orchestrator
+    (which planned it): stage the run directory, write the initial weights, the data snapshot
+    and every module's torch export. The orchestrator then finishes the artifacts in a
+    torch-free child and publishes the run (ort_backend._prepare_run)."""
     from ..config import TrainConfig
     from ..memory.measure import release_memory
     from ..run import Run
-    from ..train import load_data, make_plan, set_threads
+    from ..train import load_data, set_threads
     from .ort_common import save_snapshot
     cfg = TrainConfig.from_json(spec["config"]).validate()
     out = Path(cfg.out)
@@ -422,10 +238,9 @@ def prepare_new_run(spec: dict) -> dict:
     # that transient should not stack on top of torch's ~220 MB.
     dataset = load_data(cfg)
     release_memory()
-    from ..modules import architecture, init_store
+    from ..modules import init_store
     set_threads(cfg)
-    arch = architecture(cfg, dataset.in_shape, dataset.num_classes)
-    plan = make_plan(cfg, dataset, arch).to_json()
+    plan = spec["plan"]  # made by the torch-free orchestrator (ort_backend._plan_in_orchestrator)
     run = Run.staging(out)
     try:
         run.write_json("config.json", cfg.to_json())
@@ -433,18 +248,18 @@ def prepare_new_run(spec: dict) -> dict:
         splits = [tuple(s) for s in plan["splits"]]
         init_store(run, cfg, dataset.in_shape, dataset.num_classes, splits)
         save_snapshot(run, dataset)
-        write_run_artifacts(run, cfg, dataset.in_shape, dataset.num_classes, splits)
-        run.manifest.update({"status": "running", "config_hash": cfg.identity_hash(),
+        todo = export_run_modules(run, cfg, dataset.in_shape, dataset.num_classes, splits)
+        run.manifest.update({"status": "new", "config_hash": cfg.identity_hash(),
                              "data_fingerprint": dataset.fingerprint()})
-        run.publish()
+        run.save()
     except BaseException:
         run.discard()
         raise
-    return {"run_dir": str(run.root)}
+    return {"staging": str(run.root), "modules": todo}
 
 
-def rebuild_artifacts(spec: dict) -> dict:
-    """Rebuild the artifacts of the given modules of an existing run (missing or damaged)."""
+def export_for_rebuild(spec: dict) -> dict:
+    """The torch half of rebuilding the artifacts of the given modules of an existing run."""
     from ..config import TrainConfig
     from ..run import Run
     from .ort_common import snapshot_info
@@ -453,25 +268,29 @@ def rebuild_artifacts(spec: dict) -> dict:
     info = snapshot_info(run)
     plan = run.read_json("plan.json")
     splits = [tuple(s) for s in plan["splits"]]
-    write_run_artifacts(run, cfg, info["in_shape"], info["num_classes"], splits,
-                        modules=set(spec["modules"]))
-    run.save()
-    return {"rebuilt": sorted(spec["modules"])}
+    todo = export_run_modules(run, cfg, info["in_shape"], info["num_classes"], splits,
+                              modules=set(spec["modules"]))
+    return {"modules": todo}
 
 
 def main(argv: list[str]) -> int:
-    """`python -m edge_trgl.backends.ort_artifacts prepare|rebuild SPEC.json RESULT.json`:
-    run in a child of the torch-free orchestrator; the result (or a UserError's message) is
-    written to RESULT.json."""
+    """`python -m edge_trgl.backends.ort_artifacts prepare|rebuild|probe-artifacts SPEC RESULT`:
+    the torch half of a set-up step, in a child of the torch-free orchestrator; the result (or
+    a UserError's message) is written to RESULT.json."""
     from ..atomic import atomic_write_json
     from ..memory.measure import peak_rss_bytes
+    from ..config import TrainConfig
     command, spec_path, result_path = argv
     spec = json.loads(Path(spec_path).read_text())
     try:
         if command == "prepare":
             result = prepare_new_run(spec)
         elif command == "rebuild":
-            result = rebuild_artifacts(spec)
+            result = export_for_rebuild(spec)
+        elif command == "probe-artifacts":
+            result = export_for_cache(TrainConfig.from_json(spec["config"]), spec["in_shape"],
+                                      spec["num_classes"], spec["lo"], spec["hi"],
+                                      spec["signatures"])
         else:
             raise ValueError(f"unknown command {command!r}")
     except UserError as exc:

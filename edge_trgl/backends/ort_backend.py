@@ -185,34 +185,111 @@ def ensure_artifacts(run, cfg, modules) -> None:
     print(f"rebuilding the ONNX Runtime artifacts of module(s) {bad} (missing or damaged)",
           file=sys.stderr, flush=True)
     run.save()
-    result, peak, _ = _prepare_child("rebuild", {"config": cfg.to_json(), "run_dir": str(run.root),
+    from .ort_artifacts import record_artifacts
+    _, peaks, _ = _export_and_finish("rebuild", {"config": cfg.to_json(), "run_dir": str(run.root),
                                                  "modules": bad}, cfg)
-    run.manifest = json.loads((Path(run.root) / "manifest.json").read_text())
+    record_artifacts(run, bad)
     prep = run.manifest.setdefault("ort", {}).setdefault("rebuild_peaks_bytes", [])
-    prep.append(peak)
+    prep.append(max(peaks))
     run.save()
 
 
 def _prepare_child(command: str, spec: dict, cfg) -> tuple[dict, int, float]:
+    """A set-up child: the torch half (`ort_artifacts COMMAND`) or, for command "finish", the
+    torch-free half (ort_graph) of building artifacts. Returns (result, its peak, seconds)."""
+    from .ort_graph import finish_command
     with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-prep-") as tmp:
         tmp = Path(tmp)
         (tmp / "spec.json").write_text(json.dumps(spec))
-        cmd = [sys.executable, "-m", "edge_trgl.backends.ort_artifacts", command,
-               str(tmp / "spec.json"), str(tmp / "result.json")]
+        if command == "finish":
+            cmd = finish_command(tmp / "spec.json", tmp / "result.json")
+        else:
+            cmd = [sys.executable, "-m", "edge_trgl.backends.ort_artifacts", command,
+                   str(tmp / "spec.json"), str(tmp / "result.json")]
         watched, result = _run_child(cmd, _worker_env(cfg), tmp / "result.json")
+    if command == "prepare" and watched["status"] != 0 and cfg.out:
+        from ..run import _remove_dead_staging
+        _remove_dead_staging(Path(cfg.out))  # what a killed set-up child staged
     if "error" in result:
         raise UserError(result["error"])
+    if watched["status"] == -9:
+        from ..budget import format_size
+        from ..memory.cgroup import ACTIVE, killed_by_guard
+        group = ACTIVE["group"]
+        share = format_size(group.limit_bytes) if group is not None else "what the budget leaves it"
+        what = ("torch + onnx export" if command != "finish"
+                else "onnx + ONNX Runtime's training-graph builder")
+        raise UserError(
+            f"The ONNX Runtime set-up step ({command}: {what}, needed once per run) does not "
+            f"fit in this budget: it was stopped at "
+            f"{format_size(killed_by_guard() or watched['peak_rss_bytes'])}, and the budget "
+            f"leaves a child process {share}. The trainer itself is torch-free and smaller: "
+            f"prepare the run on a bigger machine with `edge-trgl prepare` and the same options "
+            f"(it plans for this --mem-budget), copy the run directory here, and train it with "
+            f"`edge-trgl train --resume RUN_DIR`. Nothing was written.")
     if watched["status"] != 0:
         raise RuntimeError(f"preparing the ONNX Runtime run failed (exit status "
                            f"{watched['status']}); the error is printed above.")
     return result, watched["peak_rss_bytes"], watched["seconds"]
 
 
+def _export_and_finish(command: str, spec: dict, cfg) -> tuple[dict, list[int], float]:
+    """The torch half in one child, then the torch-free half in another: the two are never
+    resident together. Returns (the torch half's result, both peaks, seconds)."""
+    result, peak, seconds = _prepare_child(command, spec, cfg)
+    modules = result["modules"] if "modules" in result else [
+        {"dir": result["tmp"], "lo": spec["lo"], "hi": spec["hi"]}]
+    try:
+        finished, finish_peak, finish_seconds = _prepare_child(
+            "finish", {"modules": modules, "label_smoothing": float(cfg.label_smoothing)}, cfg)
+    except BaseException:  # leave nothing half-built behind
+        import shutil
+        for key in ("staging", "tmp"):
+            if key in result:
+                shutil.rmtree(result[key], ignore_errors=True)
+        raise
+    if finished.get("torch_imported"):
+        raise RuntimeError("the torch-free artifact step imported torch")
+    return result, [peak, finish_peak], seconds + finish_seconds
+
+
 # --- the orchestrator ------------------------------------------------------------------------------
 
-def train_ort(cfg, *, resume=None) -> dict:
+def train_ort(cfg, *, resume=None, prepare_only: bool = False) -> dict:
     """train.train() for --backend ort: the same run directory, manifest, scheme and summary,
-    with torch kept out of this process (see the module docstring)."""
+    with torch kept out of this process (see the module docstring). The whole command, this
+    process and its one child of the moment, runs inside a memory cgroup of the budget's size
+    where one can be created (driver.CommandBudget)."""
+    from ..driver import CommandBudget, _stored_budget, prepare_budget
+    from ..memory.measure import peak_rss_bytes
+    if resume is not None:
+        budget = _stored_budget(resume)
+    elif cfg.mem_budget is not None or cfg.profile is not None:
+        budget = prepare_budget(cfg)
+    else:
+        budget = None
+    with CommandBudget(budget) as guard:
+        summary, run = _train_ort(cfg, resume, guard, prepare_only)
+        if prepare_only:
+            return summary
+        if "whole_command" not in summary:  # not a summary reprinted from a finished run
+            ort = summary.get("ort", {})
+            worst = max([ort.get("max_worker_peak_rss_bytes") or 0,
+                         (ort.get("preparation") or {}).get("peak_rss_bytes") or 0,
+                         *ort.get("artifact_rebuild_peaks_bytes", [])])
+            whole = guard.report(summary.get("ort", {}).get("orchestrator_peak_rss_bytes") or
+                                 peak_rss_bytes(), worst)
+            summary["whole_command"] = whole
+            summary["whole_command_peak_bytes"] = whole["whole_command_peak_bytes"]
+            summary["memory_enforcement"] = whole["enforcement"]
+            summary["over_budget"] = bool(summary.get("over_budget") or whole.get("oom_kills") or (
+                budget and whole["whole_command_peak_bytes"] > budget))
+            run.write_json("summary.json", summary)
+            run.save()
+    return summary
+
+
+def _train_ort(cfg, resume, guard, prepare_only=False):
     from ..memory.measure import RssWatchdog, peak_rss_bytes
     from ..run import Run
     from ..schemes import Context, run_modulewise
@@ -229,11 +306,12 @@ def train_ort(cfg, *, resume=None) -> dict:
             raise UserError(f"The data snapshot of the run in {run.root} does not match the data "
                             f"the run started with; the run is damaged. Start a new run.")
         if run.manifest.get("status") == "complete":
-            return run.read_json("summary.json")
+            return run.read_json("summary.json"), run
     else:
-        from ..profiles import apply_profile
-        cfg.validate()
-        apply_profile(cfg)
+        if cfg.mem_budget is None and cfg.profile is None:
+            from ..profiles import apply_profile
+            cfg.validate()
+            apply_profile(cfg)
         if cfg.scheme not in ("sequential", "multilap"):
             raise UserError(f"--backend ort trains one module at a time, so it supports --scheme "
                             f"sequential and multilap, not {cfg.scheme}; use --backend torch.")
@@ -241,20 +319,31 @@ def train_ort(cfg, *, resume=None) -> dict:
         out = Path(cfg.out) if cfg.out else default_out(cfg)
         cfg.out = str(out)
         Run.check_new_root(out)
-        result, prep_peak, prep_seconds = _prepare_child("prepare", {"config": cfg.to_json()}, cfg)
-        preparation = {"peak_rss_bytes": prep_peak, "seconds": prep_seconds,
+        plan = _plan_in_orchestrator(cfg)
+        result, prep_peaks, prep_seconds = _prepare_run(cfg, plan, out)
+        preparation = {"peak_rss_bytes": max(prep_peaks), "seconds": prep_seconds,
+                       "export_peak_rss_bytes": prep_peaks[0],
+                       "finish_peak_rss_bytes": prep_peaks[1],
                        "in_process_peak_rss_bytes": result.get("peak_rss_bytes"),
-                       "what": "child process with torch + onnx: data loading, planning (incl. its "
-                               "probes' artifact builds), initial weights, data snapshot, ONNX "
-                               "export and generate_artifacts for every module",
-                       "method": "VmHWM of that child, polled from outside (run_measured)"}
+                       "what": "two child processes, one after the other: torch + onnx (data "
+                               "loading, initial weights, data snapshot, each module's ONNX "
+                               "export), then onnx + ONNX Runtime's graph builder without torch "
+                               "(generate_artifacts); the plan is made before them, here",
+                       "method": "VmHWM of each child, polled from outside (run_measured)"}
         run = Run.open(out)
         run.lock()
         run.manifest.setdefault("ort", {})["preparation"] = preparation
         run.save()
         plan = run.read_json("plan.json")
+        if prepare_only:
+            return {"run_dir": str(run.root), "plan": plan}, run
     splits = [tuple(s) for s in plan["splits"]]
     dataset = load_snapshot(run, images=False)  # labels only: the trainers read the images
+    from ..memory.measure import release_memory, reset_peak
+    release_memory()
+    # From here this process's VmHWM is its peak beside the trainers (loading and fingerprinting
+    # the data for planning peaked higher, with no child beside it: that is in whole_command).
+    reset_peak()
     budget = plan.get("budget_bytes")
     watchdog = RssWatchdog(limit_bytes=budget)
     ctx = Context(run, cfg, dataset, dataset.in_shape, dataset.num_classes, splits,
@@ -272,7 +361,49 @@ def train_ort(cfg, *, resume=None) -> dict:
     run.write_json("summary.json", summary)
     run.manifest["status"] = "complete"
     run.save()
-    return summary
+    return summary, run
+
+
+def _prepare_run(cfg, plan: dict, out: Path):
+    """Set up the planned run: the torch half stages it, the torch-free half finishes the
+    artifacts, and this process records them and publishes the run."""
+    from ..run import Run
+    from .ort_artifacts import record_artifacts
+    result, peaks, seconds = _export_and_finish("prepare", {"config": cfg.to_json(), "plan": plan},
+                                                cfg)
+    staging = Path(result["staging"])
+    run = Run(staging, json.loads((staging / "manifest.json").read_text()))
+    run.final_root = Path(out)
+    try:
+        record_artifacts(run, [m["k"] for m in result["modules"]])
+        run.manifest["status"] = "running"
+        run.publish()
+    except BaseException:
+        run.discard()
+        raise
+    return result, peaks, seconds
+
+
+def _plan_in_orchestrator(cfg) -> dict:
+    """Plan here, torch-free: the data is numpy, the model's description and every artifact
+    build are short torch children and every probe an ONNX Runtime child, one at a time (the
+    preparation child that follows gets the plan and does not plan)."""
+    from ..driver import load_for_planning, plan_lean, plan_unbudgeted
+    from ..memory.measure import release_memory
+    budgeted = cfg.mem_budget is not None or cfg.profile is not None
+    if budgeted:
+        from ..memory.budgeted import resolve_budget
+    dataset = load_for_planning(cfg, resolve_budget(cfg)[0] if budgeted else None)
+    if budgeted:
+        plan = plan_lean(cfg, dataset)
+    else:
+        plan = plan_unbudgeted(cfg, dataset)
+    if cfg.progress and plan.get("module_estimates"):
+        from ..cli.plan import format_plan
+        print(format_plan(plan), file=sys.stderr, flush=True)
+    del dataset
+    release_memory()
+    return plan
 
 
 def add_ort_summary(summary: dict, run, plan: dict, backend: OrtBackend, orchestrator_peak: int) -> None:
@@ -298,8 +429,9 @@ def add_ort_summary(summary: dict, run, plan: dict, backend: OrtBackend, orchest
     summary["peak_rss_method"] = (
         "training phase: peak RSS of the torch-free orchestrator (its VmHWM) + the largest trainer "
         "process peak (the trainer's VmHWM, polled from outside by run_measured); the "
-        "two are alive at the same time, so this bounds their sum. Preparation (torch + onnx, "
-        "before training) is reported separately under ort.preparation.")
+        "two are alive at the same time, so this bounds their sum. The set-up children (torch "
+        "export, then the torch-free graph builder) are reported under ort.preparation; the "
+        "whole command, set-up included, under whole_command.")
     budget = plan.get("budget_bytes")
     summary["over_budget"] = bool(budget and total > budget)
     summary["ort"] = {
@@ -324,7 +456,8 @@ def format_ort_summary(summary: dict) -> str:
     text = (f"peak RSS = torch-free orchestrator {format_size(ort['orchestrator_peak_rss_bytes'])} + "
             f"largest ONNX Runtime trainer {format_size(ort['max_worker_peak_rss_bytes'])}")
     if prep.get("peak_rss_bytes"):
-        text += (f"; preparation before training (torch + onnx export, separate process): "
+        text += (f"; set-up before training (torch export, then the torch-free graph builder, "
+                 f"each its own child within the budget): "
                  f"{format_size(prep['peak_rss_bytes'])}")
     return text
 
@@ -339,22 +472,6 @@ def _probe_cache() -> tuple[dict, callable]:
     return _load_cache(), _store_cache
 
 
-def _measure_orchestrator_bytes() -> int:
-    """RSS of a torch-free process that has imported what `edge-trgl train --backend ort` imports
-    (CLI, train, schemes, this module), in a fresh child."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from edge_trgl.cli.main import build_parser\n"
-            "try:\n    build_parser()\nexcept ImportError:\n    pass\n"
-            "import edge_trgl.train, edge_trgl.schemes, edge_trgl.resume, edge_trgl.backends.ort_backend\n"
-            "from edge_trgl.memory.measure import release_memory, rss_bytes\n"
-            "release_memory(); print(rss_bytes())\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    out = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not out or not out[-1].isdigit():
-        raise RuntimeError(f"measuring the ORT orchestrator's baseline failed: {proc.stderr[-2000:]}")
-    return int(out[-1])
-
-
 def ort_plan_note(cfg, dataset) -> str:
     from ..budget import format_size
     parts = _ort_baselines(cfg)
@@ -363,8 +480,9 @@ def ort_plan_note(cfg, dataset) -> str:
             f"+ ONNX Runtime trainer after imports {format_size(parts['worker_baseline_bytes'])} + "
             f"dataset {format_size(arrays)} (all measured; the two processes are alive together; "
             f"the images only for module 0: later trainers read the feature cache); "
-            f"module = that trainer's measured peak above its baseline. Preparation (torch + onnx "
-            f"export, before training) runs in a separate, earlier process and is not in the budget.")
+            f"module = that trainer's measured peak above its baseline. The set-up (torch export, "
+            f"then the torch-free graph builder) runs before training, each step a child of its "
+            f"own inside the same budget.")
 
 
 def ort_framework_bytes(cfg, dataset) -> int:
@@ -377,14 +495,17 @@ def ort_framework_bytes(cfg, dataset) -> int:
 
 def _ort_baselines(cfg) -> dict:
     cache, store = _probe_cache()
+    from ..memory.estimate import machine_identity
     key = hashlib.sha256(json.dumps({"ort_baseline": ORT_PROBE_FORMAT, "ort": ort_version(),
+                                     **machine_identity(_threads(cfg)),
                                      "python": platform.python_version(),
                                      "threads": _threads(cfg)}).encode()).hexdigest()[:24]
     if key not in cache:
-        orchestrator = _measure_orchestrator_bytes()
+        from ..memory.describe import orchestrator_bytes
+        orchestrator = orchestrator_bytes(_threads(cfg))
         worker = _probe_worker(cfg, None, [], _threads(cfg))["baseline_bytes"]
         cache[key] = {"orchestrator_bytes": orchestrator, "worker_baseline_bytes": worker}
-        store(cache)
+        store({key: cache[key]})
     return cache[key]
 
 
@@ -398,6 +519,10 @@ def _probe_worker(cfg, art_dir, batches, threads) -> dict:
         (tmp / "job.json").write_text(json.dumps(job))
         watched, result = _run_child(worker_command(tmp / "job.json"), _worker_env(cfg),
                                      tmp / "result.json")
+    if watched["status"] == -9:  # stopped by the command's memory guard (or the kernel)
+        from ..memory.cgroup import killed_by_guard
+        from ..memory.estimate import ProbeOverBudget
+        raise ProbeOverBudget("the ONNX Runtime memory probe", killed_by_guard())
     if watched["status"] != 0 or "baseline_bytes" not in result:
         raise RuntimeError(f"the ONNX Runtime memory probe failed (exit status "
                            f"{watched['status']}); its error is printed above")
@@ -409,9 +534,9 @@ def probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
     trainer's own baseline: the trainer itself (same code path as training) runs a few steps and
     an eval batch on the module's real artifacts in a fresh process. Cached like the torch probes."""
     require_ort(need_onnx=True)
-    from .ort_artifacts import cached_artifacts
     signatures = [arch[i].signature() for i in range(lo, hi)]
-    ident = {"ort_probe": ORT_PROBE_FORMAT, "ort": ort_version(), "threads": threads,
+    from ..memory.estimate import machine_identity
+    ident = {"ort_probe": ORT_PROBE_FORMAT, "ort": ort_version(), **machine_identity(threads),
              "optimizer": cfg.optimizer, "head": cfg.head, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width,
              "model": cfg.model, "in_shape": list(in_shape),
@@ -420,12 +545,25 @@ def probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
     cache, store = _probe_cache()
     if key in cache:
         return {int(b): v for b, v in cache[key].items()}
-    art = cached_artifacts(cfg, in_shape, num_classes, lo, hi, signatures)
+    art = _cached_artifacts_in_child(cfg, in_shape, num_classes, lo, hi, signatures)
     result = _probe_worker(cfg, art, batches, threads)
     peaks = {r["batch"]: r["peak_bytes"] - result["baseline_bytes"] for r in result["results"]}
-    cache[key] = {str(b): v for b, v in peaks.items()}
-    store(cache)
+    store({key: {str(b): v for b, v in peaks.items()}})
     return peaks
+
+
+def _cached_artifacts_in_child(cfg, in_shape, num_classes, lo, hi, signatures) -> Path:
+    """The probe artifacts of a module structure, built (once, cached) by a torch + onnx child:
+    the planning process stays torch-free, so the build never sits beside another child."""
+    from .ort_artifacts import cached_artifact_path
+    from .ort_artifacts import publish_cached
+    path = cached_artifact_path(cfg, in_shape, num_classes, lo, hi, signatures)
+    if path is not None:
+        return path
+    result, _, _ = _export_and_finish("probe-artifacts", {
+        "config": cfg.to_json(), "in_shape": list(in_shape), "num_classes": int(num_classes),
+        "lo": lo, "hi": hi, "signatures": signatures}, cfg)
+    return publish_cached(Path(result["tmp"]), Path(result["path"]))
 
 
 def ort_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> int:

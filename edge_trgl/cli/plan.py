@@ -56,18 +56,33 @@ def format_plan(plan: dict) -> str:
             lines.append(f"module {k}: blocks {lo}-{hi - 1}")
     for note in plan.get("notes", []):
         lines.append(f"note: {note}")
+    whole = plan.get("whole_command")
+    if whole:
+        lines.append(f"planning itself (this command, every process together): peak "
+                     f"{format_size(whole['whole_command_peak_bytes'])}, measured by "
+                     f"{whole['enforcement']}"
+                     + (f", {whole['oom_kills']} OOM kill(s)" if whole.get("oom_kills") is not None else ""))
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    from ..modules import architecture
-    from ..profiles import apply_profile
-    from ..train import load_data, make_plan, set_threads
-    cfg = config_from_args(args).validate()
-    apply_profile(cfg)
-    dataset = load_data(cfg)
-    set_threads(cfg)
-    arch = architecture(cfg, dataset.in_shape, dataset.num_classes)
-    plan = make_plan(cfg, dataset, arch).to_json()
+    """Planned exactly as `edge-trgl train` plans (driver.plan_lean): in this torch-free process,
+    each probe a child, inside the command's memory cgroup where one can be created."""
+    from ..driver import CommandBudget, load_for_planning, plan_lean, plan_unbudgeted, prepare_budget
+    cfg = config_from_args(args)
+    budgeted = cfg.mem_budget is not None or cfg.profile is not None
+    if budgeted:
+        budget = prepare_budget(cfg)
+    else:
+        from ..profiles import apply_profile
+        cfg.validate()
+        apply_profile(cfg)
+        budget = None
+    from ..driver import host_limit
+    with CommandBudget(host_limit(cfg, budget)) as guard:
+        dataset = load_for_planning(cfg, host_limit(cfg, budget))
+        plan = plan_lean(cfg, dataset) if budgeted else plan_unbudgeted(cfg, dataset)
+        from ..memory.measure import peak_rss_bytes
+        plan["whole_command"] = guard.report(peak_rss_bytes(), 0)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0

@@ -11,7 +11,8 @@ from functools import lru_cache
 
 from ..budget import format_size, parse_size
 from ..errors import UserError
-from .estimate import BlockCosts, data_bytes, data_total, loop_allowance_bytes, probe_module
+from .estimate import (BlockCosts, ProbeOverBudget, data_bytes, data_total,
+                       UNFIT_BYTES, loop_allowance_bytes, probe_module)
 from .planner import Plan, default_views
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
@@ -48,15 +49,29 @@ def minimax_splits(n: int, k: int, cost) -> tuple[float, list[tuple[int, int]]]:
     return value, list(splits)
 
 
-def framework_bytes(cfg=None, dataset=None) -> int:
-    """RSS of this process's interpreter + torch: what any torch-backend run starts from. For
-    --backend ort: the torch-free orchestrator + a trainer's baseline + the dataset arrays,
-    measured in fresh child processes (see backends/ort_backend.py)."""
+def framework_bytes(cfg=None, dataset=None, description=None) -> int:
+    """What a budgeted run holds before any module trains, all measured in fresh processes:
+    the torch-free orchestrator (the `edge-trgl` process itself) + a torch trainer process after
+    its imports + the dataset arrays that trainer loads. For --backend ort: the orchestrator + an
+    ONNX Runtime trainer after its imports + the arrays (see backends/ort_backend.py)."""
     if cfg is not None and cfg.backend == "ort":
         from ..backends.ort_backend import ort_framework_bytes
         return ort_framework_bytes(cfg, dataset)
-    from .measure import rss_bytes
-    return rss_bytes()
+    if description is None:  # an in-process caller (tests): this process is the trainer
+        from .measure import rss_bytes
+        return rss_bytes()
+    from .describe import orchestrator_bytes
+    return (orchestrator_bytes(_threads(cfg)) + description["trainer_baseline_bytes"]
+            + dataset_array_bytes(dataset))
+
+
+def dataset_array_bytes(dataset) -> int:
+    return int(sum(a.images.nbytes + a.labels.nbytes
+                   for a in (dataset.train, dataset.val, dataset.test)))
+
+
+def _threads(cfg) -> int:
+    return int(cfg.threads or os.cpu_count() or 1)
 
 
 def resolve_budget(cfg) -> tuple[int, list[str]]:
@@ -79,46 +94,63 @@ def cache_disk_bytes(dataset, sample_bytes: int, views: int) -> int:
     return (views * n_train + n_val + n_test) * sample_bytes
 
 
-def plan_budgeted(cfg, dataset, arch) -> Plan:
+def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
+    """The plan for cfg's budget. `description` (memory/describe.py) comes from the lean
+    orchestrator, which never imports torch: then `arch` is its list of BlockInfo and the
+    baseline is the orchestrator + a torch trainer process + the data, all measured in fresh
+    processes. Without it (in-process callers) `arch` is the meta-device model and this process
+    is taken to be the trainer. `progress(done, total)` is told how the block probes advance."""
     from ..train import resolve_splits
+    from .estimate import PROBE_LIMIT
     budget_bytes, notes = resolve_budget(cfg)
     usable = int(budget_bytes * SAFETY)
-    threads = cfg.threads or os.cpu_count() or 1
+    threads = _threads(cfg)
     n = len(arch)
     cuda_acct = None
-    if cfg.backend == "ort":  # this (torch) process does not train; the ORT processes do
-        if usable <= framework_bytes(cfg, dataset):
+    framework = framework_bytes(cfg, dataset, description)
+    if (description is not None or cfg.backend == "ort") and cfg.device != "cuda":
+        # what one child (probe, trainer) may hold: the budget less the orchestrator beside it
+        from .describe import orchestrator_bytes
+        PROBE_LIMIT["bytes"] = budget_bytes - orchestrator_bytes(threads)
+    if cfg.backend == "ort":  # the ORT processes train; the orchestrator never holds torch
+        if usable <= framework:
             raise UserError(
                 f"The memory budget {format_size(budget_bytes)} is smaller than what the ONNX "
-                f"Runtime backend holds before training anything: "
-                f"{format_size(framework_bytes(cfg, dataset))} (its torch-free orchestrator and "
-                f"trainer processes, and the dataset). Give a larger --mem-budget or use a smaller "
-                f"--train-fraction. Nothing was written.")
+                f"Runtime backend holds before training anything: {format_size(framework)} (its "
+                f"torch-free orchestrator and trainer processes, and the dataset). Give at least "
+                f"{format_size(framework / SAFETY)} plus the model with --mem-budget, or use a "
+                f"smaller --train-fraction. Nothing was written.")
     elif cfg.device == "cuda":  # device memory (+ host RSS on unified memory): memory/cuda.py
         from .cuda import PlanAccounting
-        cuda_acct = PlanAccounting.for_plan(cfg, dataset, arch, threads, framework_bytes())
+        cuda_acct = PlanAccounting.for_plan(cfg, dataset, arch, threads, framework)
         cuda_acct.check_fixed(usable, budget_bytes, SAFETY)
-    elif usable <= framework_bytes():
+    elif usable <= framework:
         raise UserError(
             f"The memory budget {format_size(budget_bytes)} is smaller than what the framework "
-            f"alone holds before training anything: this process already uses "
-            f"{format_size(framework_bytes())} (interpreter, torch and the dataset). Give a larger --mem-budget "
-            f"(at least {format_size(framework_bytes() / SAFETY)} plus the model), or use "
-            f"--backend ort, whose torch-free trainer starts at about 70 MB. Nothing was written.")
-    costs = BlockCosts(cfg, dataset.in_shape, dataset.num_classes, arch, threads)
+            f"alone holds before training anything: {format_size(framework)} (this command's "
+            f"torch-free process, a torch trainer process after `import torch`, and the "
+            f"dataset's arrays). Give at least {format_size(framework / SAFETY)} plus the model "
+            f"with --mem-budget, or use --backend ort, whose torch-free trainer starts at about "
+            f"70 MB. Nothing was written.")
+    costs = BlockCosts(cfg, dataset.in_shape, dataset.num_classes, arch, threads, progress)
     fixed = None
     if cfg.scheme in ("parallel", "e2e"):
         fixed = resolve_splits(n, cfg)
     elif any(getattr(cfg, f) is not None for f in ("module_size", "modules", "splits")):
         fixed = resolve_splits(n, cfg)
 
-    from .measure import release_memory, rss_bytes
-    release_memory()
-    baseline_bytes = rss_bytes()  # this process trains next: torch + data are already here
-    if cfg.backend == "ort":  # this process does not train: the trainer's measured baseline
-        baseline_bytes = framework_bytes(cfg, dataset)
+    baseline_bytes = framework
+    if cfg.backend == "ort":
         from ..backends.ort_backend import ort_plan_note
         notes.append(ort_plan_note(cfg, dataset))
+    elif description is not None:
+        from .describe import orchestrator_bytes
+        notes.append(
+            f"baseline = this command's torch-free process {format_size(orchestrator_bytes(threads))}"
+            f" + a torch trainer process after its imports "
+            f"{format_size(description['trainer_baseline_bytes'])} + the dataset "
+            f"{format_size(dataset_array_bytes(dataset))}; the two processes are alive together "
+            f"(probes run one at a time, each as the only child)")
 
     # The ORT trainer of a later module reads module lo-1's feature cache, never the images
     # (ort_worker loads them for module 0 only; the orchestrator holds labels only), so the image
@@ -176,9 +208,14 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
         estimates = []
         # (here cuda_acct is None, so a parallel plan is always the per-module one)
         for k, (lo, hi) in enumerate([(0, n)] if cfg.scheme == "e2e" else splits):
-            measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
-                                    [batch], threads)[batch]
             composed = costs.module_estimate(lo, hi, batch)
+            try:
+                measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
+                                        [batch], threads)[batch]
+            except ProbeOverBudget as exc:
+                # stopped at the child's share of the budget: it needs at least that much more
+                measured = max(int(exc.bytes_seen or 0), int(composed["module_bytes"] * 1.1),
+                               PROBE_LIMIT["bytes"] or 0)
             parts = parts_for(lo, batch, measured)
             resident = others_static(splits, k) if parallel else 0
             row = {"blocks": [lo, hi], "batch_size": batch,
@@ -217,13 +254,19 @@ def plan_budgeted(cfg, dataset, arch) -> Plan:
         need = min(total(i, i + 1, MIN_BATCH) for i in range(n)) if fixed is None else value
         if cuda_acct is not None:
             raise cuda_acct.refusal(budget_bytes, need, SAFETY)
+        about = "about"
+        if need >= UNFIT_BYTES // 2:  # a probe stopped at the child's share of the budget
+            about = "more than"
+            need = framework + max([b or 0 for b in costs.over_budget.values()] or [0])
+            need = max(need, budget_bytes * SAFETY)
         raise UserError(
             f"The memory budget {format_size(budget_bytes)} is too small for {cfg.model}: even "
             f"training {'one block' if fixed is None else 'the requested grouping'} at batch size 2 "
-            f"needs about {format_size(need / SAFETY)}, of which about "
-            f"{format_size(framework_bytes(cfg, dataset))} is the framework itself "
+            f"needs {about} {format_size(need / SAFETY)}, of which about "
+            f"{format_size(framework)} is the framework itself "
             f"{'(torch-free ORT processes)' if cfg.backend == 'ort' else 'after `import torch`'}. Give "
-            f"at least {format_size(need / SAFETY)} with --mem-budget, or use --backend ort (a "
+            f"{'more than' if about != 'about' else 'at least'} {format_size(need / SAFETY)} with "
+            f"--mem-budget, or use --backend ort (a "
             f"torch-free trainer), a smaller model (--model, --width), a smaller --train-fraction "
             f"or --batch-size. Nothing was written.")
     batch, splits, estimates, worst = plan

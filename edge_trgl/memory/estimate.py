@@ -34,6 +34,10 @@ from pathlib import Path
 
 
 PROBE_BATCHES = (8, 32)
+# Where a block at PROBE_BATCHES does not fit the budget: the smallest batches BatchNorm allows.
+SMALL_PROBE_BATCHES = (2, 4)
+# The cost of what cannot be trained within the budget: larger than any budget.
+UNFIT_BYTES = 1 << 60
 # Peak RSS creeps for a few steps (allocator reuse patterns settle); 4 steps catch most of it.
 PROBE_STEPS = 4
 
@@ -44,45 +48,126 @@ def cache_file() -> Path:
     return root / "probes.json"
 
 
+class ProbeOverBudget(Exception):
+    """A probe child stopped itself (or was stopped) because it went over the memory it was
+    given: what it measures does not fit in the budget."""
+
+    def __init__(self, what: str, bytes_seen: int | None):
+        super().__init__(what)
+        self.what, self.bytes_seen = what, bytes_seen
+
+
 def _load_cache() -> dict:
     try:
-        return json.loads(cache_file().read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _store_cache(cache: dict) -> None:
+    """Merge `cache` into the file under an exclusive lock, so that two commands planning at the
+    same time never lose each other's entries; the file itself is replaced atomically."""
+    import fcntl
+
     from ..atomic import atomic_write_json
-    atomic_write_json(cache_file(), cache)
+    path = cache_file()
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = _load_cache()
+        merged.update(cache)
+        atomic_write_json(path, merged)
+
+
+def machine_identity(threads: int) -> dict:
+    """What a measurement depends on besides the model: this machine, its Python and torch, the
+    thread count. A cache copied to another machine, or kept across an upgrade, is not reused."""
+    import platform
+
+    from ..envinfo import dist_version
+    from .. import __version__
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "machine": platform.machine(), "cpu": cpu,
+            "python": platform.python_version(), "torch": dist_version("torch"),
+            "edge_trgl": __version__, "threads": int(threads)}
 
 
 def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
-    import torch
-    ident = {"probe_format": 5, "torch": torch.__version__, "threads": threads, "device": cfg.device,
+    ident = {"probe_format": 6, **machine_identity(threads), "device": cfg.device,
              "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
              "in_shape": list(in_shape)}
     if cfg.device == "cuda":
-        # A CUDA probe's figures (reserved, context, integrated) belong to one GPU: a cache
-        # shared between machines, or a changed GPU selection, must not reuse them. Read
-        # without initialising CUDA in this (planning) process.
-        import platform
-        ident.update({"host": platform.node(), "torch_cuda": torch.version.cuda,
-                      "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
+        # A CUDA probe's figures (reserved, context, integrated) belong to one GPU: a changed
+        # GPU selection must not reuse them.
+        ident.update({"visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def cached_child_result(ident: dict, threads: int, cmd: list[str], what: str) -> dict:
+    """The JSON result of a measuring child `cmd`, cached under `ident` + this machine."""
+    key = hashlib.sha256(json.dumps({**ident, **machine_identity(threads)},
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    cache = _load_cache()
+    if key in cache:
+        return cache[key]
+    result = _run_json_child(cmd, threads, what)
+    _store_cache({key: result})
+    return result
+
+
+def _run_json_child(cmd: list[str], threads: int, what: str) -> dict:
+    from ..errors import UserError
+    from .cgroup import child_preexec, killed_by_guard, watch_child
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MALLOC_ARENA_MAX="2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, preexec_fn=child_preexec())
+    watch_child(proc.pid)  # the command's memory guard stops it if it would not fit
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        watch_child(None)
+    proc.stdout, proc.stderr = stdout, stderr
+    lines = stdout.strip().splitlines()
+    result = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    if isinstance(result, dict) and "error" in result:
+        raise UserError(result["error"])
+    if isinstance(result, dict) and "over_limit_bytes" in result:
+        raise ProbeOverBudget(what, result["over_limit_bytes"])
+    if proc.returncode == -9:  # SIGKILL: the command's memory guard, or the kernel's OOM killer
+        raise ProbeOverBudget(what, killed_by_guard())
+    if proc.returncode != 0 or not isinstance(result, dict):
+        raise RuntimeError(f"{what} failed (exit status {proc.returncode}): {proc.stderr[-2000:]}")
+    return result
+
+
 def run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads) -> dict:
-    """probe.py in a fresh child process for blocks lo..hi-1 (on cfg.device); its JSON result."""
+    """probe.py in a fresh child process for blocks lo..hi-1 (on cfg.device); its JSON result.
+    The child stops itself (ProbeOverBudget) if its RSS passes PROBE_LIMIT_BYTES (set by the
+    planner to what the budget leaves a child), so a probe that cannot fit never has the kernel
+    kill it."""
     spec = {"config": asdict(cfg), "in_shape": list(in_shape), "num_classes": num_classes,
-            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": PROBE_STEPS}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        where = "CUDA memory probe" if cfg.device == "cuda" else "memory probe"
-        raise RuntimeError(f"{where} failed for blocks {lo}..{hi - 1}: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+            "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": PROBE_STEPS,
+            "limit_bytes": PROBE_LIMIT["bytes"]}
+    where = "CUDA memory probe" if cfg.device == "cuda" else "memory probe"
+    return _run_json_child([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
+                           threads, f"the {where} of blocks {lo}..{hi - 1} at batch {max(batches)}")
+
+
+# What one child may hold (the budget less the orchestrator), set by the planner for its probes.
+PROBE_LIMIT: dict = {"bytes": None}
 
 
 def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:
@@ -103,9 +188,8 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
     # Above the probe's own baseline (interpreter + torch after imports): the trainer adds its
     # own measured baseline, which also holds its dataset.
     peaks = {r["batch"]: r["peak_bytes"] - result["baseline_bytes"] for r in result["results"]}
-    cache[key] = {**{str(b): v for b, v in peaks.items()},
-                  "saved_bytes_per_sample": result["saved_bytes_per_sample"]}
-    _store_cache(cache)
+    _store_cache({key: {**{str(b): v for b, v in peaks.items()},
+                        "saved_bytes_per_sample": result["saved_bytes_per_sample"]}})
     return peaks
 
 
@@ -150,7 +234,7 @@ def saved_activation_bytes_per_sample(block, in_shape) -> int:
 class BlockCosts:
     """Per-block measured line fits and exact static/saved costs for one model."""
 
-    def __init__(self, cfg, in_shape, num_classes, arch, threads):
+    def __init__(self, cfg, in_shape, num_classes, arch, threads, progress=None):
         self.cfg, self.in_shape, self.num_classes, self.arch = cfg, in_shape, num_classes, arch
         self.threads = threads
         state_factor = 5 if cfg.optimizer == "adamw" else 4  # param + grad + state(s) + save copy
@@ -158,20 +242,37 @@ class BlockCosts:
         self.saved_per_sample = []
         self.fits: dict[str, tuple[float, float]] = {}
         by_sig: dict[str, int] = {}
+        from .describe import param_bytes
         for i, meta_block in enumerate(arch):
-            params = sum(p.numel() * p.element_size() for p in meta_block.parameters())
-            self.static_bytes.append(state_factor * params)
+            self.static_bytes.append(state_factor * param_bytes(meta_block))
             by_sig.setdefault(meta_block.signature(), i)
         # All measuring happens in probe children: this process (which trains next) does no
         # torch compute while planning, so its baseline stays what training starts from.
         saved_by_sig = {}
-        for sig, i in by_sig.items():
-            peaks = probe_module(cfg, in_shape, num_classes, arch, i, i + 1, PROBE_BATCHES, threads)
-            saved_by_sig[sig] = probe_saved_bytes(cfg, in_shape, num_classes, arch, i, i + 1,
-                                                  PROBE_BATCHES, threads)
-            (b1, p1), (b2, p2) = sorted(peaks.items())
-            slope = max(0.0, (p2 - p1) / (b2 - b1))
-            self.fits[sig] = (p1 - slope * b1, slope)
+        self.over_budget: dict[str, int | None] = {}
+        for n, (sig, i) in enumerate(by_sig.items()):
+            if progress is not None:
+                progress(n, len(by_sig))
+            # A block whose probe at the usual batches does not fit the child's share of the
+            # budget is probed again at the smallest batches; if even those do not fit, the
+            # block cannot be trained within the budget (its cost is infinite).
+            for batches in (PROBE_BATCHES, SMALL_PROBE_BATCHES):
+                try:
+                    peaks = probe_module(cfg, in_shape, num_classes, arch, i, i + 1, batches, threads)
+                    saved_by_sig[sig] = probe_saved_bytes(cfg, in_shape, num_classes, arch, i,
+                                                          i + 1, batches, threads)
+                except ProbeOverBudget as exc:
+                    self.over_budget[sig] = exc.bytes_seen
+                    continue
+                (b1, p1), (b2, p2) = sorted(peaks.items())
+                slope = max(0.0, (p2 - p1) / (b2 - b1))
+                self.fits[sig] = (p1 - slope * b1, slope)
+                break
+            else:
+                self.fits[sig] = (float(UNFIT_BYTES), 0.0)
+                saved_by_sig[sig] = 0
+        if progress is not None:
+            progress(len(by_sig), len(by_sig))
         self.saved_per_sample = [saved_by_sig[b.signature()] for b in arch]
 
     def block_peak(self, i: int, batch: int) -> float:

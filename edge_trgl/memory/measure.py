@@ -17,30 +17,7 @@ import subprocess
 import threading
 import time
 
-
-def _status_field(field: str, pid: int | str = "self") -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    return _status_field("VmRSS", pid)
-
-
-def peak_rss_bytes(pid: int | str = "self") -> int:
-    peak = _status_field("VmHWM", pid)
-    if peak == 0:  # not Linux: ru_maxrss is KiB on Linux/BSD, bytes on macOS
-        import resource
-        import sys
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = maxrss if sys.platform == "darwin" else maxrss * 1024
-    return peak
+from .procfs import peak_rss_bytes, rss_bytes, status_field  # noqa: F401  (re-exported)
 
 
 def reset_peak() -> bool:
@@ -87,21 +64,24 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = N
     `on_start(proc)` is called once the child exists; `start_new_session` puts it in its own
     process group (a terminal's Ctrl-C then reaches only this process, which forwards it).
     """
+    from .cgroup import child_preexec, watch_child
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=stdout, stderr=stderr,
-                            start_new_session=start_new_session)
+                            start_new_session=start_new_session, preexec_fn=child_preexec())
+    watch_child(proc.pid)  # the command's memory guard stops it if it would not fit
     if on_start is not None:
         on_start(proc)
     deadline = None if timeout_s is None else start + timeout_s
     self_peak = 0
     while True:
-        self_peak = max(self_peak, _status_field("VmHWM", proc.pid))
+        self_peak = max(self_peak, status_field("VmHWM", proc.pid))
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             break
         if deadline is not None and time.perf_counter() > deadline:
             proc.kill()
         time.sleep(0.02)
+    watch_child(None)
     proc.returncode = os.waitstatus_to_exitcode(status)
     tree_peak = usage.ru_maxrss * 1024
     if self_peak == 0:  # exited before the first poll (or not Linux): only the tree figure exists

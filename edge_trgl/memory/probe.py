@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     from ..backends.torch_backend import autocast
     from ..config import TrainConfig
     from ..models import make_head
-    from ..models.blocks import init_weights, make_generator
+    from ..models.blocks import init_weights, make_generator, materialize
     from ..modules import architecture, make_optimizer, module_parameters
     from ..trgl import module_loss
     from .measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     baseline = rss_bytes()
     arch = architecture(cfg, tuple(spec["in_shape"]), spec["num_classes"])
     # Initialised on the CPU (the seeded generator is a CPU one), then moved to the device.
-    blocks = [arch[i].to_empty(device="cpu") for i in range(spec["lo"], spec["hi"])]
+    blocks = [materialize(arch[i], "cpu") for i in range(spec["lo"], spec["hi"])]
     del arch
     gen = make_generator(0)
     for b in blocks:
@@ -45,6 +45,16 @@ def main(argv: list[str]) -> int:
     optimizer = make_optimizer(cfg, module_parameters(blocks, head))
     in_shape = tuple(blocks[0].in_shape)
     results = []
+    limit = spec.get("limit_bytes")
+
+    def over_limit() -> bool:
+        # The planner's share for one child: past it, what is being measured does not fit, and
+        # stopping here keeps the kernel from having to OOM-kill this probe.
+        now = rss_bytes()
+        if limit and now > limit:
+            print(json.dumps({"over_limit_bytes": now - baseline, "limit_bytes": limit}))
+            return True
+        return False
     for batch in sorted(spec["batches"]):
         release_memory()
         reset_peak()
@@ -81,6 +91,8 @@ def main(argv: list[str]) -> int:
             loss.backward()
             optimizer.step()
             del x, y, out, energy, loss
+            if over_limit():
+                return 76
         entry = {"batch": batch, "peak_bytes": peak_rss_bytes()}
         if device.type == "cuda":
             entry["cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()

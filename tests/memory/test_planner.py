@@ -32,8 +32,9 @@ def test_batch_candidates_descend_and_stop_at_two():
 class FakeCosts:
     """Every block costs 40 MB fixed + 1 MB per sample above a 100 MB framework baseline."""
 
-    def __init__(self, cfg, in_shape, num_classes, arch, threads):
+    def __init__(self, cfg, in_shape, num_classes, arch, threads, progress=None):
         self.n = len(arch)
+        self.over_budget = {}
         self.static_bytes = [10 * MB] * self.n  # weights + gradients + optimizer state
 
     def block_peak(self, i, batch):

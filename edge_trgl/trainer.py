@@ -1,0 +1,42 @@
+"""The trainer process of a budgeted run: `python -m edge_trgl.trainer JOB.json RESULT.json`.
+
+Started by the torch-free driver (driver.py) as its only child: it initialises and publishes a
+run the driver staged, or resumes one, trains it in this process (train.train_in_process) and
+writes {"summary": ...} or {"error": message} to RESULT.json. Errors are the driver's to print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    job_path, result_path = argv
+    from .atomic import atomic_write_json
+    from .config import TrainConfig
+    from .errors import Stopped, UserError
+    from .train import train_in_process
+    job = json.loads(Path(job_path).read_text())
+    try:
+        cfg = TrainConfig.from_json(job["config"])
+        if job["mode"] == "new":
+            summary = train_in_process(cfg, staged=job, rss_limit_bytes=job.get("rss_limit_bytes"))
+        else:
+            summary = train_in_process(cfg, resume=job["run_dir"],
+                                       rss_limit_bytes=job.get("rss_limit_bytes"))
+    except Stopped as exc:
+        atomic_write_json(result_path, {"error": str(exc)})
+        return 130
+    except UserError as exc:
+        atomic_write_json(result_path, {"error": str(exc)})
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now; every file written is atomic
+        return 130
+    atomic_write_json(result_path, {"summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
