@@ -19,7 +19,7 @@ _UNITS = {
     "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
     "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4,
 }
-_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_PATTERN = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 HELP = ("sizes take decimal units (KB, MB, GB = 1000^n bytes; K, M, G likewise) or binary units "
         "(KiB, MiB, GiB = 1024^n bytes); a bare number is bytes")
@@ -41,7 +41,11 @@ def parse_size(text: str | int, *, what: str = "memory budget") -> int:
         if not math.isfinite(value_bytes):
             raise UserError(f"The {what} {text!r} is not a finite size; give e.g. 512MB.")
         value_bytes = int(round(value_bytes))
-    if value_bytes <= 0:
+    if value_bytes < 0:
+        raise UserError(
+            f"The {what} {text!r} is negative; a size must be larger than zero bytes. Give e.g. "
+            f"512MB or 1GiB.")
+    if value_bytes == 0:
         raise UserError(
             f"The {what} {text!r} must be larger than zero bytes; give e.g. 512MB or 1GiB.")
     return value_bytes

@@ -141,6 +141,8 @@ def plan_lean(cfg, dataset, progress=_progress) -> dict:
     from .memory.describe import describe
     from .memory.estimate import ProbeOverBudget
     threads = int(cfg.threads or os.cpu_count() or 1)
+    if not cfg.progress:
+        progress = None
     try:
         description = describe(cfg, dataset.in_shape, dataset.num_classes, threads)
         plan = plan_budgeted(cfg, dataset, description["blocks"], description=description,

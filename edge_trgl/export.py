@@ -11,7 +11,15 @@ verified) and writes, into one folder:
   model.pt           that state dict for torch.load(..., weights_only=True)
   model.json         the architecture: enough to rebuild the model (load_exported) and to run the
                      ONNX file (class names, input shape)
-  export.json        the report: files and sizes, the output parity check, test accuracies
+  export.json        the report: files with sizes and sha256 (evaluate/predict check model.onnx
+                     and model.json against them), the output parity check, test accuracies
+
+Trust and atomicity: every run file export reads is validated first (FinishedRun: the manifest's
+shape; config.json, plan.json and summary.json against the manifest's checksums and their own
+schema, config.json also against the manifest's config hash; each weight file against its
+checksum as it is loaded), and --out is checked before any work. The export is written into a
+hidden staging folder beside --out and renamed into place once complete, so a killed export leaves
+no model.onnx that evaluate/predict accept; an existing export is replaced only with --force.
 
 Verification, both recorded in export.json:
 - parity: on a batch of test images, the ONNX model (in onnxruntime) against (a) the same modules
@@ -24,9 +32,14 @@ Verification, both recorded in export.json:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import math
+import os
+import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -35,8 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write_bytes, atomic_write_json
+from .atomic import atomic_write_bytes, fsync_dir
 from .config import TrainConfig
+from . import run as _run_module
 from .errors import UserError
 from .run import MANIFEST, Run
 
@@ -81,32 +95,228 @@ class InferenceModel(nn.Module):
 
 # --- reading a run -------------------------------------------------------------------------------
 
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+RUN_FORMAT = getattr(_run_module, "FORMAT", 1)
+MAX_MODULES = 100_000
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_acc(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                         and math.isfinite(v) and 0 <= v <= 1)
+
+
+def _damaged(root: Path, rel: str, what: str) -> UserError:
+    return UserError(f"The file {root / rel} of the run in {root} is not valid: {what}. The run is "
+                     f"damaged (or was edited); restore the file from a backup, or train the run "
+                     f"again.")
+
+
+def check_manifest(root: Path, manifest) -> dict:
+    """The manifest keys that export/evaluate/predict read, with their types (a wrong shape is
+    the one-paragraph error, not a KeyError or TypeError later)."""
+    def bad(what: str):
+        raise _damaged(root, MANIFEST, what)
+    if not isinstance(manifest, dict):
+        bad(f"expected a JSON object, found {type(manifest).__name__}")
+    if manifest.get("format") != RUN_FORMAT:
+        raise UserError(f"The run in {root} was written by an incompatible edge-trgl version "
+                        f"(manifest format {manifest.get('format')!r}, expected {RUN_FORMAT}); "
+                        f"export it with the version that trained it.")
+    if not isinstance(manifest.get("status"), str):
+        bad("it has no status")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        bad("its 'files' table is not an object")
+    for rel, sha in files.items():
+        if not isinstance(sha, str) or not _SHA.match(sha):
+            bad(f"the checksum it records for {rel!r} is not a sha256 ({sha!r})")
+    modules = manifest.get("modules")
+    if not isinstance(modules, dict):
+        bad("its 'modules' table is not an object")
+    for key, rec in modules.items():
+        if not (key.isdigit() and int(key) < MAX_MODULES and str(int(key)) == key):
+            bad(f"its 'modules' table has the key {key!r}, which is not a module number")
+        if not isinstance(rec, dict):
+            bad(f"module {key}'s record is not an object")
+        for name in ("val_acc", "test_acc"):
+            if not _is_acc(rec.get(name)):
+                bad(f"module {key}'s {name} is {rec.get(name)!r}, not an accuracy in 0..1")
+        for name in ("lo", "hi"):
+            if name in rec and not (_is_int(rec[name]) and rec[name] >= 0):
+                bad(f"module {key}'s {name} is {rec[name]!r}, not a block index")
+    for name in ("config_hash", "data_fingerprint"):
+        if not isinstance(manifest.get(name), str):
+            bad(f"it has no {name}")
+    return manifest
+
+
+def _annotation_ok(value, annotation: str) -> bool:
+    """Does `value` (from JSON) fit a TrainConfig field annotation such as 'int | None'?"""
+    for part in (p.strip() for p in annotation.split("|")):
+        if part == "None" and value is None:
+            return True
+        if part == "str" and isinstance(value, str):
+            return True
+        if part == "bool" and isinstance(value, bool):
+            return True
+        if part == "int" and _is_int(value):
+            return True
+        if part == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if part == "dict" and isinstance(value, dict):
+            return True
+        if part == "list[int]" and isinstance(value, list) and all(_is_int(v) for v in value):
+            return True
+        if part not in ("None", "str", "bool", "int", "float", "dict", "list[int]"):
+            return True  # a type this check does not know: TrainConfig.validate() judges it
+    return False
+
+
+def check_config(root: Path, data, manifest: dict) -> TrainConfig:
+    """config.json as TrainConfig: the right keys and types, valid values, and the identity hash
+    the manifest recorded when the run started."""
+    def bad(what: str):
+        raise _damaged(root, "config.json", what)
+    if not isinstance(data, dict):
+        bad(f"expected a JSON object, found {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        bad(f"it has keys that no run config has ({', '.join(map(repr, unknown[:5]))})")
+    for name, value in data.items():
+        annotation = fields[name].type if isinstance(fields[name].type, str) else ""
+        if annotation and not _annotation_ok(value, annotation):
+            bad(f"{name} is {value!r}, not {annotation}")
+    try:
+        cfg = TrainConfig.from_json(data).validate()
+    except UserError as exc:
+        bad(str(exc).rstrip("."))
+    except (TypeError, ValueError, AttributeError) as exc:
+        bad(f"{type(exc).__name__}: {exc}")
+    if cfg.identity_hash() != manifest["config_hash"]:
+        raise UserError(f"The config.json of the run in {root} does not match the config hash its "
+                        f"manifest recorded when the run started: one of them was changed "
+                        f"afterwards (or the run was written by another edge-trgl version). The "
+                        f"weights belong to the original config; restore config.json from a "
+                        f"backup. (If the dataset moved, give --data-dir instead of editing "
+                        f"config.json.)")
+    return cfg
+
+
+def check_plan(root: Path, plan) -> dict:
+    def bad(what: str):
+        raise _damaged(root, "plan.json", what)
+    if not isinstance(plan, dict):
+        bad(f"expected a JSON object, found {type(plan).__name__}")
+    splits = plan.get("splits")
+    if not isinstance(splits, list) or not 1 <= len(splits) <= MAX_MODULES:
+        bad("its 'splits' is not a list of modules")
+    start = 0
+    for k, pair in enumerate(splits):
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(_is_int(v) for v in pair)
+                or pair[0] != start or pair[1] <= pair[0]):
+            bad(f"module {k}'s blocks {pair!r} do not continue the previous module's "
+                f"(expected [{start}, end > {start}])")
+        start = pair[1]
+    batch = plan.get("batch_size")
+    if batch is not None and not (_is_int(batch) and batch >= 1):
+        bad(f"its batch_size is {batch!r}, not a positive integer")
+    return plan
+
+
+def check_summary(root: Path, summary, modules: dict) -> dict:
+    def bad(what: str):
+        raise _damaged(root, "summary.json", what)
+    if not isinstance(summary, dict):
+        bad(f"expected a JSON object, found {type(summary).__name__}")
+    best = summary.get("best_module")
+    if best is not None:
+        if not _is_int(best):
+            bad(f"its best_module is {best!r}, not a module number")
+        rec = modules.get(str(best))
+        if rec is None or (rec.get("val_acc") is None and rec.get("test_acc") is None):
+            bad(f"its best_module {best} is not a module the manifest records as trained")
+    return summary
+
+
 class FinishedRun:
-    """A run directory opened read-only (export must not change a run, which may be in use)."""
+    """A run directory opened read-only (export must not change a run, which may be in use).
+
+    Every file it reads is validated first: the manifest's shape, then config.json, plan.json and
+    summary.json against the checksums the manifest records (and their own schema); the weight
+    files are checked against their checksums when they are loaded (store.load_tensors)."""
 
     def __init__(self, root: str | Path):
         root = Path(root)
+        if not root.exists():
+            raise UserError(f"{root} does not exist. Give the --out directory of a finished "
+                            f"`edge-trgl train`.")
         if not (root / MANIFEST).is_file():
             raise UserError(f"{root} is not an edge-trgl run directory (it has no {MANIFEST}). "
                             f"Give the --out directory of a finished `edge-trgl train`.")
         try:
-            manifest = json.loads((root / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"The run manifest {root / MANIFEST} cannot be read ({exc}); the run "
-                            f"directory is damaged.") from None
+            manifest = json.loads((root / MANIFEST).read_bytes())
+        except OSError as exc:
+            raise UserError(f"The run manifest {root / MANIFEST} cannot be read "
+                            f"({exc.strerror or exc}).") from None
+        except (ValueError, RecursionError) as exc:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else \
+                type(exc).__name__
+            raise UserError(f"The run manifest {root / MANIFEST} is not valid JSON ({why}); the "
+                            f"run directory is damaged. Restore it from a backup, or train the "
+                            f"run again.") from None
+        check_manifest(root, manifest)
         self.run = Run(root, manifest)
         self.root = root
-        if manifest.get("status") != "complete":
+        if manifest["status"] != "complete":
             raise UserError(f"The run in {root} has not finished (status "
-                            f"{manifest.get('status')!r}); finish it with `edge-trgl train "
+                            f"{manifest['status']!r}); finish it with `edge-trgl train "
                             f"--resume {root}`, then export.")
+        # config.json is checked against its checksum too: an edited one (another model, width...)
+        # would otherwise fail later as a state-dict size mismatch, or silently mean something else
+        self.cfg = check_config(root, self.read_listed("config.json"), manifest)
+        self.plan = check_plan(root, self.read_listed("plan.json"))
+        self.modules = manifest["modules"]
+        splits = self.plan["splits"]
+        for key, rec in self.modules.items():
+            if int(key) >= len(splits):
+                raise _damaged(root, MANIFEST, f"it records module {key}, but plan.json has "
+                               f"{len(splits)} modules")
+            if "lo" in rec and "hi" in rec and [rec["lo"], rec["hi"]] != list(splits[int(key)]):
+                raise _damaged(root, MANIFEST, f"module {key}'s blocks [{rec['lo']}, "
+                               f"{rec['hi']}] differ from plan.json's {splits[int(key)]}")
+        self.summary = check_summary(root, self.read_listed("summary.json"), self.modules)
+
+    def read_listed(self, rel: str):
+        """A JSON file of the run that the manifest lists, checked against its sha256."""
+        root, expected = self.root, self.run.manifest["files"].get(rel)
+        if expected is None:
+            raise _damaged(root, MANIFEST, f"it records no checksum for {rel}, so {rel} cannot "
+                           f"be trusted")
         try:
-            self.cfg = TrainConfig.from_json(self.run.read_json("config.json", verify=False))
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"The config.json of the run in {root} is not valid ({exc}).") from None
-        self.plan = self.run.read_json("plan.json")
-        self.summary = self.run.read_json("summary.json")
-        self.modules = manifest.get("modules", {})
+            data = (root / rel).read_bytes()
+        except OSError as exc:
+            raise UserError(f"The run directory {root} lacks a readable {rel} "
+                            f"({exc.strerror or exc}). The run is damaged; restore the file from a "
+                            f"backup, or train the run again.") from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            if rel == "config.json":
+                raise UserError(f"The config.json of the run in {root} was changed after the run "
+                                f"was trained (it does not match the checksum in the manifest), "
+                                f"so it no longer describes the trained weights. Restore the "
+                                f"original config.json; to read the dataset from a new place, "
+                                f"give --data-dir instead of editing it.")
+            raise UserError(f"The file {root / rel} does not match the checksum recorded in the "
+                            f"run manifest: it was changed or damaged after it was written. "
+                            f"Restore it from a backup, or train the run again.")
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:  # (checksum intact: the manifest was edited)
+            raise _damaged(root, rel, f"not valid JSON ({type(exc).__name__})") from None
 
     def choose_module(self, module: int | None) -> tuple[int, str]:
         trained = sorted(int(k) for k, rec in self.modules.items()
@@ -117,12 +327,27 @@ class FinishedRun:
                 raise UserError(f"The run in {self.root} records no module accuracies, so there is "
                                 f"no best module; choose one with --module K.")
             scored_by = "validation" if self.modules[str(best)].get("val_acc") is not None else "test"
-            return int(best), f"best {scored_by} accuracy"
-        if module not in trained:
+            k, why = int(best), f"best {scored_by} accuracy"
+        elif module not in trained:
             raise UserError(f"--module {module} cannot be exported from the run in {self.root}: "
                             f"the run has trained heads for modules {trained} only (with --scheme "
                             f"e2e only the last module's head is trained).")
-        return module, "--module"
+        else:
+            k, why = module, "--module"
+        self.require_weights(k)
+        return k, why
+
+    def require_weights(self, k: int) -> None:
+        """Module k's model reads blocks 0..end of k and heads 0..k (the training-time parity check
+        runs every module up to k): each must be listed with a checksum, or it cannot be trusted."""
+        from .store import block_path, head_path
+        _, hi = self.blocks_of(k)
+        needed = [block_path(i) for i in range(hi)] + [head_path(j) for j in range(k + 1)]
+        missing = [rel for rel in needed if rel not in self.run.manifest["files"]]
+        if missing:
+            raise _damaged(self.root, MANIFEST, f"it records no checksum for "
+                           f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which "
+                           f"module {k} needs")
 
     def blocks_of(self, k: int) -> tuple[int, int]:
         lo, hi = self.plan["splits"][k]
@@ -141,12 +366,27 @@ class FinishedRun:
                             f"data.")
         return dataset
 
+    def _load_module(self, *args):
+        """modules.load_module, with a store that does not fit the config as a UserError (the
+        checksums passed, so the files are the ones training wrote: the config or the plan
+        disagrees with them)."""
+        from .modules import load_module
+        try:
+            return load_module(self.run, self.cfg, *args, torch.device("cpu"))
+        except UserError:
+            raise
+        except (RuntimeError, KeyError, IndexError, ValueError, TypeError, OSError) as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            text = text if len(text) <= 300 else text[:300] + " ..."
+            raise UserError(f"The weights of the run in {self.root} do not fit the network its "
+                            f"config.json and plan.json describe ({text}). The run is "
+                            f"damaged or its files come from different runs; restore them from a "
+                            f"backup, or train the run again.") from None
+
     def assemble(self, k: int, in_shape, num_classes, mean, std) -> InferenceModel:
         """Blocks 0..end of module k and head k from the block store (sha256 verified)."""
-        from .modules import load_module
         _, hi = self.blocks_of(k)
-        blocks, head = load_module(self.run, self.cfg, in_shape, num_classes, 0, hi, k,
-                                   torch.device("cpu"))
+        blocks, head = self._load_module(in_shape, num_classes, 0, hi, k)
         return InferenceModel(blocks, head, mean, std).eval()
 
     @torch.no_grad()
@@ -157,11 +397,10 @@ class FinishedRun:
         the resident schemes keep fp32 throughout)."""
         from .cache import DTYPES
         from .data import normalize
-        from .modules import load_module
         rounding = (DTYPES[self.cfg.cache_dtype]
                     if self.cfg.scheme in ("sequential", "multilap") else None)
-        loaded = [load_module(self.run, self.cfg, dataset.in_shape, dataset.num_classes,
-                              *self.blocks_of(j), j, torch.device("cpu")) for j in range(k + 1)]
+        loaded = [self._load_module(dataset.in_shape, dataset.num_classes, *self.blocks_of(j), j)
+                  for j in range(k + 1)]
         for blocks, head in loaded:
             for m in [*blocks, head]:
                 m.eval()
@@ -227,31 +466,176 @@ def _state_bytes(model: InferenceModel) -> tuple[bytes, bytes]:
     return st_save(state, metadata={"format": FORMAT}), pt.getvalue()
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists():
+# An export folder holds these (and, from an interrupted write of an older version, their hidden
+# temp files); anything else in an --out folder belongs to someone else.
+EXPORT_FILES = ("model.onnx", "model.json", "model.safetensors", "model.pt", "export.json")
+_TEMP = re.compile(r"^\.(%s)\.tmp-\d+$" % "|".join(re.escape(n) for n in EXPORT_FILES))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?[])", r"[\1]", name)
+
+
+def _clean_dead_staging(out: Path) -> None:
+    """What an export killed before it published left beside `out`: a staging folder (deleted),
+    or, killed between the two renames of a --force replacement, the previous export moved aside
+    (put back when `out` is gone, else deleted). Folders of live exports are left alone."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    for kind in ("old", "export"):
+        for path in sorted(parent.glob(f".{glob_escape(out.name)}.{kind}-*")):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                continue
+            try:
+                if kind == "old" and not out.exists():
+                    os.rename(path, out)
+                else:
+                    shutil.rmtree(path)
+            except OSError:
+                pass  # (read-only parent: reported when the staging folder cannot be made)
+
+
+def _existing_export(out: Path) -> str:
+    """A few words on the export in `out`, from its export.json if that is readable."""
+    try:
+        report = json.loads((out / "export.json").read_bytes())
+        return (f" (module {int(report['module'])} of the run in {report['run_dir']})"
+                if isinstance(report, dict) else "")
+    except Exception:
+        return ""
+
+
+def begin_export(out: Path, run_root: Path, *, force: bool, default_out: bool) -> Path:
+    """Check the export folder `out` before any work and make the staging folder beside it.
+
+    `out` may be missing, empty, or (with force) hold an earlier export; never anything else. The
+    export is written into the staging folder and renamed into place by publish_export, so a
+    killed export leaves no half-written model where evaluate/predict would find it."""
+    where = (f"the run directory {run_root} (export writes RUN_DIR/export unless --out is given)"
+             if default_out else f"{out.parent}")
+    if not out.name:  # the file-system root
+        raise UserError(f"--out {out} names no folder; give e.g. --out model.")
+    _clean_dead_staging(out)
+    if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise UserError(f"The export folder {out} exists and is not a folder; choose another "
                             f"--out.")
-        ours = {"model.onnx", "model.json", "model.safetensors", "model.pt", "export.json"}
-        others = [p.name for p in out.iterdir() if p.name not in ours]
+        if (out / MANIFEST).exists() or out.resolve() == run_root.resolve():
+            raise UserError(f"The export folder {out} is a run directory; export writes a new "
+                            f"folder. Choose another --out (e.g. {out / 'export'}).")
+        try:
+            names = [p.name for p in out.iterdir()]
+        except OSError as exc:
+            raise UserError(f"The export folder {out} cannot be read ({exc.strerror or exc}); "
+                            f"choose another --out.") from None
+        others = sorted(n for n in names if n not in EXPORT_FILES and not _TEMP.match(n))
         if others:
-            raise UserError(f"The export folder {out} already holds other files ({', '.join(sorted(others)[:3])}); "
-                            f"I will not write into it. Choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+            raise UserError(f"The export folder {out} already holds other files "
+                            f"({', '.join(others[:3])}); I will not write into it. Choose another "
+                            f"--out.")
+        if names and not force:
+            raise UserError(f"{out} already holds an export{_existing_export(out)}; I keep it. "
+                            f"Add --force to replace it (the new export is written beside it and "
+                            f"swapped in only once complete), or choose another --out.")
+    try:
+        if not out.parent.is_dir():
+            out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the folder {out.parent} for the export "
+                        f"({exc.strerror or exc}: a part of the path is a file, or is not "
+                        f"writable). Choose another --out.") from None
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise UserError(f"Cannot write the export into {where}: {exc.strerror or exc} (a read-only "
+                        f"folder or disk?). Give --out DIR on a writable disk; the run itself is "
+                        f"only read.") from None
+    return staging
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise UserError(f"Writing the export failed at {path.name} ({exc.strerror or exc}); the "
+                        f"export was abandoned and nothing was replaced. Free some space, or "
+                        f"choose --out on another disk.") from None
+    except UserError:  # atomic.py's disk-full error
+        raise UserError(f"The disk filled up while writing the export ({path.name}); the export "
+                        f"was abandoned and nothing was replaced. Free some space, or choose "
+                        f"--out on another disk.") from None
+
+
+def publish_export(staging: Path, out: Path) -> None:
+    """Move the complete staging folder to `out` (rename); an earlier export there (--force) is
+    moved aside first and deleted after, so `out` holds one whole export at every moment but the
+    instant between the two renames (a kill there leaves the old one beside it, which the next
+    export puts back)."""
+    fsync_dir(staging)
+    old = None
+    try:
+        if out.exists() and any(out.iterdir()):
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+        try:
+            os.rename(staging, out)  # (onto an empty folder too)
+        except OSError:
+            if old is not None:
+                os.rename(old, out)
+            raise
+        fsync_dir(out.parent)
+    except OSError as exc:
+        raise UserError(f"Could not move the finished export into {out} ({exc.strerror or exc}); "
+                        f"nothing there was replaced. Choose another --out.") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_run(run_dir, module: int | None = None, out=None, data_dir: str | None = None,
-               log=print) -> dict:
-    """Export the run's best (or chosen) module; return the report written to export.json."""
+               log=print, force: bool = False) -> dict:
+    """Export the run's best (or chosen) module; return the report written to export.json.
+
+    Everything is validated before any work (the run's files, --out); the export is written into a
+    staging folder and renamed into place once complete; an existing export is replaced only with
+    `force`."""
+    started = time.time()
+    if out is not None and not str(out).strip():
+        raise UserError("--out is empty; give the folder to write the export to (e.g. --out "
+                        "model), or leave --out out to write RUN_DIR/export.")
+    fin = FinishedRun(run_dir)
+    k, selected_by = fin.choose_module(module)
+    _, hi = fin.blocks_of(k)
+    default_out = out is None
+    out = Path(os.path.abspath(fin.root / "export" if default_out else out))
+    staging = begin_export(out, fin.root, force=force, default_out=default_out)
+    try:
+        report = _export_into(staging, out, fin, k, selected_by, hi, data_dir, log, started)
+        publish_export(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by: str, hi: int,
+                 data_dir, log, started) -> dict:
     import onnx
 
     from .deploy_runtime import OrtModel, accuracy
-    started = time.time()
-    fin = FinishedRun(run_dir)
-    k, selected_by = fin.choose_module(module)
-    lo, hi = fin.blocks_of(k)
-    out = Path(out) if out is not None else fin.root / "export"
-    _prepare_out(out)
     dataset = fin.load_dataset(data_dir)
     cfg = fin.cfg
     model = fin.assemble(k, dataset.in_shape, dataset.num_classes, dataset.mean, dataset.std)
@@ -280,13 +664,13 @@ def export_run(run_dir, module: int | None = None, out=None, data_dir: str | Non
         "files": {"onnx": "model.onnx", "safetensors": "model.safetensors", "pt": "model.pt"},
         "run_dir": str(fin.root.resolve()), "scheme": cfg.scheme, "tau": cfg.tau,
     }
-    files = {"model.onnx": onnx_data, "model.safetensors": st_data, "model.pt": pt_data}
+    files = {"model.onnx": onnx_data, "model.safetensors": st_data, "model.pt": pt_data,
+             "model.json": (json.dumps(description, indent=2, sort_keys=True) + "\n").encode()}
     for name, data in files.items():
-        atomic_write_bytes(out / name, data)
-    atomic_write_json(out / "model.json", description)
+        _write(staging / name, data)
 
     # Parity on a batch, then the ONNX model's test accuracy, all in onnxruntime.
-    ort_model = OrtModel(out / "model.onnx")
+    ort_model = OrtModel(staging / "model.onnx", check_export=False)
     batch = dataset.test.images[:PARITY_BATCH]
     onnx_logits = ort_model.logits(batch)
     with torch.no_grad():
@@ -323,12 +707,13 @@ def export_run(run_dir, module: int | None = None, out=None, data_dir: str | Non
         "parity": parity,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                  for name, data in {**files, "model.json": (out / "model.json").read_bytes()}.items()},
+                  for name, data in files.items()},
         "onnx_bytes": len(onnx_data), "opset": OPSET,
         "versions": _versions(),
         "seconds": time.time() - started,
     }
-    atomic_write_json(out / "export.json", report)  # last: its presence means the export is whole
+    # last: export.json vouches for the other files (evaluate/predict check their checksums)
+    _write(staging / "export.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     return report
 
 
@@ -361,24 +746,67 @@ def format_report(report: dict) -> str:
 
 
 def load_exported(folder: str | Path) -> InferenceModel:
-    """Rebuild the exported model in PyTorch from model.json + model.safetensors."""
-    from safetensors.torch import load_file
+    """Rebuild the exported model in PyTorch from model.json + model.safetensors, both checked
+    against the checksums in export.json and model.json against its schema."""
+    from safetensors.torch import load as st_load
 
+    from .deploy_runtime import REEXPORT, read_export
     from .models import build_blocks, make_head
     folder = Path(folder)
+    if not (folder / "model.json").is_file():
+        raise UserError(f"{folder} has no model.json; it is not an edge-trgl export folder (give "
+                        f"the folder `edge-trgl export` wrote).")
+    desc, report = read_export(folder / "model.onnx")  # validates model.json, export.json
+    if not desc:
+        raise UserError(f"{folder} has no model.json; it is not an edge-trgl export folder.")
+
+    def bad(what: str):
+        raise UserError(f"The model description {folder / 'model.json'} is not valid: {what}. "
+                        f"{REEXPORT}.")
+    if not isinstance(desc.get("model"), str) or not isinstance(desc.get("head"), str):
+        bad("model and head must be names")
+    width = desc.get("width")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < 1e4:
+        bad(f"width must be a positive number, found {width!r}")
+    blocks_range = desc.get("blocks")
+    if (not isinstance(blocks_range, list) or len(blocks_range) != 2
+            or not all(_is_int(b) for b in blocks_range) or blocks_range[0] != 0
+            or blocks_range[1] < 1):
+        bad(f"blocks must be [0, end], found {blocks_range!r}")
+    norm = desc.get("normalization")
+    channels = desc["in_shape"][0]
+    for key in ("mean", "std"):
+        values = norm.get(key) if isinstance(norm, dict) else None
+        if (not isinstance(values, list) or len(values) != channels
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in values)
+                or (key == "std" and not all(v > 0 for v in values))):
+            bad(f"normalization.{key} must be {channels} finite numbers"
+                + (" above zero" if key == "std" else ""))
+    entry = report["files"].get("model.safetensors")
+    path = folder / "model.safetensors"
     try:
-        desc = json.loads((folder / "model.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder} has no readable model.json ({exc}); it is not an edge-trgl "
-                        f"export.") from None
-    if desc.get("format") != FORMAT:
-        raise UserError(f"{folder / 'model.json'} is not an edge-trgl model description.")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror or exc}). {REEXPORT}.") from None
+    if not isinstance(entry, dict) or entry.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise UserError(f"{path} does not match the checksum in {folder / 'export.json'}: it was "
+                        f"damaged or changed after the export. {REEXPORT}.")
     in_shape, classes = tuple(desc["in_shape"]), int(desc["num_classes"])
-    with torch.device("meta"):
-        arch = build_blocks(desc["model"], in_shape, classes, width=desc["width"], seed=None)
-    blocks = [b.to_empty(device="cpu") for b in arch[: desc["blocks"][1]]]
-    head = make_head(desc["head"], tuple(blocks[-1].out_shape), classes, seed=0)
-    model = InferenceModel(blocks, head, desc["normalization"]["mean"],
-                           desc["normalization"]["std"])
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    try:
+        with torch.device("meta"):
+            arch = build_blocks(desc["model"], in_shape, classes, width=desc["width"], seed=None)
+        if blocks_range[1] > len(arch):
+            bad(f"blocks end {blocks_range[1]} is beyond the {len(arch)} blocks of {desc['model']}")
+        blocks = [b.to_empty(device="cpu") for b in arch[: blocks_range[1]]]
+        head = make_head(desc["head"], tuple(blocks[-1].out_shape), classes, seed=0)
+        model = InferenceModel(blocks, head, norm["mean"], norm["std"])
+        model.load_state_dict(st_load(data))
+    except UserError:
+        raise
+    except Exception as exc:  # (safetensors' and torch's own error types)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text if len(text) <= 300 else text[:300] + " ..."
+        raise UserError(f"The exported weights in {folder} do not fit the model its model.json "
+                        f"describes ({text}). {REEXPORT}.") from None
     return model.eval()

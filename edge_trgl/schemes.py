@@ -165,8 +165,10 @@ class Context:
                 raise KeyboardInterrupt
             self._interrupted = True
             if exit_code_now is None:
-                print("\nstopping at the next safe point (end of this epoch); Ctrl-C again to stop "
-                      "now", file=sys.stderr, flush=True)
+                again = ("Ctrl-C again to stop now" if signum == signal.SIGINT
+                         else f"send {signal.Signals(signum).name} again to stop now")
+                print(f"\nstopping at the next safe point (end of this epoch); {again}",
+                      file=sys.stderr, flush=True)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
             signal.signal(s, handler)

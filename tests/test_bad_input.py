@@ -180,6 +180,30 @@ def test_pickle_crafted_to_run_code_is_not_executed(capsys, tmp_path):
     assert_no_run(out)
 
 
+@pytest.mark.parametrize("protocol,labels,global_name", [
+    (5, list(range(10)) * 2, "numpy._core.numeric._frombuffer"),        # Python 3's default
+    (2, [np.int64(i % 10) for i in range(20)], "numpy._core.multiarray.scalar"),
+])
+def test_cifar_batch_written_by_python3_is_unsupported_not_crafted(tmp_path, protocol, labels,
+                                                                    global_name):
+    """A valid batch re-saved by Python 3 (protocol 5, or numpy ints as labels) uses numpy
+    reconstructors the restricted reader does not admit: refused as harmless-but-unsupported,
+    with how to re-save it, never as "crafted to run code"."""
+    from edge_trgl.data import load_dataset
+    from edge_trgl.errors import UserError
+    cifar = write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    batch = {b"labels": labels, b"data": np.zeros((20, 3072), np.uint8)}
+    (cifar / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=protocol))
+    if global_name.startswith("numpy._core") and not hasattr(np, "_core"):
+        global_name = global_name.replace("numpy._core", "numpy.core")   # numpy 1.x
+    with pytest.raises(UserError) as exc:
+        load_dataset("cifar10", str(cifar))
+    text = " ".join(str(exc.value).split())
+    assert "data_batch_2" in text and f"'{global_name}'" in text, text
+    assert "harmless" in text and "protocol=2" in text, text
+    assert "crafted" not in text and "forbidden" not in text, text
+
+
 # --- output directory ----------------------------------------------------------------------------
 
 def test_output_directory_that_is_not_a_run(capsys, tmp_path):

@@ -19,6 +19,44 @@ def _tau(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'inf', got {text!r}")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """argparse.ArgumentDefaultsHelpFormatter, but true and said once: no "(default: None)", no
+    default for on/off flags (--quiet's stored default is True, which is not what --quiet does),
+    and nothing added to a help text that already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower():
+            return text
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS, [], ""):
+            return text  # flags (store_true/false/const, count, help, version) and no default
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL,
+                                                             argparse.ZERO_OR_MORE):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def honest_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give `parser` and its subcommands' parsers DefaultsHelpFormatter wherever they used
+    argparse's ArgumentDefaultsHelpFormatter (which repeats defaults a help text states and shows
+    a store_false flag's stored True as its default)."""
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        formatter = p.formatter_class
+        stock = argparse.ArgumentDefaultsHelpFormatter
+        if isinstance(formatter, type) and issubclass(formatter, stock):
+            # keep what else the formatter does (e.g. RawDescriptionHelpFormatter's layout)
+            bases = tuple(b for b in formatter.__mro__[1:]
+                          if b not in (stock, argparse.HelpFormatter, object)
+                          and issubclass(b, argparse.HelpFormatter))
+            p.formatter_class = (type("DefaultsHelpFormatter", (DefaultsHelpFormatter, *bases), {})
+                                 if bases else DefaultsHelpFormatter)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+
+
 def _splits(text: str) -> list[int]:
     try:
         return [int(p) for p in text.split(",") if p.strip()]
@@ -27,63 +65,82 @@ def _splits(text: str) -> list[int]:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a run. Defaults are shown by DefaultsHelpFormatter, which this
+    sets on `parser` (a help text that states its own default is left as it is)."""
+    if not (isinstance(parser.formatter_class, type)
+            and issubclass(parser.formatter_class, DefaultsHelpFormatter)):
+        parser.formatter_class = DefaultsHelpFormatter
     d = TrainConfig()
     g = parser.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="synthetic (built-in, default), cifar10 or mnist")
-    g.add_argument("--data-dir", help="directory of the dataset files (CIFAR-10 python batches, "
-                   "or MNIST IDX files)")
-    g.add_argument("--train-fraction", type=float, default=d.train_fraction,
-                   help="seeded class-balanced fraction of the train set to use (default 1.0)")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="fraction of the (sub)set held out for validation (default 0.1)")
-    g.add_argument("--test-fraction", type=float, default=d.test_fraction,
-                   help="seeded class-balanced fraction of the test set to evaluate on (default 1.0)")
-    g.add_argument("--synthetic-train", type=int, default=d.synthetic_train,
+    g.add_argument("--data", default=d.data, metavar="NAME",
+                   help="dataset: synthetic (built-in), cifar10 or mnist")
+    g.add_argument("--data-dir", metavar="DIR", help="directory of the dataset files (CIFAR-10 "
+                   "python batches, or MNIST IDX files)")
+    g.add_argument("--train-fraction", type=float, default=d.train_fraction, metavar="F",
+                   help="seeded class-balanced fraction of the train set to use")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction, metavar="F",
+                   help="fraction of the (sub)set held out for validation")
+    g.add_argument("--test-fraction", type=float, default=d.test_fraction, metavar="F",
+                   help="seeded class-balanced fraction of the test set to evaluate on")
+    g.add_argument("--synthetic-train", type=int, default=d.synthetic_train, metavar="N",
                    help="train images of the synthetic dataset")
-    g.add_argument("--synthetic-test", type=int, default=d.synthetic_test,
+    g.add_argument("--synthetic-test", type=int, default=d.synthetic_test, metavar="N",
                    help="test images of the synthetic dataset")
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=d.model, help="resnet20/32/44/56/110 (any resnetN, N=6n+2), "
-                   "vgg8/vgg11/..., vit or vitN (default resnet20)")
+                   "vgg8/vgg11/..., vit or vitN")
     g.add_argument("--width", type=float, default=d.width, help="channel width multiplier")
-    g.add_argument("--head", default=d.head, help="auxiliary head: conv (default), linear, mlp")
+    g.add_argument("--head", default=d.head, help="auxiliary head: conv, linear or mlp")
     g = parser.add_argument_group("modules (give at most one; with --mem-budget the planner chooses)")
-    g.add_argument("--module-size", type=int, help="blocks per module")
-    g.add_argument("--modules", "-K", type=int, help="number of modules K (default 4)")
-    g.add_argument("--splits", type=_splits, help="block indices where modules 1..K-1 start, e.g. 3,6")
+    g.add_argument("--module-size", type=int, metavar="N", help="blocks per module")
+    g.add_argument("--modules", "-K", type=int, metavar="K",
+                   help="number of modules K (default 4, or the planner's choice)")
+    g.add_argument("--splits", type=_splits, metavar="I,J,...",
+                   help="block indices where modules 1..K-1 start, e.g. 3,6")
     g = parser.add_argument_group("method")
     g.add_argument("--scheme", default=d.scheme, choices=SCHEMES, help="training scheme")
     g.add_argument("--tau", type=_tau, default=d.tau, help="TRGL tau (energy weight 1/(2 tau)); "
-                   "'inf' = plain greedy (default 1)")
+                   "'inf' = plain greedy")
     g.add_argument("--tau-mode", default=d.tau_mode, choices=TAU_MODES,
-                   help="varying: tau/2 for the first half of the modules (default)")
+                   help="varying: tau/2 for the first half of the modules; constant: tau for all; "
+                   "adaptive: the authors' 1/l_k weight")
     g.add_argument("--e2e-energy", action="store_true", help="e2e: add the kinetic energy of all blocks")
-    g.add_argument("--laps", type=int, default=d.laps, help="multilap: number of laps")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per module (default 3)")
-    g.add_argument("--epochs-growth", type=int, default=d.epochs_growth,
+    g.add_argument("--laps", type=int, default=d.laps, metavar="N", help="multilap: number of laps")
+    g.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help="epochs per module")
+    g.add_argument("--epochs-growth", type=int, default=d.epochs_growth, metavar="N",
                    help="module k trains epochs + growth*k epochs")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="requested batch size")
-    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default 0.05)")
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help="requested batch size (with --mem-budget, the most the planner may use)")
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimizer")
+    g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
+                   help="weight decay")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS",
+                   help="label smoothing of the cross-entropy loss")
     g.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no crop/flip augmentation")
+                   help="no crop/flip augmentation (augmentation is on without this flag)")
     g.add_argument("--aug-policy", default=d.aug_policy, choices=AUG_POLICIES,
                    help="views: cache augmented views for later modules; none: no augmentation "
                    "after module 0")
-    g.add_argument("--aug-views", type=int, help="augmented train views to cache (default: planner)")
-    g.add_argument("--cache-dtype", default=d.cache_dtype, choices=("fp16", "fp32"))
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--aug-views", type=int, metavar="V",
+                   help="augmented train views to cache (default: the planner's choice)")
+    g.add_argument("--cache-dtype", default=d.cache_dtype, choices=("fp16", "fp32"),
+                   help="number format of the feature cache on disk")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (data subsets, "
+                   "initial weights, augmentation)")
     g = parser.add_argument_group("resources")
-    g.add_argument("--backend", default=d.backend, choices=BACKENDS)
-    g.add_argument("--device", default=d.device, choices=DEVICES)
-    g.add_argument("--amp", choices=("fp16", "bf16"), help="mixed precision (CUDA)")
-    g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    g.add_argument("--mem-budget", help=f"peak memory budget, e.g. 512MB; {SIZE_HELP}")
-    g.add_argument("--disk-budget", help="disk budget for the feature cache (default: free space)")
-    g.add_argument("--profile", help="device profile name from profiles/ (sets budget and defaults)")
+    g.add_argument("--backend", default=d.backend, choices=BACKENDS,
+                   help="torch (PyTorch) or ort (ONNX Runtime training, no torch while training)")
+    g.add_argument("--device", default=d.device, choices=DEVICES, help="where to train")
+    g.add_argument("--amp", choices=("fp16", "bf16"), help="mixed precision (--device cuda only)")
+    g.add_argument("--threads", type=int, metavar="N", help="torch threads (default: all cores)")
+    g.add_argument("--mem-budget", metavar="SIZE",
+                   help=f"peak memory budget, e.g. 512MB; {SIZE_HELP}")
+    g.add_argument("--disk-budget", metavar="SIZE", help="disk budget for the feature cache, e.g. "
+                   "2GB (default: the free space)")
+    g.add_argument("--profile", metavar="NAME", help="device profile name from profiles/ (sets "
+                   "budget, threads and defaults)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

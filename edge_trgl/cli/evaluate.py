@@ -15,17 +15,19 @@ def add_parser(sub) -> None:
                    help="a run directory, or model.onnx (or the folder) from `edge-trgl export`")
     p.add_argument("--data", help="dataset: synthetic, cifar10 or mnist (default: the one the "
                    "model was trained on)")
-    p.add_argument("--data-dir", help="directory of the dataset files (default: as in training)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="directory of the dataset files (default: as in training)")
     p.add_argument("--module", type=int, metavar="K", help="run directory: evaluate module K "
                    "instead of the best one")
-    p.add_argument("--threads", type=int, help="onnxruntime / torch threads")
+    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime / torch threads "
+                   "(default: all cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
 def is_onnx_model(path: Path) -> bool:
     """model.onnx, or an export folder (a run directory has a manifest.json instead)."""
-    if path.suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":
         return True
     return path.is_dir() and (path / "model.onnx").is_file() and not (path / "manifest.json").exists()
 
@@ -48,26 +50,38 @@ def load_test_set(meta: dict, data: str | None, data_dir: str | None):
     return dataset
 
 
+def check_target(target: Path, command: str) -> None:
+    """The model argument of evaluate/predict: an existing .onnx file, export folder or run
+    directory, each named as what it is when it is not usable."""
+    from ..errors import UserError
+    if not target.exists():
+        raise UserError(f"{target} does not exist. Give a run directory, or the model.onnx (or "
+                        f"the folder) written by `edge-trgl export`.")
+    if target.is_dir() and not ((target / "model.onnx").exists()
+                                or (target / "manifest.json").exists()):
+        raise UserError(f"The folder {target} is neither an export folder (it has no model.onnx) "
+                        f"nor a run directory (it has no manifest.json). `edge-trgl {command}` "
+                        f"takes the model.onnx (or the folder) written by `edge-trgl export`, or "
+                        f"the --out directory of a finished `edge-trgl train`.")
+    if target.is_file() and target.suffix.lower() != ".onnx":
+        raise UserError(f"{target} is not an .onnx file; give the model.onnx (or the folder) "
+                        f"written by `edge-trgl export`, or a run directory.")
+
+
 def run(args) -> int:
     from ..errors import UserError
     target = Path(args.model)
-    if not target.exists():
-        raise UserError(f"{target} does not exist. Give a run directory or the model.onnx written "
-                        f"by `edge-trgl export`.")
+    check_target(target, "evaluate")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, not {args.threads}.")
     if is_onnx_model(target):
         from ..deploy_runtime import OrtModel, accuracy
         if args.module is not None:
             raise UserError("--module applies to run directories; an exported model is one module.")
-        model = OrtModel(target, args.threads)
+        model = OrtModel(target, args.threads)  # model.json, export.json and checksums checked
         dataset = load_test_set(model.meta, args.data, args.data_dir)
-        reported = None
+        reported = model.report.get("test_acc_run") if model.report else None
         kind = f"ONNX model {model.path} (onnxruntime)"
-        export_report = model.path.parent / "export.json"
-        if export_report.is_file():
-            try:
-                reported = json.loads(export_report.read_text()).get("test_acc_run")
-            except ValueError:
-                reported = None
     else:
         from ..export import run_model
         if args.data is not None:

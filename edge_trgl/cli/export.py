@@ -16,9 +16,12 @@ def add_parser(sub) -> None:
         "against the training-time modules and its test accuracy is measured in onnxruntime.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a finished run")
     p.add_argument("--module", type=int, metavar="K", help="export module K instead of the best")
-    p.add_argument("--out", metavar="DIR", help="folder to write (default RUN_DIR/export)")
-    p.add_argument("--data-dir", help="where the run's dataset is now, if it moved (the test "
-                   "accuracy is measured on it)")
+    p.add_argument("--out", metavar="DIR", help="folder to write (default RUN_DIR/export); it must "
+                   "be new, empty or an earlier export (replaced only with --force)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in the "
+                   "folder (the new one is written beside it and swapped in once complete)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is now, if it "
+                   "moved (the test accuracy is measured on it)")
     p.add_argument("--json", action="store_true", help="print the report (export.json) as JSON")
     p.set_defaults(func=run)
 
@@ -34,6 +37,6 @@ def run(args) -> int:
                         f"extra.") from None
     from ..export import export_run, format_report
     report = export_run(args.run_dir, args.module, args.out, args.data_dir,
-                        log=lambda msg: print(msg, file=sys.stderr))
+                        log=lambda msg: print(msg, file=sys.stderr), force=args.force)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -9,7 +9,7 @@ import textwrap
 from .. import __version__
 from ..errors import UserError
 
-SUBCOMMANDS = ("train", "plan", "bench", "export", "evaluate", "predict", "env")
+SUBCOMMANDS = ("train", "prepare", "plan", "bench", "export", "evaluate", "predict", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,58 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.add_parser(sub)
     parser.subcommands = sub.choices
+    from .common import honest_defaults
+    honest_defaults(parser)
     return parser
+
+
+def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Option string -> action, for `parser` and the parsers of its subcommands."""
+    found, stack = {}, [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            for option in action.option_strings:
+                found.setdefault(option, action)
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    return found
+
+
+def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--mem-budget -5MB`: argparse takes "-5MB" for an option and says only "expected one
+    argument". An option that takes one value, followed by a word that starts with '-' but is no
+    option, gets it as `--mem-budget=-5MB`, so the value's own check explains what is wrong."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    target = parser.subcommands.get(command, parser) if command else parser
+    actions = _option_actions(target)
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        action = actions.get(arg)
+        if (action is not None and arg.startswith("--") and action.nargs is None
+                and action.option_strings and i + 1 < len(argv)
+                and len(argv[i + 1]) > 1 and argv[i + 1].startswith("-")
+                and argv[i + 1] != "--" and argv[i + 1].split("=", 1)[0] not in actions):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    """Refuse an unreadable --mem-budget / --disk-budget before any work (data loading,
+    planning), with the size parser's own message."""
+    from ..budget import parse_size
+    for name, what in (("mem_budget", "memory budget"), ("disk_budget", "disk budget")):
+        value = getattr(args, name, None)
+        if value is not None:
+            parse_size(value, what=what)
 
 
 def unknown_options(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> int:
@@ -55,6 +106,7 @@ def unknown_options(parser: argparse.ArgumentParser, command: str | None, unknow
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = join_dash_values(parser, list(sys.argv[1:] if argv is None else argv))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         return unknown_options(parser, getattr(args, "command", None), unknown)
@@ -62,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_sizes(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         # never break inside a word: paths and commands in the message must stay copyable

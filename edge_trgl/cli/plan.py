@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_run_options(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--quiet", dest="progress", action="store_false",
+                   help="no progress lines while the planner probes")
     p.set_defaults(func=run)
 
 

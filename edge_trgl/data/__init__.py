@@ -112,7 +112,7 @@ def load_dataset(
     """
     if not isinstance(name, str) or name.lower() not in DATASETS:
         raise UserError(
-            f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)} (e.g. --dataset "
+            f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)} (e.g. --data "
             "synthetic, which needs no download)."
         )
     name = name.lower()
@@ -137,7 +137,7 @@ def load_dataset(
             raise UserError(
                 f"The {name} dataset is read from disk, but no data directory was given. Pass "
                 f"--data-dir pointing at the folder that holds the original '{folder}' files (or "
-                "its parent), or use --dataset synthetic, which needs no download."
+                "its parent), or use --data synthetic, which needs no download."
             )
         if name == "cifar10":
             from edge_trgl.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10

@@ -70,6 +70,26 @@ def _latin1_encode(text, encoding="utf-8", errors="strict"):
     return text.encode("latin-1", errors="strict")
 
 
+# Globals that other writers of CIFAR-style batches use (numpy's reconstructors for pickle protocol
+# 4/5 -- Python 3's default -- and for numpy scalars; builtin and collections containers): they run
+# no code of the file's choosing, but this reader does not admit them, so a file that uses them is
+# refused as "unsupported", not as "crafted to run code".
+_HARMLESS_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray",
+                     "numpy.core.numeric", "numpy._core.numeric")
+_HARMLESS_NUMPY = ("_frombuffer", "frombuffer", "scalar", "array", "asarray", "ndarray", "dtype",
+                   "_reconstruct", "matrix", "int64", "int32", "uint8", "float32", "float64")
+_HARMLESS_BUILTINS = ("set", "frozenset", "bytearray", "bytes", "str", "int", "float", "complex",
+                      "list", "dict", "tuple", "bool", "slice", "range")
+
+
+def _harmless(module: str, name: str) -> bool:
+    if module in _HARMLESS_MODULES:
+        return name in _HARMLESS_NUMPY
+    if module in ("builtins", "__builtin__"):
+        return name in _HARMLESS_BUILTINS
+    return module == "collections" and name in ("OrderedDict", "defaultdict", "deque")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that admits only numpy array reconstruction and plain containers.
 
@@ -83,13 +103,26 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         obj = _allowed_global(module, name)
+        if obj is None and _harmless(module, name):
+            how = ("numpy arrays or numpy numbers (e.g. labels) pickled by Python 3 look like this"
+                   if module.startswith("numpy") else "a Python container type")
+            raise UserError(
+                f"The file {self._source} stores its data with '{module}.{name}', which the "
+                f"original CIFAR-10 batch files never use ({how}). That is harmless, but "
+                "this reader admits only what the original files contain, so the file was not "
+                "loaded. Use the official CIFAR-10 'python version' download "
+                "(cifar-10-python.tar.gz), or re-save the batch with pickle protocol 2: "
+                "pickle.dump({b'data': uint8 array (N, 3072), b'labels': list of ints}, f, "
+                "protocol=2)."
+            )
         if obj is None:
             raise UserError(
-                f"The file {self._source} tries to load the forbidden global '{module}.{name}'. "
-                "Genuine CIFAR-10 batch files only contain numpy arrays, lists, dicts and strings, "
-                "so this file is not a CIFAR-10 batch and may have been crafted to run code; it "
-                "was not loaded and nothing in it was executed. Replace it with a fresh copy of "
-                "the official CIFAR-10 'python version' download (cifar-10-python.tar.gz)."
+                f"The file {self._source} tries to load the forbidden global '{module}.{name}' (a "
+                "function or class that unpickling would import and call). Genuine CIFAR-10 batch "
+                "files only contain numpy arrays, lists, dicts and strings, so this file is not a "
+                "CIFAR-10 batch and may have been crafted to run code; it was not loaded and "
+                "nothing in it was executed. Replace it with a fresh copy of the official CIFAR-10 "
+                "'python version' download (cifar-10-python.tar.gz)."
             )
         return obj
 

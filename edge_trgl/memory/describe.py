@@ -80,14 +80,17 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     from ..config import TrainConfig
     from ..errors import UserError
-    cfg = TrainConfig.from_json(spec["config"])
     try:
-        if cfg.device == "cuda":
-            from .cuda import require_cuda
-            require_cuda(cfg)
-    except UserError as exc:
+        return _describe(TrainConfig.from_json(spec["config"]), spec)
+    except UserError as exc:  # an unknown model, no CUDA, ...: the orchestrator says it
         print(json.dumps({"error": str(exc)}))
         return 2
+
+
+def _describe(cfg, spec: dict) -> int:
+    if cfg.device == "cuda":
+        from .cuda import require_cuda
+        require_cuda(cfg)
     import torch
 
     # what the trainer imports before it trains (train.py's in-process path)

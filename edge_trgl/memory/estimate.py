@@ -184,7 +184,16 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
     cache = _load_cache()
     if key in cache:
         return {int(b): v for b, v in cache[key].items() if b.isdigit()}
-    result = run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads)
+    # A probe that did not fit a child's share is remembered for that share, so that the same
+    # command (plan, then train) refuses with the same figures.
+    over_key = f"{key}-over-{PROBE_LIMIT['bytes']}"
+    if over_key in cache:
+        raise ProbeOverBudget(cache[over_key]["what"], cache[over_key]["bytes_seen"])
+    try:
+        result = run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads)
+    except ProbeOverBudget as exc:
+        _store_cache({over_key: {"what": exc.what, "bytes_seen": exc.bytes_seen}})
+        raise
     # Above the probe's own baseline (interpreter + torch after imports): the trainer adds its
     # own measured baseline, which also holds its dataset.
     peaks = {r["batch"]: r["peak_bytes"] - result["baseline_bytes"] for r in result["results"]}
