@@ -53,7 +53,7 @@ def release_memory() -> None:
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = None,
                  stdout=None, stderr=None, timeout_s: float | None = None,
                  detail: dict | None = None, start_new_session: bool = False,
-                 on_start=None) -> tuple[int, int, float]:
+                 on_start=None, poll=None) -> tuple[int, int, float]:
     """Run `cmd` as a fresh child; return (exit status, the child's own peak RSS bytes, wall s).
 
     The peak is the child's VmHWM read from outside (/proc/<pid>/status) every 20 ms while it
@@ -63,6 +63,8 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = N
     short-lived helper process's memory to the trainer. Both are put in `detail` when given.
     `on_start(proc)` is called once the child exists; `start_new_session` puts it in its own
     process group (a terminal's Ctrl-C then reaches only this process, which forwards it).
+    `poll(proc)` is called on every 20 ms tick while the child is still running (before the
+    timeout check), e.g. to sample the child's process tree; it may stop the child itself.
     """
     from .cgroup import child_preexec, watch_child
     start = time.perf_counter()
@@ -78,6 +80,8 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = N
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             break
+        if poll is not None:
+            poll(proc)
         if deadline is not None and time.perf_counter() > deadline:
             proc.kill()
         time.sleep(0.02)

@@ -1,18 +1,21 @@
-"""Reproduce the numbers in this folder: ResNet-20 on the CIFAR-10 10% subset, sequential TRGL,
-`--backend ort` vs `--backend torch` on the same settings, and `--backend ort --mem-budget 256MB`.
+#!/usr/bin/env python
+"""Reproduce the numbers in benchmarks/results/ort/: ResNet-20 on the CIFAR-10 10% subset,
+sequential TRGL, `--backend ort` vs `--backend torch` on the same settings, and
+`--backend ort --mem-budget 256MB`.
 
-Each run is an `edge-trgl train` child of this script. Besides what the run's summary.json
-reports (per-module accuracy; the ORT orchestrator's and trainers' peaks), the whole process tree
-is watched from outside: every 20 ms the RSS of the `edge-trgl` process and all its descendants
-is read from /proc and summed, so "tree_max_rss_bytes" is the most memory the run held at once
-(sampled: spikes shorter than 20 ms can be missed; the kernel's per-process VmHWM in the
-summaries cannot miss them). The ORT run's tree maximum is split into the preparation phase
-(while the torch + onnx set-up child is alive) and the training phase (after it).
+Each run is an `edge-trgl train` child of this script, run by memory.measure.run_measured.
+Besides what the run's summary.json reports (per-module accuracy; the ORT orchestrator's and
+trainers' peaks), the whole process tree is watched from outside: on every 20 ms poll of
+run_measured the RSS of the `edge-trgl` process and all its descendants is read from /proc and
+summed, so "tree_max_rss_bytes" is the most memory the run held at once (sampled: spikes shorter
+than 20 ms can be missed; the kernel's per-process VmHWM in the summaries cannot miss them). The
+ORT run's tree maximum is split into the preparation phase (while the torch + onnx set-up child
+is alive) and the training phase (after it).
 
-    python benchmarks/results/ort/ort_vs_torch.py --data-dir /work/shared/data/cifar-10-batches-py \
+    python benchmarks/ort_vs_torch.py --data-dir /work/shared/data/cifar-10-batches-py \
         --work /tmp/ortbench [--only ort,torch,ort256,torch256]
 
-Writes one JSON per run next to this file.
+Writes one JSON per run to benchmarks/results/ort/ (`--results` to change).
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import threading
-import time
+import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import psutil
+
+from edge_trgl.memory.measure import run_measured
+from edge_trgl.memory.procfs import status_field
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ort"
 COMMON = ["--data", "cifar10", "--train-fraction", "0.1", "--model", "resnet20",
           "--scheme", "sequential", "--epochs", "2", "--seed", "0", "--quiet"]
 RUNS = {
@@ -39,50 +45,15 @@ RUNS = {
 }
 
 
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 class TreeWatcher:
-    def __init__(self, root: int, interval_s: float = 0.02):
-        self.root, self.interval_s = root, interval_s
+    """The `poll` of run_measured: sums the VmRSS of the child and all its descendants on every
+    tick, by phase (preparation while the ORT set-up child is alive, else training) and keeps
+    each role's largest process."""
+
+    def __init__(self):
         self.max_by_phase = {"preparation": 0, "training": 0}
         self.max_by_role: dict[str, int] = {}
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     @staticmethod
     def role(cmd: str) -> str:
@@ -96,27 +67,26 @@ class TreeWatcher:
             return "main"
         return "other"
 
-    def _loop(self):
-        while not self._stop.wait(self.interval_s):
-            pids = _descendants(self.root)
-            total, preparing = 0, False
-            for pid in pids:
-                rss = _rss(pid)
-                role = self.role(_cmdline(pid))
-                preparing |= role == "ort_preparation"
-                total += rss
-                self.max_by_role[role] = max(self.max_by_role.get(role, 0), rss)
-            phase = "preparation" if preparing else "training"
-            self.max_by_phase[phase] = max(self.max_by_phase[phase], total)
-            self.samples += 1
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def __call__(self, proc) -> None:
+        try:
+            root = psutil.Process(proc.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total, preparing = 0, False
+        for p in tree:
+            try:
+                cmd = " ".join(p.cmdline())
+            except psutil.Error:
+                cmd = ""
+            rss = status_field("VmRSS", p.pid)
+            role = self.role(cmd)
+            preparing |= role == "ort_preparation"
+            total += rss
+            self.max_by_role[role] = max(self.max_by_role.get(role, 0), rss)
+        phase = "preparation" if preparing else "training"
+        self.max_by_phase[phase] = max(self.max_by_phase[phase], total)
+        self.samples += 1
 
 
 def versions() -> dict:
@@ -141,23 +111,29 @@ def machine() -> dict:
             "memtotal": mem.split(":", 1)[1].strip(), "loadavg_at_start": os.getloadavg()}
 
 
+def _tail(fh, chars: int = 4000) -> str:
+    fh.seek(0)
+    return fh.read().decode(errors="replace")[-chars:]
+
+
 def run_one(name: str, data_dir: str, work: Path) -> dict:
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
     cmd = ["edge-trgl", "train", *COMMON, "--data-dir", data_dir, *RUNS[name], "--out", str(out)]
     env = dict(os.environ, EDGE_TRGL_CACHE=str(work / "probe-cache"))
-    start = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with TreeWatcher(proc.pid) as watcher:
-        stdout, stderr = proc.communicate()
-    record = {"name": name, "command": " ".join(cmd), "exit_status": proc.returncode,
-              "wall_seconds": time.time() - start, "stdout": stdout[-4000:], "stderr": stderr[-4000:],
+    at_start = machine()
+    watcher = TreeWatcher()
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        status, _, wall_s = run_measured(cmd, env=env, stdout=stdout, stderr=stderr, poll=watcher)
+        stdout_tail, stderr_tail = _tail(stdout), _tail(stderr)
+    record = {"name": name, "command": " ".join(cmd), "exit_status": status,
+              "wall_seconds": wall_s, "stdout": stdout_tail, "stderr": stderr_tail,
               "tree_max_rss_bytes": watcher.max_by_phase, "max_rss_bytes_by_role": watcher.max_by_role,
               "tree_samples": watcher.samples,
               "tree_method": "sum of VmRSS over the edge-trgl process and its descendants, sampled "
                              "every 20 ms from outside; phase 'preparation' = while the ORT set-up "
                              "child (torch + onnx) is alive",
-              "versions": versions(), "machine": {**machine(), "loadavg_at_end": os.getloadavg()}}
+              "versions": versions(), "machine": {**at_start, "loadavg_at_end": os.getloadavg()}}
     summary_path = out / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -176,12 +152,15 @@ def main() -> int:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--work", default="/tmp/ortbench")
     parser.add_argument("--only", default=",".join(RUNS))
+    parser.add_argument("--results", default=str(RESULTS), help="where the JSON files go")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
     for name in args.only.split(","):
         record = run_one(name, args.data_dir, work)
-        (HERE / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        (results / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         print(name, record["exit_status"], round(record["wall_seconds"]), record["tree_max_rss_bytes"],
               flush=True)
     return 0
