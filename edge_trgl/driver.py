@@ -376,6 +376,8 @@ def _finish(run_dir: Path, summary: dict, guard: CommandBudget, orchestrator_pea
             child_peak: int, seconds: float) -> dict:
     """Add the whole command's figures to the trainer's summary and save it in the run."""
     from .run import Run
+    if "whole_command" in summary:  # a finished run's summary, shown again: keep it as it is
+        return summary
     whole = guard.report(orchestrator_peak, child_peak)
     summary["whole_command"] = whole
     summary["whole_command_peak_bytes"] = whole["whole_command_peak_bytes"]
