@@ -49,7 +49,7 @@ def _stored_budget(resume) -> int | None:
     validates everything; a damaged plan.json is its to report)."""
     try:
         plan = json.loads((Path(resume) / "plan.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     budget = plan.get("budget_bytes") if isinstance(plan, dict) else None
     return int(budget) if isinstance(budget, int) and budget > 0 else None
@@ -235,13 +235,13 @@ def train_budgeted(cfg, *, resume=None, prepare_only: bool = False) -> dict:
             stored = json.loads((Path(resume) / "config.json").read_text())
             if isinstance(stored, dict) and stored.get("device") == "cuda":
                 device = SimpleNamespace(device="cuda")
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
     with CommandBudget(host_limit(device, budget)) as guard:
         staging = None
         if resume is None:
-            if cfg.out:  # a bad --out is refused before the data is loaded
-                Run.check_new_root(Path(cfg.out))
+            if cfg.out is not None:  # a bad --out is refused before the data is loaded
+                Run.check_new_root(cfg.out)
             dataset = load_for_planning(cfg, host_limit(cfg, budget))
             plan = plan_lean(cfg, dataset) if budget else plan_unbudgeted(cfg, dataset)
             from .cli.plan import format_plan

@@ -4,15 +4,20 @@ one stopped or refuses with a clear message. numpy-only (the torch-free trainer 
 
 What resume trusts, and why:
 - the manifest (written atomically) is the whole truth: a file counts only if the manifest lists
-  its sha256; what a crash left unlisted is removed by Run.open;
+  its sha256. The manifest is checked for shape (run_schema.read_manifest) before anything else;
 - config.json must still hash to the manifest's config_hash (a changed config would mix two
-  trainings in one run); options given on the command line must not contradict it;
+  trainings in one run) and match its checksum; options given on the command line must not
+  contradict it;
+- plan.json must match its checksum, and its splits the manifest's modules and files;
 - the dataset must still have the fingerprint it had at the start (checked after loading it);
 - every listed weight file must match its checksum, except those of the module being resumed
   from a mid-module checkpoint, which the checkpoint replaces (a crash while that module was being
   written back may leave them newer than the manifest);
 - feature caches are checked when read, and rebuilt from the saved weights when damaged
   (schemes.restore_input_cache).
+
+Order: all of the above is read-only. Only once it has passed does Run.clean_torn_files remove
+what the validated manifest proves torn, so a refused resume leaves the run byte-identical.
 """
 
 from __future__ import annotations
@@ -20,43 +25,99 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .atomic import sha256_file
 from .config import TrainConfig
 from .errors import UserError
 from .run import Run
-from .store import block_path, head_path, optim_path
 
 # Options that may differ on resume: they change neither the result nor the files' meaning.
 # data_dir may point at the same data in a new place; the data fingerprint guards the content.
 OVERRIDABLE = ("progress", "threads", "keep_cache", "data_dir")
 
 
-def open_for_resume(path: str | Path, requested: TrainConfig) -> tuple[Run, TrainConfig, dict]:
-    """Open, lock and check the run in `path`; return (run, its config, its plan)."""
-    run = Run.open(Path(path), clean=False)
-    run.lock()  # before removing anything: another process may be training this run right now
-    run.manifest = Run.open(run.root, clean=False).manifest  # as that process may have left it
-    run.clean_torn_files()
-    # Not checked against its sha256: the identity hash below says more precisely what changed.
-    data = run.read_json("config.json", verify=False)
+def open_for_resume(path: str | Path, requested: TrainConfig,
+                    clean: bool = True) -> tuple[Run, TrainConfig, dict]:
+    """Open, lock and check the run in `path`; return (run, its config, its plan). With
+    clean=False the caller runs `run.clean_torn_files(cfg)` itself once its own checks (the
+    dataset's fingerprint, the device) have passed, so that a resume they refuse changes
+    nothing either."""
+    if path is None or not str(path).strip():
+        raise UserError("--resume needs the run directory to continue (the --out of an earlier "
+                        "`edge-trgl train`), not an empty path.")
+    run = Run.open(Path(path), clean=False)   # manifest and plan checked; nothing written
+    if not run.started:
+        raise UserError(f"The run in {run.root} was never started (its manifest has status "
+                        f"{run.manifest['status']!r}): there is nothing to resume. Start a new "
+                        f"run.")
     try:
-        stored = TrainConfig.from_json(data).validate()
-    except (UserError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"The config.json of the run in {run.root} is not a valid run config any "
-                        f"more ({exc}); restore it or start a new run.") from None
-    check_requested(requested, stored, run.root)
-    if stored.identity_hash() != run.manifest.get("config_hash"):
-        raise UserError(f"The config of the run in {run.root} (config.json) was changed after the "
-                        f"run started; resuming would mix two different trainings. Restore "
-                        f"config.json or start a new run.")
+        stored = _validate(run, requested)
+    except UserError:
+        if run.locked_elsewhere():  # what looked damaged may be a training process's work
+            run.lock()              # raises the "another process is training" message
+        raise
+    run.check_writable()
+    run.lock()  # before removing anything: another process may be training this run right now
+    if run.reload():  # that process changed it meanwhile: check it as it is now
+        stored = _validate(run, requested)
+    if clean:
+        run.clean_torn_files(stored)
     stored.progress = requested.progress
     stored.threads = requested.threads or stored.threads
     stored.keep_cache = requested.keep_cache or stored.keep_cache
     if requested.data_dir is not None:
         stored.data_dir = requested.data_dir
-    plan = run.read_json("plan.json")
-    verify_weights(run, stored, plan)
-    return run, stored, plan
+    return run, stored, run.plan
+
+
+def _validate(run: Run, requested: TrainConfig) -> TrainConfig:
+    """Every read-only check of a run to resume; returns its stored config."""
+    stored = run.read_config(check_hash=False)
+    check_requested(requested, stored, run.root)
+    stored = run.read_config()  # the identity hash and checksum the manifest recorded
+    run.verify_files(stored)
+    if run.manifest["status"] == "complete":
+        check_summary(run)
+    return stored
+
+
+def check_summary(run: Run) -> dict:
+    """summary.json of a finished run (resume prints it again): its checksum, and every field the
+    summary table reads, of the right type."""
+    from .run_schema import Damage, as_dict, as_int, as_list, as_num
+    summary = run.read_json("summary.json")
+    try:
+        as_dict(summary, "summary.json")
+        rows = as_list(summary.get("modules"), "summary.json modules")
+        for i, row in enumerate(rows):
+            where = f"summary.json modules[{i}]"
+            as_dict(row, where)
+            as_int(row.get("module"), f"{where}.module")
+            blocks = as_list(row.get("blocks"), f"{where}.blocks")
+            if len(blocks) != 2:
+                raise Damage(f"{where}.blocks has {len(blocks)} entries, not 2")
+            for b in blocks:
+                as_int(b, f"{where}.blocks")
+            for name in ("val_acc", "test_acc"):
+                as_num(row.get(name), f"{where}.{name}", 0, 1)
+            for name in ("measured_peak_bytes", "estimated_peak_bytes"):
+                as_num(row.get(name), f"{where}.{name}")
+        if summary.get("best_module") is not None:
+            as_int(summary["best_module"], "summary.json best_module")
+        for name in ("seconds", "peak_rss_bytes"):
+            as_num(summary.get(name), f"summary.json {name}", none=False)
+        for name in ("budget_bytes", "estimated_peak_bytes"):
+            as_num(summary.get(name), f"summary.json {name}")
+        if not isinstance(summary.get("run_dir"), str):
+            raise Damage("summary.json run_dir is not a path")
+        from .train import format_summary
+        try:  # whatever else the table reads (an ORT or CUDA run's extra lines)
+            format_summary(summary)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise Damage(f"summary.json cannot be shown ({type(exc).__name__}: {exc})") from None
+    except Damage as exc:
+        raise UserError(f"The run in {run.root} is damaged: {exc}. Nothing in the run directory "
+                        f"was changed. Restore summary.json from a backup, or start a new run "
+                        f"(the trained weights themselves are intact).") from None
+    return summary
 
 
 def check_requested(requested: TrainConfig, stored: TrainConfig, root: Path) -> None:
@@ -85,37 +146,7 @@ def check_data(run: Run, dataset) -> None:
             f"datasets; point --data-dir at the original data, or start a new run.")
 
 
-def verify_weights(run: Run, cfg: TrainConfig, plan: dict) -> None:
-    """Check the sha256 of every weight and JSON file the manifest lists (caches excepted)."""
-    skip = _replaced_by_checkpoint(run, cfg, plan)
-    bad = []
-    for rel, expected in sorted(run.manifest["files"].items()):
-        if rel.startswith("cache/") or rel in skip or rel == "config.json":
-            continue
-        path = run.root / rel
-        if not path.is_file():
-            bad.append(f"{rel} (missing)")
-        elif sha256_file(path) != expected:
-            bad.append(f"{rel} (checksum mismatch)")
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UserError(f"The run in {run.root} has damaged files: {shown}. They hold trained "
-                        f"weights that cannot be rebuilt from the rest of the run; restore them "
-                        f"from a backup, or start a new run.")
-
-
-def _replaced_by_checkpoint(run: Run, cfg: TrainConfig, plan: dict) -> set[str]:
-    progress = run.manifest.get("progress", {})
-    if progress.get("phase") != "train" or not progress.get("ckpt"):
-        return set()
-    splits = [tuple(s) for s in plan["splits"]]
-    if cfg.scheme in ("parallel", "e2e"):
-        modules = range(len(splits))
-    else:
-        modules = [progress["module"]]
-    skip = set()
-    for k in modules:
-        lo, hi = splits[k]
-        skip.update(block_path(i) for i in range(lo, hi))
-        skip.update((head_path(k), optim_path(k)))
-    return skip
+def verify_weights(run: Run, cfg: TrainConfig, plan: dict | None = None) -> None:
+    """Check the sha256 of every weight and JSON file the manifest lists (caches excepted), and
+    that the manifest lists every file the run needs (Run.verify_files)."""
+    run.verify_files(cfg)

@@ -12,6 +12,13 @@ A new run is assembled in a hidden sibling directory and renamed into place once
 plan, manifest and initial weights are all written, so bad input or a crash during set-up never
 leaves a half-written run behind. After that, every file is written atomically and only counts
 once the manifest (itself written atomically) records its checksum.
+
+Opening a run never changes it until the run is validated: the manifest's shape (every key the
+code reads, with its type and range), plan.json (checksum, shape, and the manifest's module
+indices against its splits), config.json (types, values, the identity hash and checksum the
+manifest recorded) and the checksum of every listed weight file. Only then does clean-up remove
+what the validated manifest proves torn (clean_torn_files says exactly what); a refused command
+leaves the run directory byte-identical.
 """
 
 from __future__ import annotations
@@ -19,36 +26,80 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 from pathlib import Path
 
-from .atomic import append_line, atomic_write_json, fsync_dir, sha256_file
+from .atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 from .errors import UserError
+from .run_schema import (FORMAT, MANIFEST, RESTORE_MANIFEST, Damage, check_config_types,
+                         check_manifest_against_plan, check_plan_shape, kind, read_manifest_bytes,
+                         some, store_index)
 
-MANIFEST = "manifest.json"
-FORMAT = 1
+STORE_FOLDERS = ("blocks", "heads", "optim", "ckpt", "cache")
+_CKPT_BLOCK = re.compile(r"block([0-9]+)\.")
+_TEMP = re.compile(r"\..+\.tmp(-[0-9]+)?\Z", re.DOTALL)
 
 
 class Run:
     def __init__(self, root: Path, manifest: dict):
         self.root = Path(root)
         self.manifest = manifest
+        self.plan: dict | None = None   # plan.json, once read and checked (see open)
+        self._verified = False          # verify_files() passed for the current manifest
+        self._manifest_bytes: bytes | None = None  # as read by open/reload
 
     # --- creation and opening -------------------------------------------------------------
     @staticmethod
-    def check_new_root(final_root: Path) -> None:
-        """Refuse an --out that holds anything but an empty directory (checked again at staging;
-        train() calls it first so that bad input fails before the data is loaded)."""
-        final_root = Path(final_root)
-        if final_root.exists():
-            if (final_root / MANIFEST).exists():
-                raise UserError(
-                    f"The output directory {final_root} already holds an edge-trgl run. Continue it "
-                    f"with `edge-trgl train --resume {final_root}`, or choose another --out.")
-            if not (final_root.is_dir() and not any(final_root.iterdir())):
-                raise UserError(
-                    f"The output directory {final_root} exists and is not an edge-trgl run; I will "
-                    f"not write into it. Choose a new --out path (it is created for you).")
+    def check_new_root(final_root: str | os.PathLike) -> None:
+        """Refuse an --out that cannot become a new run directory: one that holds anything but an
+        empty directory, an empty path, a path under a file, or one whose nearest existing parent
+        is not writable (checked again at staging; train() calls it first so that bad input fails
+        before the data is loaded)."""
+        text = "" if final_root is None else os.fspath(final_root)
+        if not text.strip():
+            raise UserError("--out is empty. Give the path of a new directory for the run (it is "
+                            "created for you), or leave --out out to use "
+                            "runs/<time>-<model>-<scheme>.")
+        if "\0" in text:
+            raise UserError(f"--out {text!r} contains a NUL character; choose another path.")
+        out = Path(text)
+        try:
+            if out.is_symlink() and not out.exists():
+                raise UserError(f"The output path {out} is a symbolic link to something that does "
+                                f"not exist; I will not create a run through it. Choose a new "
+                                f"--out path (it is created for you).")
+            if out.exists():
+                if (out / MANIFEST).exists():
+                    raise UserError(
+                        f"The output directory {out} already holds an edge-trgl run. Continue it "
+                        f"with `edge-trgl train --resume {out}`, or choose another --out.")
+                if not (out.is_dir() and not any(out.iterdir())):
+                    raise UserError(
+                        f"The output directory {out} exists and is not an edge-trgl run; I will "
+                        f"not write into it. Choose a new --out path (it is created for you).")
+            # the run is staged beside its final place: the nearest existing parent must be a
+            # directory we can create entries in
+            parent = out.absolute().parent
+            while not parent.exists():
+                if parent.is_symlink():
+                    raise UserError(f"The output path {out} goes through {parent}, a symbolic link "
+                                    f"to something that does not exist. Choose another --out.")
+                if parent == parent.parent:
+                    break
+                parent = parent.parent
+            if not parent.is_dir():
+                raise UserError(f"The output path {out} cannot be created: {parent} is a file, "
+                                f"not a directory. Choose an --out path in a directory.")
+            why = _not_writable(parent)
+            if why:
+                raise UserError(f"The output path {out} cannot be created: the directory "
+                                f"{parent} is {why}. Choose an --out path on a writable disk, or "
+                                f"make {parent} writable.")
+        except OSError as exc:
+            raise UserError(f"The output path {out} cannot be used ({exc.strerror or exc}). "
+                            f"Choose another --out path.") from None
 
     @classmethod
     def staging(cls, final_root: Path) -> "Run":
@@ -78,54 +129,345 @@ class Run:
 
     @classmethod
     def open(cls, root: Path, clean: bool = True) -> "Run":
-        """Open a run; `clean` removes what a crash left (see clean_torn_files), so pass False
-        while another process may still be writing (lock() first, then clean)."""
-        root = Path(root)
-        path = root / MANIFEST
-        if not path.exists():
-            raise UserError(f"{root} is not an edge-trgl run directory (it has no {MANIFEST}). "
-                            f"Give --resume the --out directory of an earlier `edge-trgl train`.")
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"The run manifest {path} cannot be read ({exc}). The run directory "
-                            f"is damaged; start a new run.") from None
-        if manifest.get("format") != FORMAT:
-            raise UserError(f"The run in {root} was written by an incompatible edge-trgl version "
-                            f"(manifest format {manifest.get('format')}, expected {FORMAT}).")
-        run = cls(root, manifest)
+        """Open a run: read and check its manifest and (for a started run) its plan; nothing is
+        written. `clean` then removes what a crash left (see clean_torn_files, which validates the
+        rest of the run first), so pass False while another process may still be writing (lock()
+        first, then clean)."""
+        manifest, raw = read_manifest_bytes(Path(root))
+        run = cls(Path(root), manifest)
+        run._manifest_bytes = raw
+        run.check_plan()
         if clean:
             run.clean_torn_files()
         return run
 
-    def clean_torn_files(self) -> None:
-        """Remove what a crash left behind: temp files of interrupted writes, weight files and
-        cache shards the manifest does not list (written, but the crash came before the manifest
-        recorded them, or after it forgot them), and metrics lines beyond the last manifest save
-        (their epoch is redone on resume, and would otherwise be logged twice)."""
-        for tmp in self.root.rglob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
-        listed = set(self.manifest.get("files", {}))
-        for folder in ("blocks", "heads", "optim", "ckpt", "cache"):
-            for path in sorted((self.root / folder).rglob("*")):
-                if path.is_file() and path.relative_to(self.root).as_posix() not in listed:
-                    path.unlink()
+    def reload(self) -> bool:
+        """Read the manifest (and plan) again, as another process may have left them; return
+        whether the manifest changed since it was read (then earlier checks must be redone)."""
+        manifest, raw = read_manifest_bytes(self.root)
+        if raw == getattr(self, "_manifest_bytes", None):
+            return False
+        self.manifest, self._manifest_bytes = manifest, raw
+        self.plan = None
+        self._verified = False
+        self.check_plan()
+        return True
+
+    # --- validation (read-only) ----------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """Published with its config, plan and initial weights (status running or complete)."""
+        return self.manifest.get("status") in ("running", "complete")
+
+    def _damaged(self, detail: str, fix: str | None = None) -> UserError:
+        return UserError(f"The run in {self.root} is damaged: {detail}. Nothing in the run "
+                         f"directory was changed or removed. "
+                         + (fix or "Restore the file from a backup, or start a new run."))
+
+    def check_plan(self) -> dict | None:
+        """Read plan.json (verified against the manifest's checksum), check its shape, and check
+        the manifest against it: module indices in range, module block ranges equal to the plan's.
+        A run that has not started (status "new", a library caller's staging) may have none."""
+        if self.plan is not None:
+            return self.plan
+        if not self.started and "plan.json" not in self.manifest["files"]:
+            return None
+        if not self.manifest["files"]:
+            raise self._damaged(
+                f"its manifest (status {self.manifest['status']!r}) lists no files at all, though "
+                f"a started run lists its config, plan and every weight file with their "
+                f"checksums, so the files in the directory cannot be trusted", RESTORE_MANIFEST)
+        if "plan.json" not in self.manifest["files"]:
+            raise self._damaged("its manifest does not list plan.json, which every started run has",
+                                RESTORE_MANIFEST)
+        plan = self.read_json("plan.json")
+        try:
+            check_plan_shape(plan)
+            check_manifest_against_plan(self.manifest, plan)
+        except Damage as exc:
+            raise self._damaged(str(exc), "Restore manifest.json (or plan.json) from a backup, or "
+                                "start a new run.") from None
+        self.plan = plan
+        return plan
+
+    def read_config(self, check_hash: bool = True):
+        """config.json as a checked TrainConfig: every field of the right type, valid values, the
+        identity hash the manifest recorded at the start, and (when check_hash) the file's own
+        checksum. Read-only."""
+        from .config import TrainConfig
+        if self.started and "config.json" not in self.manifest["files"]:
+            raise self._damaged("its manifest does not list config.json, which every started run "
+                                "has", RESTORE_MANIFEST)
+        data = self.read_json("config.json", verify=False)
+        try:
+            if not isinstance(data, dict):
+                raise Damage(f"config.json holds a JSON {kind(data)}, not an object of settings")
+            check_config_types(data)
+            stored = TrainConfig.from_json(data).validate()
+        except (Damage, UserError, TypeError, ValueError, AttributeError) as exc:
+            detail = " ".join(str(exc).split())
+            raise UserError(f"The config.json of the run in {self.root} is not a valid run config "
+                            f"any more ({detail}); nothing in the run directory was changed. "
+                            f"Restore config.json, or start a new run.") from None
+        if not check_hash:
+            return stored
+        if stored.identity_hash() != self.manifest.get("config_hash"):
+            raise UserError(f"The config of the run in {self.root} (config.json) was changed after "
+                            f"the run started; resuming would mix two different trainings. Restore "
+                            f"config.json or start a new run.")
+        expected = self.checksum("config.json")
+        if expected is not None and sha256_file(self.root / "config.json") != expected:
+            raise UserError(f"The config.json of the run in {self.root} was edited after the run "
+                            f"started: the settings that decide the result are unchanged, but the "
+                            f"file does not match the checksum in the run manifest. Undo the edit "
+                            f"(options such as --threads or --keep-cache are given on the command "
+                            f"line with --resume instead), or start a new run.")
+        return stored
+
+    def replaced_by_checkpoint(self, cfg) -> set[str]:
+        """Store files that the resume point's checkpoint replaces: those of the module it was
+        taken in (every module for parallel/e2e). A crash while that module was being written
+        back may leave them newer than the manifest, so they are neither required to be listed
+        nor checked, and unlisted copies of them are torn."""
+        from .store import block_path, head_path, optim_path
+        progress = self.manifest.get("progress") or {}
+        if progress.get("phase") != "train" or not progress.get("ckpt"):
+            return set()
+        splits = self.check_plan()["splits"]
+        modules = range(len(splits)) if cfg.scheme in ("parallel", "e2e") else [progress["module"]]
+        skip = set()
+        for k in modules:
+            lo, hi = splits[k]
+            skip.update(block_path(i) for i in range(lo, hi))
+            skip.update((head_path(k), optim_path(k)))
+        return skip
+
+    def verify_files(self, cfg) -> None:
+        """The whole run is what the manifest says (read-only): every file a started run needs is
+        listed (config, plan, summary when complete, every block and head of the plan, the
+        resume point's checkpoint), nothing listed lies outside the plan, every listed file but
+        the feature cache (checked when read, rebuilt when damaged) matches its sha256, the
+        resume point fits the config, and the committed lines of metrics.jsonl are intact."""
+        from .store import block_path, head_path
+        m, plan = self.manifest, self.check_plan()
+        files = m["files"]
+        started = plan is not None and self.started
+        skip = self.replaced_by_checkpoint(cfg) if started else set()
+        if started:
+            splits = plan["splits"]
+            needed = ["config.json", "plan.json"]
+            needed += [block_path(i) for i in range(splits[-1][1])]
+            needed += [head_path(k) for k in range(len(splits))]
+            if m["status"] == "complete":
+                needed.append("summary.json")
+            progress = m["progress"]
+            if progress.get("phase") == "train" and progress.get("ckpt"):
+                needed.append(progress["ckpt"])
+            missing = [rel for rel in needed if rel not in files and rel not in skip]
+            if missing:
+                raise self._damaged(f"its manifest does not list {some(missing)}, which the run "
+                                    f"needs at its resume point", RESTORE_MANIFEST)
+            bound = {"blocks": splits[-1][1], "heads": len(splits), "optim": len(splits)}
+            extra = [rel for rel in files if store_index(rel) is not None
+                     and store_index(rel)[1] >= bound[store_index(rel)[0]]]
+            if extra:
+                raise self._damaged(f"its manifest lists {some(extra)}, beyond the {splits[-1][1]} "
+                                    f"blocks and {len(splits)} modules of its plan.json",
+                                    RESTORE_MANIFEST)
+            laps = cfg.laps if cfg.scheme == "multilap" else 1
+            records = [progress, *m["modules"].values(), *m["caches"].values()]
+            last_lap = max(rec.get("lap", 0) for rec in records)
+            if last_lap >= laps:
+                raise self._damaged(f"its manifest records lap {last_lap}, but the run trains "
+                                    f"{laps} lap(s) (config.json)", RESTORE_MANIFEST)
+            self._check_budget(cfg, plan)
+            if cfg.scheme in ("sequential", "multilap") and len(splits) > 1 and plan["views"] < 1:
+                raise self._damaged("its plan.json caches 0 views of the train set for a "
+                                    "module-wise scheme, which needs at least 1",
+                                    "Restore plan.json from a backup, or start a new run.")
+        bad = []
+        for rel, expected in sorted(files.items()):
+            if rel.startswith("cache/") or rel in skip:
+                continue
+            path = self.root / rel
+            if not path.is_file():
+                bad.append(f"{rel} (missing)")
+            elif sha256_file(path) != expected:
+                bad.append(f"{rel} (checksum mismatch)")
+        if bad:
+            raise UserError(f"The run in {self.root} has damaged files: {some(bad)}. They hold "
+                            f"trained weights or records that cannot be rebuilt from the rest of "
+                            f"the run; restore them from a backup, or start a new run. Nothing in "
+                            f"the run directory was changed or removed.")
+        if started and skip:
+            self._check_checkpoint_covers(cfg, plan)
+        self._metrics_plan()  # raises if committed lines are damaged
+        self._verified = True
+
+    def _check_budget(self, cfg, plan: dict) -> None:
+        """plan.json's memory budget is the one config.json asked for (none without --mem-budget
+        or --profile), and a budgeted plan carries its estimate."""
+        from .budget import parse_size
+        budget = plan.get("budget_bytes")
+        fix = "Restore plan.json from a backup, or start a new run."
+        if cfg.mem_budget is None and cfg.profile is None:
+            if budget is not None:
+                raise self._damaged(f"its plan.json has a memory budget ({budget} bytes) that its "
+                                    f"config.json never asked for", fix)
+            return
+        if budget is None or plan.get("estimated_peak_bytes") is None:
+            raise self._damaged("its config.json asks for a memory budget, but its plan.json has "
+                                "no budget or no estimate", fix)
+        if cfg.mem_budget is not None:
+            try:
+                wanted = parse_size(cfg.mem_budget)
+            except UserError as exc:
+                raise self._damaged(f"its config.json has an unreadable mem_budget ({exc})",
+                                    "Restore config.json from a backup, or start a new "
+                                    "run.") from None
+            if wanted != budget:
+                raise self._damaged(f"its plan.json budget ({budget} bytes) is not the "
+                                    f"--mem-budget {cfg.mem_budget} of its config.json", fix)
+
+    def _check_checkpoint_covers(self, cfg, plan: dict) -> None:
+        """The resume point's checkpoint (already checksummed) holds exactly the blocks and
+        head(s) that plan.json gives the module(s) it replaces: a plan that disagrees with the
+        trained model is refused here rather than by a failed load in the middle of the run.
+        Reads only the safetensors header."""
+        rel = self.manifest["progress"]["ckpt"]
+        try:
+            with open(self.root / rel, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= 100_000_000:
+                    raise ValueError("bad header size")
+                header = json.loads(fh.read(size).decode("utf-8"))
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
+            names = [n for n in header if n != "__metadata__"]
+        except (OSError, ValueError, RecursionError, TypeError) as exc:
+            raise self._damaged(f"its checkpoint {rel} is not a readable safetensors file "
+                                f"({exc})") from None
+        blocks = sorted({int(m.group(1)) for m in map(_CKPT_BLOCK.match, names) if m})
+        splits = plan["splits"]
+        resident = cfg.scheme in ("parallel", "e2e")
+        modules = range(len(splits)) if resident else [self.manifest["progress"]["module"]]
+        wanted = sorted(i for k in modules for i in range(*splits[k]))
+        heads = {n.split(".", 1)[0] for n in names if n.startswith("head")}
+        wanted_heads = {f"head{k}" for k in modules} if resident else {"head"}
+        # the first and last block and nothing outside (a block without weights would have no
+        # tensors; none of the model families has one, but the check does not rely on it)
+        if (not blocks or (blocks[0], blocks[-1]) != (wanted[0], wanted[-1])
+                or not set(blocks) <= set(wanted) or heads != wanted_heads):
+            have = f"{blocks[0]}..{blocks[-1]}" if blocks else "no blocks"
+            which = "the network" if resident else f"module {modules[0]}"
+            raise self._damaged(
+                f"its checkpoint {rel} holds blocks {have} of {which}, but plan.json gives it "
+                f"blocks {wanted[0]}..{wanted[-1]}", "Restore plan.json from a backup, or start a "
+                "new run.")
+
+    def _metrics_plan(self) -> bytes | None:
+        """What metrics.jsonl must become: None to keep it, else the committed lines (those a
+        manifest save followed; later ones belong to an epoch that is redone on resume). Refuses
+        (UserError) when a committed line is damaged: the log of finished epochs is not ours to
+        drop."""
+        path = self.root / "metrics.jsonl"
         committed = self.manifest.get("metrics_lines")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UserError(f"The log {path} cannot be read ({exc.strerror}). Make it readable, "
+                            f"or move it away to continue the run without the earlier epochs' "
+                            f"log.") from None
+        lines = data.splitlines(keepends=True)
+        good = []
+        for line in lines:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError):
+                break
+            if not isinstance(record, dict) or (committed is not None and len(good) >= committed):
+                break
+            good.append(line)
+        if committed is not None and len(good) < committed:
+            raise UserError(
+                f"The per-epoch log {path} is damaged: the run manifest says its first "
+                f"{committed} lines are the log of finished epochs, but line {len(good) + 1} is "
+                f"not a complete JSON record. Nothing was changed. Restore the file from a "
+                f"backup; or, to continue without that log, move it away (e.g. `mv {path} "
+                f"{path}.damaged`) and resume: the log then starts again at the next epoch.")
+        return b"".join(good) if len(good) != len(lines) else None
+
+    def check_writable(self) -> None:
+        """Resume writes into every folder of the run and appends to metrics.jsonl: refuse a
+        read-only run directory with a clear message before anything is attempted."""
+        places = [self.root]
+        for path in sorted(self.root.rglob("*")):
+            if path.is_dir() and not path.is_symlink():
+                places.append(path)
         metrics = self.root / "metrics.jsonl"
-        if metrics.exists():
-            lines = metrics.read_text().splitlines(keepends=True)
-            good = []
-            for line in lines:
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                if not line.endswith("\n") or (committed is not None and len(good) >= committed):
-                    break
-                good.append(line)
-            if len(good) != len(lines):
-                from .atomic import atomic_write_bytes
-                atomic_write_bytes(metrics, "".join(good).encode())
+        if metrics.is_file():
+            places.append(metrics)
+        for place in places:
+            why = _not_writable(place)
+            if why:
+                raise UserError(f"The run directory {self.root} cannot be written to ({place} is "
+                                f"{why}); resuming writes checkpoints, weights and the manifest "
+                                f"there. Make it writable, or copy the run to a writable disk "
+                                f"(`cp -a {self.root} NEW_DIR`) and resume the copy.")
+
+    # --- clean-up ------------------------------------------------------------------------------
+    def clean_torn_files(self, cfg=None) -> None:
+        """Remove what a crash left behind, and only that, once the run is validated:
+
+        - temp files of interrupted atomic writes (`.NAME.tmp-PID`, cache shards' `.NAME.tmp`):
+          never counted, whatever they hold;
+        - unlisted checkpoints and feature-cache shards: a checkpoint the manifest forgot is
+          superseded (by a newer listed one, or by the store files recorded after it) or was not
+          yet recorded (its epoch is redone); shards are rebuilt from the saved weights;
+        - unlisted blocks, heads and optimizer state of the module whose listed checkpoint is the
+          resume point: the checkpoint holds that module's state, and these are copies a crash
+          left while writing the module back;
+        - lines of metrics.jsonl after the last committed one (their epoch is redone).
+
+        Any other unlisted file is left where it is: the manifest cannot prove it torn, so it may
+        be someone's last good copy, and nothing the run reads depends on it (a file the run
+        needs is required to be listed, and a later write replaces it atomically). It is not moved
+        aside either: a quarantine folder would keep the same bytes on a device that is short of
+        disk, and the proven-redundant files above are the ones worth the space. Deleting
+        anything requires verify_files() to have passed
+        (it is run here if it has not been): in particular the checkpoint that makes the store
+        files redundant must match its checksum, and a damaged run is refused with nothing
+        removed. A run that has not started ("new") has only its temp files and log trimmed."""
+        temps = [p for p in _regular_files(self.root) if _TEMP.match(p.name)]
+        listed = set(self.manifest["files"])
+        unlisted = [p for folder in STORE_FOLDERS for p in _regular_files(self.root / folder)
+                    if p.relative_to(self.root).as_posix() not in listed
+                    and not _TEMP.match(p.name)]
+        metrics = self._metrics_plan()
+        doomed = []
+        if unlisted and self.started:
+            if cfg is None:
+                cfg = self.read_config()
+            if not self._verified:
+                self.verify_files(cfg)
+            skip = self.replaced_by_checkpoint(cfg)
+            for path in unlisted:
+                rel = path.relative_to(self.root).as_posix()
+                if rel.startswith(("ckpt/", "cache/")) or rel in skip:
+                    doomed.append(path)
+        for path in temps + doomed:
+            path.unlink(missing_ok=True)
+        if metrics is not None:
+            atomic_write_bytes(self.root / "metrics.jsonl", metrics)
+        elif (self.manifest.get("metrics_lines") and self.manifest["status"] == "running"
+              and not (self.root / "metrics.jsonl").exists()):
+            # the log was moved away (as the refusal for a damaged log suggests): it starts again
+            self.manifest["metrics_lines"] = 0
+            self.save()
 
     # --- state ------------------------------------------------------------------------------
     def save(self) -> None:
@@ -189,7 +531,8 @@ class Run:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise UserError(f"The run directory {self.root} lacks a readable {rel} ({exc.strerror}). "
+            raise UserError(f"The run directory {self.root} lacks a readable {rel} "
+                            f"({exc.strerror}). "
                             f"The run is damaged; restore the file or start a new run.") from None
         expected = self.checksum(rel) if verify else None
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
@@ -197,8 +540,8 @@ class Run:
                             f"manifest: it was changed or damaged after it was written. Restore "
                             f"it, or start a new run.")
         try:
-            return json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise UserError(f"The file {path} is not valid JSON ({exc}). The run is damaged; "
                             f"restore the file or start a new run.") from None
 
@@ -206,13 +549,38 @@ class Run:
         """Hold an exclusive lock on the run for the life of this process (released by the kernel
         even on SIGKILL), so two processes never train the same run at once."""
         import fcntl
-        self._lock_fh = open(self.root / ".lock", "a")
+        try:
+            self._lock_fh = open(self.root / ".lock", "a")
+        except OSError:
+            try:  # an existing lock file can be locked through a read-only descriptor too
+                self._lock_fh = open(self.root / ".lock", "r")
+            except OSError as exc:
+                raise UserError(f"The run directory {self.root} cannot be locked "
+                                f"({exc.strerror}: {self.root / '.lock'}); make the run directory "
+                                f"writable, or copy it to a writable disk and resume the "
+                                f"copy.") from None
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_fh.close()
             raise UserError(f"Another edge-trgl process is training the run in {self.root} right "
                             f"now. Wait for it to finish (or stop it), then resume.") from None
+
+    def locked_elsewhere(self) -> bool:
+        """Does another process hold the run's lock now? (Creates nothing: a run without a lock
+        file is not locked.)"""
+        import fcntl
+        try:
+            fh = open(self.root / ".lock", "r")
+        except OSError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
 
     def log_metrics(self, record: dict) -> None:
         append_line(self.root / "metrics.jsonl", json.dumps(record, sort_keys=True))
@@ -238,6 +606,35 @@ class Run:
         self.manifest["caches"].pop(str(k), None)
         self.save()
         self.remove_tree(rel)
+
+
+def _regular_files(folder: Path) -> list[Path]:
+    """Regular files under `folder` (symbolic links neither followed nor listed)."""
+    out = []
+    if not folder.is_dir() or folder.is_symlink():
+        return out
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(dirpath) / name
+            try:
+                if stat.S_ISREG(path.lstat().st_mode):
+                    out.append(path)
+            except OSError:
+                pass
+    return sorted(out)
+
+
+def _not_writable(path: Path) -> str | None:
+    """Why the current user cannot create or replace entries in `path` (None if they can)."""
+    mode = os.W_OK | (os.X_OK if path.is_dir() else 0)
+    if os.access(path, mode):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "on a read-only file system"
+    except OSError:
+        pass
+    return "not writable by this user (permission denied)"
 
 
 def _remove_dead_staging(final_root: Path) -> None:

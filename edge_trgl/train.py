@@ -160,11 +160,12 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
             return {"run_dir": str(run.root), "plan": plan}
     elif resume is not None:
         from .resume import check_data, open_for_resume
-        run, cfg, plan = open_for_resume(resume, cfg)
+        run, cfg, plan = open_for_resume(resume, cfg, clean=False)
         _require_device(cfg)
         dataset = load_data(cfg)
         set_threads(cfg)
         check_data(run, dataset)
+        run.clean_torn_files(cfg)  # only now: a resume refused above changed nothing
         if run.manifest.get("status") == "complete":
             return run.read_json("summary.json")
     else:
@@ -172,8 +173,8 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
         cfg.validate()
         apply_profile(cfg)
         _require_device(cfg)
-        if cfg.out:  # refuse a bad --out before the (slow) data loading and planning
-            Run.check_new_root(Path(cfg.out))
+        if cfg.out is not None:  # refuse a bad --out before the (slow) data loading and planning
+            Run.check_new_root(cfg.out)
         # Data first, torch second: loading CIFAR briefly holds every batch file, and that
         # transient should not stack on top of torch's ~220 MB.
         dataset = load_data(cfg)

@@ -44,7 +44,7 @@ def is_ort_run(cfg, resume) -> bool:
         return cfg.backend == "ort"
     try:
         stored = json.loads((Path(resume) / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False  # train()'s resume path reports the damaged or missing run
     return isinstance(stored, dict) and stored.get("backend") == "ort"
 
@@ -300,11 +300,12 @@ def _train_ort(cfg, resume, guard, prepare_only=False):
     preparation = None
     if resume is not None:
         from ..resume import open_for_resume
-        run, cfg, plan = open_for_resume(resume, cfg)
+        run, cfg, plan = open_for_resume(resume, cfg, clean=False)
         require_ort(need_onnx=False)
         if snapshot_info(run).get("fingerprint") != run.manifest.get("data_fingerprint"):
             raise UserError(f"The data snapshot of the run in {run.root} does not match the data "
                             f"the run started with; the run is damaged. Start a new run.")
+        run.clean_torn_files(cfg)  # only now: a resume refused above changed nothing
         if run.manifest.get("status") == "complete":
             return run.read_json("summary.json"), run
     else:
@@ -316,6 +317,8 @@ def _train_ort(cfg, resume, guard, prepare_only=False):
             raise UserError(f"--backend ort trains one module at a time, so it supports --scheme "
                             f"sequential and multilap, not {cfg.scheme}; use --backend torch.")
         require_ort(need_onnx=True)
+        if cfg.out is not None:
+            Run.check_new_root(cfg.out)
         out = Path(cfg.out) if cfg.out else default_out(cfg)
         cfg.out = str(out)
         Run.check_new_root(out)
