@@ -6,14 +6,13 @@ even one block at batch 1 fits."""
 from __future__ import annotations
 
 import os
-import shutil
 from functools import lru_cache
 
 from ..budget import format_size, parse_size
 from ..errors import UserError
 from .estimate import (BlockCosts, ProbeOverBudget, data_bytes, data_total,
                        UNFIT_BYTES, loop_allowance_bytes, probe_module)
-from .planner import Plan, default_views
+from .planner import Plan, fit_disk
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
 
@@ -86,12 +85,6 @@ def resolve_budget(cfg) -> tuple[int, list[str]]:
     notes.append(f"budget from profile {profile['name']}: {format_size(profile['budget_bytes'])} "
                  f"({format_size(profile['ram_bytes'])} RAM minus {format_size(profile['os_reserve_bytes'])} for the OS)")
     return profile["budget_bytes"], notes
-
-
-def cache_disk_bytes(dataset, sample_bytes: int, views: int) -> int:
-    n_train, n_val, n_test = (len(dataset.train.labels), len(dataset.val.labels),
-                              len(dataset.test.labels))
-    return (views * n_train + n_val + n_test) * sample_bytes
 
 
 def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
@@ -272,32 +265,7 @@ def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
     batch, splits, estimates, worst = plan
     if cuda_acct is not None:
         notes.append(cuda_acct.note(estimates))
-    # Cache precision and augmentation views against the disk budget.
-    views = default_views(cfg) if cfg.scheme in ("sequential", "multilap") else 0
-    cache_dtype = cfg.cache_dtype
-    aug_policy = cfg.aug_policy if cfg.augment else "none"
-    if views:
-        disk_budget = (parse_size(cfg.disk_budget, what="disk budget") if cfg.disk_budget
-                       else shutil.disk_usage(os.path.dirname(os.path.abspath(cfg.out or ".")) or ".").free)
-        import numpy as np
-        biggest = max(int(np.prod(arch[hi - 1].out_shape)) for lo, hi in splits[:-1]) if len(splits) > 1 else 0
-
-        def disk(v, dtype):
-            return 2 * cache_disk_bytes(dataset, biggest * (2 if dtype == "fp16" else 4), v)
-        while views > 1 and disk(views, cache_dtype) > disk_budget:
-            views -= 1
-        if disk(views, cache_dtype) > disk_budget and cache_dtype == "fp32":
-            cache_dtype = "fp16"
-            notes.append("fp16 feature cache to fit the disk budget")
-        if disk(views, cache_dtype) > disk_budget:
-            raise UserError(
-                f"The feature cache needs about {format_size(disk(views, cache_dtype))} of disk "
-                f"(two modules' caches at once) but the disk budget is {format_size(disk_budget)}. "
-                f"Free space, raise --disk-budget, or use a smaller --train-fraction.")
-        if aug_policy == "views":
-            notes.append(f"later modules see {views} cached augmented view(s) of the train set")
-        else:
-            notes.append("later modules see no augmentation (aug policy none)")
+    views, cache_dtype, aug_policy = fit_disk(cfg, dataset, arch, splits, notes)
     return Plan(splits=[tuple(s) for s in splits], batch_size=batch, views=views,
                 cache_dtype=cache_dtype, aug_policy=aug_policy, budget_bytes=budget_bytes,
                 estimated_peak_bytes=int(worst), module_estimates=estimates, notes=notes)

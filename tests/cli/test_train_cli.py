@@ -160,3 +160,12 @@ def test_too_small_budget_is_refused_before_anything_is_written(tmp_path, capsys
     assert "50 MB" in err and "Traceback" not in err
     assert not out.exists()
     assert not any(p.name.startswith(".nope") for p in tmp_path.iterdir())
+
+
+def test_disk_budget_is_honoured_without_a_memory_budget(tmp_path, capsys):
+    out = tmp_path / "tiny-disk"
+    assert main(["train", *TINY, "--disk-budget", "1KB", "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "disk budget (--disk-budget) is 1 kB" in err or "disk budget (--disk-budget) is 1 KB" in err, err
+    assert "Nothing was written" in err and "Traceback" not in err
+    assert not out.exists() and not any(p.name.startswith(".tiny-disk") for p in tmp_path.iterdir())
