@@ -26,12 +26,12 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 from .errors import Stopped, UserError
+from .jobdirs import job_dir
 from .memory.cgroup import CommandCgroup, enclosing_limit_bytes, watchdog_report
 from .memory.measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes, run_measured
 
@@ -304,7 +304,7 @@ def _run_trainer(job: dict, budget: int | None, guard: CommandBudget) -> tuple[i
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with tempfile.TemporaryDirectory(prefix="edge-trgl-trainer-") as tmp:
+        with job_dir("trainer") as tmp:
             tmp = Path(tmp)
             if budget and job["config"].get("device") != "cuda":
                 job["rss_limit_bytes"] = budget - rss_bytes()

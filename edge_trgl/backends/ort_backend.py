@@ -25,13 +25,12 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..jobdirs import job_dir
 from ..memory.measure import run_measured
 from .ort_common import (EXIT_INTERRUPTED, EXIT_OVER_BUDGET, artifact_dir, install_hint,
                          ort_version, require_ort, worker_command)
@@ -122,7 +121,7 @@ class OrtBackend:
         run = ctx.run
         ensure_artifacts(run, self.cfg, [task.k])
         run.save()  # the trainer reads the manifest from disk
-        with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-") as tmp:
+        with job_dir("ort-trainer") as tmp:
             tmp = Path(tmp)
             job = self._job(ctx, task, mode, tmp)
             (tmp / "job.json").write_text(json.dumps(job))
@@ -198,7 +197,7 @@ def _prepare_child(command: str, spec: dict, cfg) -> tuple[dict, int, float]:
     """A set-up child: the torch half (`ort_artifacts COMMAND`) or, for command "finish", the
     torch-free half (ort_graph) of building artifacts. Returns (result, its peak, seconds)."""
     from .ort_graph import finish_command
-    with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-prep-") as tmp:
+    with job_dir("ort-setup") as tmp:
         tmp = Path(tmp)
         (tmp / "spec.json").write_text(json.dumps(spec))
         if command == "finish":
@@ -513,7 +512,7 @@ def _ort_baselines(cfg) -> dict:
 
 
 def _probe_worker(cfg, art_dir, batches, threads) -> dict:
-    with tempfile.TemporaryDirectory(prefix="edge-trgl-ort-probe-") as tmp:
+    with job_dir("ort-probe") as tmp:
         tmp = Path(tmp)
         job = {"mode": "probe", "config": cfg.to_json(), "threads": threads,
                "parent_pid": os.getpid(),
