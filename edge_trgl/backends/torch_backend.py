@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..cache import write_module_cache
+from ..errors import UserError
 from ..memory.measure import release_memory
 from ..meter import EpochMeter
 from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
@@ -19,8 +20,9 @@ from ..store import (checkpoint_path, load_tensors, module_files, optim_path, pr
 from ..trgl import AdaptiveWeight, module_loss
 
 
-class BudgetExceeded(RuntimeError):
-    pass
+class BudgetExceeded(UserError):
+    """The run's RSS watchdog saw the process over its share of the budget: stopped at a safe
+    point (the one-paragraph error, exit 2, not a traceback)."""
 
 
 def autocast(cfg, device: torch.device):
@@ -72,9 +74,11 @@ def check_budget(ctx) -> None:
         raise BudgetExceeded(
             f"Measured {getattr(dog, 'measured_what', 'RSS')} reached "
             f"{format_size(dog.exceeded_bytes)}, over the budget of "
-            f"{format_size(dog.limit_bytes)}. The run stopped at a safe point; this is a planner "
-            f"bug, please report it with the run's plan.json. Resume with a smaller --batch-size "
-            f"or a lower --mem-budget margin.")
+            f"{format_size(dog.limit_bytes)} this process may hold. The run stopped at a safe "
+            f"point with everything up to its last finished epoch saved in {ctx.run.root}; this "
+            f"is a planner bug, please report it with the run's plan.json. Continue as planned "
+            f"with `edge-trgl train --resume {ctx.run.root}`, or start a new run with a smaller "
+            f"--batch-size or a larger --mem-budget.")
 
 
 def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight, adaptive,
