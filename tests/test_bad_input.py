@@ -19,33 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_trgl.cli.main import main
-
-TINY = ["--synthetic-train", "200", "--synthetic-test", "100", "--model", "resnet8", "--width",
-        "0.25", "--modules", "2", "--batch-size", "32", "--epochs", "1", "--threads", "1",
-        "--quiet"]
-CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-           b"ship", b"truck"]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as exc:  # argparse's own errors
-        rc = exc.code
-    return rc, capsys.readouterr().err
-
-
-def assert_clean_error(rc: int, err: str, *phrases: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
-    assert len([line for line in lines if "error:" in line]) == 1, err  # one message
-    assert "\n\n" not in err.strip(), err                               # one paragraph
-    text = " ".join(err.split())
-    for phrase in phrases:
-        assert phrase in text, (phrase, text)
-    return text
+from helpers import TINY, assert_clean_error, cli, write_fake_cifar
 
 
 def assert_no_run(out: Path) -> None:
@@ -58,17 +32,6 @@ def assert_listed_files_intact(run: Path) -> None:
     for rel, sha in manifest["files"].items():
         assert hashlib.sha256((run / rel).read_bytes()).hexdigest() == sha, rel
     assert not list(run.rglob(".*.tmp*")), "temp files left behind"
-
-
-def write_fake_cifar(folder: Path, n: int = 20) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"labels": [i % 10 for i in range(n)],
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": CLASSES}, protocol=2))
-    return folder
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -87,19 +50,19 @@ def write_fake_cifar(folder: Path, n: int = 20) -> Path:
 ])
 def test_bad_options(capsys, tmp_path, argv, phrases):
     out = tmp_path / "run"
-    rc, err = cli(capsys, "train", *TINY, *argv, "--out", str(out))
+    rc, _, err = cli(capsys, "train", *TINY, *argv, "--out", str(out))
     assert_clean_error(rc, err, *phrases)
     assert_no_run(out)
 
 
 def test_unknown_option_names_it_and_suggests_the_right_one(capsys, tmp_path):
     out = tmp_path / "run"
-    rc, err = cli(capsys, "train", *TINY, "--mem-budgt", "512MB", "--out", str(out))
+    rc, _, err = cli(capsys, "train", *TINY, "--mem-budgt", "512MB", "--out", str(out))
     text = assert_clean_error(rc, err, "unrecognized argument(s): --mem-budgt 512MB",
                               "did you mean --mem-budget?", "edge-trgl train --help")
     assert text.startswith("edge-trgl train: error:")
     assert_no_run(out)
-    rc, err = cli(capsys, "train", "--scheme", "zigzag", "--out", str(out))
+    rc, _, err = cli(capsys, "train", "--scheme", "zigzag", "--out", str(out))
     assert_clean_error(rc, err, "argument --scheme: invalid choice: 'zigzag'", "sequential")
     assert_no_run(out)
 
@@ -108,11 +71,11 @@ def test_unknown_option_names_it_and_suggests_the_right_one(capsys, tmp_path):
 
 def test_missing_dataset_dir(capsys, tmp_path):
     out = tmp_path / "run"
-    rc, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir",
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir",
                   str(tmp_path / "nowhere"), "--out", str(out))
     assert_clean_error(rc, err, "does not exist", "cifar-10-python.tar.gz")
     assert_no_run(out)
-    rc, err = cli(capsys, "train", *TINY, "--data", "mnist", "--out", str(out))
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "mnist", "--out", str(out))
     assert_clean_error(rc, err, "no data directory was given", "--data-dir")
     assert_no_run(out)
 
@@ -124,12 +87,12 @@ def test_dataset_in_the_wrong_format(capsys, tmp_path):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (mnist / name).write_bytes(b"\0\0\x08\x03" + bytes(12))
-    rc, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir", str(mnist),
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir", str(mnist),
                   "--out", str(out))
     assert_clean_error(rc, err, "is missing data_batch_1", "CIFAR-10 'python version'")
     assert_no_run(out)
     cifar = write_fake_cifar(tmp_path / "cifar-10-batches-py")
-    rc, err = cli(capsys, "train", *TINY, "--data", "mnist", "--data-dir", str(cifar),
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "mnist", "--data-dir", str(cifar),
                   "--out", str(out))
     assert_clean_error(rc, err, "MNIST IDX files")
     assert_no_run(out)
@@ -151,7 +114,7 @@ def test_damaged_cifar_batch(capsys, tmp_path, damage, phrases):
         path.write_bytes(pickle.dumps({b"labels": [0] * 4,
                                        b"data": np.zeros((4, 100), np.uint8)}, protocol=2))
     out = tmp_path / "run"
-    rc, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir", str(cifar),
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir", str(cifar),
                   "--out", str(out))
     assert_clean_error(rc, err, *phrases)
     assert_no_run(out)
@@ -172,7 +135,7 @@ def test_pickle_crafted_to_run_code_is_not_executed(capsys, tmp_path):
     marker = tmp_path / "pwned"
     (cifar / "data_batch_1").write_bytes(pickle.dumps({b"data": _Payload(marker)}, protocol=2))
     out = tmp_path / "run"
-    rc, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir", str(cifar),
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "cifar10", "--data-dir", str(cifar),
                   "--out", str(out))
     assert_clean_error(rc, err, "data_batch_1", "forbidden global 'posix.system'",
                        "nothing in it was executed")
@@ -210,17 +173,17 @@ def test_output_directory_that_is_not_a_run(capsys, tmp_path):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"not ours")
-    rc, err = cli(capsys, "train", *TINY, "--out", str(out))
+    rc, _, err = cli(capsys, "train", *TINY, "--out", str(out))
     assert_clean_error(rc, err, f"The output directory {out} exists and is not an edge-trgl run")
     assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
     assert (out / "holiday.jpg").read_bytes() == b"not ours"
     assert not list(tmp_path.glob(".photos.staging-*"))
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
-    rc, err = cli(capsys, "train", *TINY, "--out", str(a_file))
+    rc, _, err = cli(capsys, "train", *TINY, "--out", str(a_file))
     assert_clean_error(rc, err, "exists and is not an edge-trgl run")
     assert a_file.read_text() == "x"
-    rc, err = cli(capsys, "train", "--resume", str(out))
+    rc, _, err = cli(capsys, "train", "--resume", str(out))
     assert_clean_error(rc, err, "is not an edge-trgl run directory")
 
 
@@ -237,7 +200,7 @@ def interrupted_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(killpoints, "_TARGET", ("batch", 21, signal.SIGINT))
     monkeypatch.setattr(killpoints, "_seen", 0)
     run = tmp_path / "run"
-    rc, err = cli(capsys, "train", *TINY, "--out", str(run))
+    rc, _, err = cli(capsys, "train", *TINY, "--out", str(run))
     assert rc == 130, err
     monkeypatch.setattr(killpoints, "_TARGET", None)
     progress = json.loads((run / "manifest.json").read_text())["progress"]
@@ -249,7 +212,7 @@ def test_corrupted_block_weight_is_refused_and_corrupted_cache_rebuilt(capsys, i
     from edge_trgl.run import Run
     holder = Run.open(interrupted_run, clean=False)
     holder.lock()                      # as if another process were training this run now
-    rc, err = cli(capsys, "train", "--resume", str(interrupted_run))
+    rc, _, err = cli(capsys, "train", "--resume", str(interrupted_run))
     assert_clean_error(rc, err, "Another edge-trgl process is training the run")
     holder._lock_fh.close()
     block = interrupted_run / "blocks" / "block_000.safetensors"
@@ -257,7 +220,7 @@ def test_corrupted_block_weight_is_refused_and_corrupted_cache_rebuilt(capsys, i
     raw = bytearray(good)
     raw[-3] ^= 0x01     # one bit in the last weight
     block.write_bytes(bytes(raw))
-    rc, err = cli(capsys, "train", "--resume", str(interrupted_run))
+    rc, _, err = cli(capsys, "train", "--resume", str(interrupted_run))
     assert_clean_error(rc, err, "blocks/block_000.safetensors (checksum mismatch)",
                        "restore them from a backup")
     block.write_bytes(good)                                  # restored from the backup
@@ -266,7 +229,7 @@ def test_corrupted_block_weight_is_refused_and_corrupted_cache_rebuilt(capsys, i
     raw = bytearray(shard.read_bytes())
     raw[-1] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    rc, err = cli(capsys, "train", "--resume", str(interrupted_run))
+    rc, _, err = cli(capsys, "train", "--resume", str(interrupted_run))
     assert rc == 0, err
     assert "feature cache of module 0 is missing or damaged; rebuilding" in err
     assert_listed_files_intact(interrupted_run)
@@ -297,7 +260,7 @@ def test_disk_full_while_caching(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "open", lambda *a, **k: FillingDisk(real_open(*a, **k)),
                         raising=False)
     run = tmp_path / "run"
-    rc, err = cli(capsys, "train", *TINY, "--out", str(run))
+    rc, _, err = cli(capsys, "train", *TINY, "--out", str(run))
     assert_clean_error(rc, err, "The disk filled up while writing the feature cache",
                        f"edge-trgl train --resume {run}")
     # the run is not half-written: what the manifest lists is intact, nothing torn is left
@@ -305,13 +268,12 @@ def test_disk_full_while_caching(capsys, tmp_path, monkeypatch):
     assert not list((run / "cache").rglob("*.npy")) or json.loads(
         (run / "manifest.json").read_text())["caches"] == {}
     monkeypatch.undo()  # space freed
-    rc, err = cli(capsys, "train", "--resume", str(run))
+    rc, _, err = cli(capsys, "train", "--resume", str(run))
     assert rc == 0, err
     assert_listed_files_intact(run)
 
 
-def test_disk_full_on_a_real_tiny_filesystem(tmp_path):
-    """A 600 kB tmpfs holds the run's set-up but not module 0's feature cache (~3 MB)."""
+def _tiny_tmpfs(tmp_path):
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         pytest.skip("needs unshare and mount")
     mnt = tmp_path / "small-disk"
@@ -321,10 +283,33 @@ def test_disk_full_on_a_real_tiny_filesystem(tmp_path):
                            capture_output=True)
     if probe.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (no user namespaces)")
+    return mnt
+
+
+def test_too_little_free_disk_is_refused_before_anything_is_written(tmp_path):
+    """Without --disk-budget the planner plans against the free space: 600 kB cannot hold the
+    run's weights and feature caches, so it refuses before writing anything."""
+    mnt = _tiny_tmpfs(tmp_path)
     run = mnt / "run"
     cmd = (f"mount -t tmpfs -o size=600k tmpfs {shlex.quote(str(mnt))} && "
            f"{shlex.quote(sys.executable)} -m edge_trgl.cli.main train "
-           f"{' '.join(TINY)} --out {shlex.quote(str(run))}; rc=$?; "
+           f"{' '.join(TINY)} --out {shlex.quote(str(run))}; rc=$?; ls -a {shlex.quote(str(mnt))}; "
+           f"exit $rc")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True,
+                          timeout=300)
+    assert_clean_error(proc.returncode, proc.stderr, "free disk space", "Nothing was written")
+    assert proc.stdout.split() == [".", ".."]     # the tiny disk is still empty
+
+
+def test_disk_full_on_a_real_tiny_filesystem(tmp_path):
+    """A 600 kB tmpfs holds the run's set-up but not module 0's feature cache (~3 MB). The
+    planner is told a larger --disk-budget (as when another process fills the disk meanwhile),
+    so the run starts and the disk fills while the cache is written."""
+    mnt = _tiny_tmpfs(tmp_path)
+    run = mnt / "run"
+    cmd = (f"mount -t tmpfs -o size=600k tmpfs {shlex.quote(str(mnt))} && "
+           f"{shlex.quote(sys.executable)} -m edge_trgl.cli.main train "
+           f"{' '.join(TINY)} --disk-budget 1GB --out {shlex.quote(str(run))}; rc=$?; "
            f"test -f {shlex.quote(str(run))}/manifest.json && echo PUBLISHED; "
            f"ls -a {shlex.quote(str(run))}/cache/module_00; exit $rc")
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True,
