@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -123,3 +124,49 @@ def test_the_same_command_plans_the_same(tmp_path, torch_budget_bytes):
         plan.pop("whole_command")  # how planning itself went differs (the second is cached)
         plans.append(plan)
     assert plans[0] == plans[1]
+
+
+def test_a_trainer_over_its_share_is_stopped_by_the_guard_not_the_kernel(tmp_path,
+                                                                          torch_budget_bytes):
+    """A trainer that suddenly needs far more than planned (a test hook makes it allocate 400 MB
+    at its 3rd batch) is stopped by the command's own guard before the kernel's OOM killer acts;
+    the message says so, the run is intact and resumes as planned."""
+    out = tmp_path / "run"
+    budget = torch_budget_bytes
+    args = ["train", *TINY, "--batch-size", "64", "--mem-budget", str(budget), "--out", str(out)]
+    env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "cache"),
+               EDGE_TRGL_TEST_BALLAST="batch:3:400")
+    status, kernel = run_in_new_cgroup([sys.executable, "-m", "edge_trgl.cli.main", *args],
+                                       budget, capture_output=True, text=True, env=env)
+    err = " ".join(kernel["stderr"].split())
+    assert status == 2, kernel["stderr"][-3000:]
+    assert kernel["oom_kills"] == 0
+    assert "stopped by the command's memory guard" in err and "Traceback" not in err, err
+    assert f"edge-trgl train --resume {out}" in err
+    status, kernel = edge_trgl(budget, ["train", "--resume", str(out), "--quiet"], tmp_path / "cache")
+    assert status == 0, kernel["stderr"][-3000:]
+    assert kernel["oom_kills"] == 0
+    assert json.loads((out / "summary.json").read_text())["whole_command"]["oom_kills"] == 0
+
+
+def test_without_a_cgroup_the_trainer_watchdog_stops_it(tmp_path, torch_budget_bytes):
+    """Where no cgroup can be created (here: forbidden by EDGE_TRGL_NO_CGROUP), the trainer's
+    own RSS watchdog is the enforcement: the same sudden need ends at a safe point with the
+    one-paragraph error, and the summary of the resumed run says which enforcement was used."""
+    out = tmp_path / "run"
+    budget = torch_budget_bytes
+    env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "cache"), EDGE_TRGL_NO_CGROUP="1",
+               EDGE_TRGL_TEST_BALLAST="batch:3:400")
+    done = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", *TINY,
+                           "--batch-size", "64", "--mem-budget", str(budget), "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "over the budget" in err and "Traceback" not in err, err
+    del env["EDGE_TRGL_TEST_BALLAST"]
+    done = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", "--resume",
+                           str(out), "--quiet"], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["memory_enforcement"] == "watchdog"
