@@ -4,8 +4,9 @@ that much free, or under systemd's MemoryMax), with an empty probe cache, finish
 kills, and report a whole-command peak under the budget; a budget that cannot fit is refused
 before anything is written, and `plan` and `train` refuse with the same figures.
 
-Needs a writable memory cgroup (root with cgroup v1, as on the test machines and CI): skipped
-with the reason elsewhere. These are real runs (planning probes in fresh processes), so slow.
+The tests that run a command inside a cgroup need a writable memory cgroup (root with cgroup v1,
+as on the test machines and CI) and skip with the reason elsewhere; the watchdog and signal ones
+run anywhere. These are real runs (planning probes in fresh processes), so slow.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def cgroups():
 
 
 @pytest.fixture(scope="module")
-def torch_budget_bytes(cgroups, tmp_path_factory):
+def torch_budget_bytes(tmp_path_factory):
     """A budget that fits a tiny job on this machine: the measured orchestrator and torch
     trainer baselines (they differ between environments) plus room for a small module."""
     from edge_trgl.config import TrainConfig
@@ -58,7 +59,7 @@ def edge_trgl(limit_bytes: int, args: list[str], cache) -> tuple[int, dict]:
     return result
 
 
-def test_budgeted_train_inside_a_cgroup_of_the_budget(tmp_path, torch_budget_bytes):
+def test_budgeted_train_inside_a_cgroup_of_the_budget(tmp_path, cgroups, torch_budget_bytes):
     out = tmp_path / "run"
     budget = torch_budget_bytes
     status, kernel = edge_trgl(budget, ["train", *TINY, "--batch-size", "64", "--mem-budget",
@@ -97,7 +98,8 @@ def test_ort_train_inside_a_256mb_cgroup(tmp_path, cgroups):
     assert summary["whole_command_peak_bytes"] <= 256_000_000
 
 
-def test_too_small_budget_is_refused_alike_by_plan_and_train(tmp_path, torch_budget_bytes):
+def test_too_small_budget_is_refused_alike_by_plan_and_train(tmp_path, cgroups,
+                                                             torch_budget_bytes):
     budget = torch_budget_bytes - 150_000_000   # below the two baselines + the smallest block
     cache = tmp_path / "cache"
     out = tmp_path / "refused"
@@ -113,7 +115,7 @@ def test_too_small_budget_is_refused_alike_by_plan_and_train(tmp_path, torch_bud
     assert not out.exists() and not any(p.name.startswith(".refused") for p in tmp_path.iterdir())
 
 
-def test_the_same_command_plans_the_same(tmp_path, torch_budget_bytes):
+def test_the_same_command_plans_the_same(tmp_path, cgroups, torch_budget_bytes):
     cache = tmp_path / "cache"
     args = ["plan", *TINY, "--batch-size", "64", "--mem-budget", str(torch_budget_bytes), "--json"]
     plans = []
@@ -126,7 +128,7 @@ def test_the_same_command_plans_the_same(tmp_path, torch_budget_bytes):
     assert plans[0] == plans[1]
 
 
-def test_a_trainer_over_its_share_is_stopped_by_the_guard_not_the_kernel(tmp_path,
+def test_a_trainer_over_its_share_is_stopped_by_the_guard_not_the_kernel(tmp_path, cgroups,
                                                                           torch_budget_bytes):
     """A trainer that suddenly needs far more than planned (a test hook makes it allocate 400 MB
     at its 3rd batch) is stopped by the command's own guard before the kernel's OOM killer acts;
@@ -170,3 +172,29 @@ def test_without_a_cgroup_the_trainer_watchdog_stops_it(tmp_path, torch_budget_b
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["memory_enforcement"] == "watchdog"
+
+
+def test_sigterm_to_the_budgeted_command_stops_its_trainer_at_a_safe_point(tmp_path):
+    """A service manager's SIGTERM reaches only `edge-trgl`; it forwards it to its trainer child,
+    which stops at its next safe point; the command exits 130 and the run resumes."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train",
+                             "--synthetic-train", "1500", "--synthetic-test", "100", "--threads",
+                             "1", "--quiet", "--model", "resnet8", "--epochs", "4",
+                             "--mem-budget", "2GB", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 600
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)   # the first epoch is logged: the trainer child is training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and f"edge-trgl train --resume {out}" in " ".join(err.split())
+    done = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", "--resume",
+                           str(out), "--quiet"], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["modules"]
