@@ -301,6 +301,7 @@ def test_too_little_free_disk_is_refused_before_anything_is_written(tmp_path):
     assert proc.stdout.split() == [".", ".."]     # the tiny disk is still empty
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_real_tiny_filesystem(tmp_path):
     """A 600 kB tmpfs holds the run's set-up but not module 0's feature cache (~3 MB). The
     planner is told a larger --disk-budget (as when another process fills the disk meanwhile),

@@ -243,6 +243,7 @@ def tiny_suite(tmp_path_factory):
     return root, inv
 
 
+@pytest.mark.slow
 def test_tiny_suite_runs_and_records(tiny_suite):
     root, inv = tiny_suite
     assert inv["rows_run"] == ["resnet8-e2e-s0", "resnet8-block-s0"] and not inv["rows_failed"]
@@ -271,6 +272,7 @@ def test_tiny_suite_runs_and_records(tiny_suite):
     assert again["rows_run"] == [] and len(again["rows_skipped"]) == 2
 
 
+@pytest.mark.slow
 def test_tiny_suite_report_regenerates_from_json(tiny_suite, tmp_path):
     root, _ = tiny_suite
     results = root / "results"
@@ -284,6 +286,7 @@ def test_tiny_suite_report_regenerates_from_json(tiny_suite, tmp_path):
     assert list((results / "plots").glob("tiny-*memory_vs_accuracy.png"))
 
 
+@pytest.mark.slow
 def test_rerun_reproduces_peak(tiny_suite):
     root, _ = tiny_suite
     check = bench.rerun_check(root / "results" / "tiny" / "resnet8-e2e-s0.json",

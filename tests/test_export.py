@@ -13,22 +13,16 @@ import numpy as np
 import pytest
 
 from edge_trgl.cli.main import main
+from helpers import cli
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+pytestmark = pytest.mark.slow   # every test reads one trained and exported run (~4 s to make)
+
 TRAIN = ["train", "--synthetic-train", "600", "--synthetic-test", "300", "--model", "resnet8",
          "--width", "0.5", "--modules", "2", "--epochs", "2", "--batch-size", "64",
          "--threads", "1", "--seed", "1", "--quiet"]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")

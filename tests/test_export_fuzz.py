@@ -28,10 +28,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from edge_trgl.cli.main import main  # noqa: E402
+from helpers import TINY, run_cli  # noqa: E402
 
-TINY = ["--synthetic-train", "200", "--synthetic-test", "100", "--model", "resnet8", "--width",
-        "0.25", "--modules", "2", "--batch-size", "32", "--epochs", "1", "--threads", "1",
-        "--seed", "5", "--quiet"]
+RUN = [*TINY, "--seed", "5"]
 EXPORT_FILES = ["export.json", "model.json", "model.onnx", "model.pt", "model.safetensors"]
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -48,7 +47,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     run = root / "run"
     with quiet():
-        assert main(["train", *TINY, "--out", str(run)]) == 0
+        assert main(["train", *RUN, "--out", str(run)]) == 0
         assert main(["export", str(run)]) == 0
     np.save(root / "img.npy", np.full((32, 32, 3), 100, np.uint8))
     return root
@@ -58,16 +57,6 @@ def base(tmp_path_factory):
 def quiet():
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         yield
-
-
-def run_cli(*argv) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, err.getvalue()
 
 
 def snapshot(root: Path) -> dict[str, str]:

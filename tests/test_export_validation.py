@@ -24,34 +24,12 @@ import numpy as np
 import pytest
 
 from edge_trgl.cli.main import main
+from helpers import TINY, assert_clean_error, cli
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-TINY = ["--synthetic-train", "200", "--synthetic-test", "100", "--model", "resnet8", "--width",
-        "0.25", "--modules", "2", "--batch-size", "32", "--epochs", "1", "--threads", "1",
-        "--seed", "3", "--quiet"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own errors
-        rc = exc.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def assert_clean_error(rc: int, err: str, *phrases: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
-    assert len([line for line in lines if "error:" in line]) == 1, err   # one message
-    assert "\n\n" not in err.strip(), err                                # one paragraph
-    text = " ".join(err.split())
-    for phrase in phrases:
-        assert phrase in text, (phrase, text)
-    return text
+RUN = [*TINY, "--seed", "3"]
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -76,7 +54,7 @@ def base(tmp_path_factory):
     """One finished tiny run with its default export, copied by each test that changes it."""
     root = tmp_path_factory.mktemp("validation")
     run = root / "run"
-    assert main(["train", *TINY, "--out", str(run)]) == 0
+    assert main(["train", *RUN, "--out", str(run)]) == 0
     assert main(["export", str(run)]) == 0
     np.save(root / "img.npy", np.full((32, 32, 3), 128, np.uint8))
     return root

@@ -7,8 +7,6 @@ would be about the missing data directory, so the message about --out shows the 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shlex
 import shutil
@@ -18,32 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_trgl.cli.main import main
 from edge_trgl.errors import UserError
 from edge_trgl.run import Run
-
-TINY = ["--synthetic-train", "200", "--synthetic-test", "100", "--model", "resnet8", "--width",
-        "0.25", "--modules", "2", "--batch-size", "32", "--epochs", "1", "--threads", "1",
-        "--quiet"]
+from helpers import TINY, assert_one_paragraph_error, run_cli
 
 
 def train(*argv: str) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main(["train", *argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, err.getvalue()
-
-
-def assert_clean_error(rc: int, err: str, *phrases: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err and err.startswith("edge-trgl: error: "), err
-    assert err.count("error:") == 1 and "\n\n" not in err.strip(), err
-    text = " ".join(err.split())
-    for phrase in phrases:
-        assert phrase in text, (phrase, text)
+    return run_cli("train", *argv)
 
 
 def tree(root: Path) -> list[str]:
@@ -55,10 +34,10 @@ def test_out_under_a_file_is_refused_before_the_data_is_loaded(tmp_path):
     notes.write_text("x")
     rc, err = train(*TINY, "--data", "cifar10", "--data-dir", str(tmp_path / "missing"),
                     "--out", str(notes / "run"))
-    assert_clean_error(rc, err, f"{notes} is a file, not a directory")
+    assert_one_paragraph_error(rc, err, f"{notes} is a file, not a directory")
     rc, err = train(*TINY, "--data", "cifar10", "--data-dir", str(tmp_path / "missing"),
                     "--out", str(notes / "deeper" / "run"))
-    assert_clean_error(rc, err, f"{notes} is a file, not a directory")
+    assert_one_paragraph_error(rc, err, f"{notes} is a file, not a directory")
     assert tree(tmp_path) == ["notes.txt"] and notes.read_text() == "x"
 
 
@@ -68,12 +47,12 @@ def test_existing_directory_file_and_dangling_link_are_refused(tmp_path):
     (photos / "holiday.jpg").write_bytes(b"mine")
     rc, err = train(*TINY, "--data", "cifar10", "--data-dir", str(tmp_path / "missing"),
                     "--out", str(photos))
-    assert_clean_error(rc, err, "exists and is not an edge-trgl run")
+    assert_one_paragraph_error(rc, err, "exists and is not an edge-trgl run")
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "nowhere")
     rc, err = train(*TINY, "--data", "cifar10", "--data-dir", str(tmp_path / "missing"),
                     "--out", str(link))
-    assert_clean_error(rc, err, "is a symbolic link to something that does not exist")
+    assert_one_paragraph_error(rc, err, "is a symbolic link to something that does not exist")
     assert tree(tmp_path) == ["link", "photos", "photos/holiday.jpg"]
 
 
@@ -108,6 +87,6 @@ def test_read_only_parent_is_refused_before_any_work(tmp_path):
                f"--out {shlex.quote(str(out))}")
         proc = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True,
                               timeout=300, env=os.environ)
-        assert_clean_error(proc.returncode, proc.stderr, f"the directory {ro} is on a read-only "
-                           f"file system")
+        assert_one_paragraph_error(proc.returncode, proc.stderr,
+                                   f"the directory {ro} is on a read-only file system")
     assert tree(ro) == []

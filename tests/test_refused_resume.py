@@ -30,11 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_trgl.cli.main import main
-from edge_trgl.killpoints import ENV
+from helpers import TINY, assert_one_paragraph_error, cli_child, run_cli
 
-TINY = ["--synthetic-train", "200", "--synthetic-test", "100", "--model", "resnet8", "--width",
-        "0.25", "--modules", "2", "--batch-size", "32", "--epochs", "1", "--threads", "1",
-        "--quiet"]
 CKPT = "ckpt/module_01-lap0-epoch001.safetensors"
 UNLISTED = ["blocks/block_002.safetensors", "blocks/block_003.safetensors"]
 
@@ -49,23 +46,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def resume(run: Path, *extra: str) -> tuple[int, str]:
     """`edge-trgl train --resume RUN` in this process; (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main(["train", "--resume", str(run), "--quiet", *extra])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, err.getvalue()
-
-
-def assert_one_paragraph_error(rc: int, err: str, *phrases: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    assert err.startswith("edge-trgl: error: "), err
-    assert err.count("error:") == 1 and "\n\n" not in err.strip(), err
-    text = " ".join(err.split())
-    for phrase in phrases:
-        assert phrase in text, (phrase, text)
+    return run_cli("train", "--resume", run, "--quiet", *extra)
 
 
 def read(run: Path, rel: str):
@@ -143,9 +124,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     killed = base / "killed"
     # set-up saves 4 blocks + 2 heads (6); module 0: checkpoint, blocks 0-1, head 0, optimizer
     # (7-11); module 1: checkpoint (12), blocks 2, 3 written back (13, 14), head 1 half written (15)
-    env = dict(os.environ, **{ENV: "save:15"})
-    proc = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", *TINY, "--out",
-                           str(killed)], env=env, capture_output=True, text=True, timeout=300)
+    proc = cli_child("train", *TINY, "--out", killed, kill="save:15")
     assert proc.returncode == -9, proc.stderr[-3000:]
     manifest = read(killed, "manifest.json")
     assert manifest["progress"]["ckpt"] == CKPT and manifest["progress"]["phase"] == "train"
@@ -541,17 +520,22 @@ def check_outcome(run: Path, base: str, before: dict[str, str], listed_before: s
         assert kept <= set(after), kept - set(after)
 
 
+def damage_a_copy_and_check(runs: dict[str, Path], base: str, apply, damage: tuple) -> None:
+    """`apply(run, *damage)` to a fresh copy of run `base`, then resume it (check_outcome)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / base
+        shutil.copytree(runs[base], run, symlinks=True)
+        listed = set(read(run, "manifest.json")["files"])
+        apply(run, *damage)
+        check_outcome(run, base, snapshot(run), listed, snapshot(runs[base]))
+
+
 @pytest.mark.slow
 @FUZZ
 @given(base=st.sampled_from(["finished", "killed"]), data=st.data())
 def test_fuzzed_json_files_never_crash_resume_or_lose_files(runs, base, data):
     change = data.draw(json_edit(base))
-    with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / base
-        shutil.copytree(runs[base], run, symlinks=True)
-        listed = set(read(run, "manifest.json")["files"])
-        apply_json_edit(run, *change)
-        check_outcome(run, base, snapshot(run), listed, snapshot(runs[base]))
+    damage_a_copy_and_check(runs, base, apply_json_edit, change)
 
 
 @pytest.mark.slow
@@ -560,9 +544,4 @@ def test_fuzzed_json_files_never_crash_resume_or_lose_files(runs, base, data):
 def test_damaged_bytes_in_any_run_file_never_crash_resume_or_lose_files(runs, base, data):
     files = sorted(snapshot(runs[base]))
     damage = data.draw(byte_damage(files))
-    with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / base
-        shutil.copytree(runs[base], run, symlinks=True)
-        listed = set(read(run, "manifest.json")["files"])
-        apply_byte_damage(run, *damage)
-        check_outcome(run, base, snapshot(run), listed, snapshot(runs[base]))
+    damage_a_copy_and_check(runs, base, apply_byte_damage, damage)

@@ -17,62 +17,53 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_trgl.killpoints import ENV
+from helpers import cli_child, write_fake_cifar
 
-# A tiny dataset in the CIFAR-10 file format (the real loader and its restricted unpickler run;
-# loading takes milliseconds). The original CIFAR-10 batches are pickles of protocol 2.
-ARGS = ["--data", "cifar10", "--model", "resnet8", "--width", "0.25", "--modules", "2",
-        "--batch-size", "32", "--threads", "1", "--seed", "3"]
-SEQ = [*ARGS, "--epochs", "2"]
-MULTILAP = [*ARGS, "--scheme", "multilap", "--laps", "2", "--epochs", "2"]
-E2E = [*ARGS, "--scheme", "e2e", "--epochs", "3"]
-CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-           b"ship", b"truck"]
+pytestmark = pytest.mark.slow   # 10 real training processes, ~25 s in all
 
-
-def write_fake_cifar(folder: Path, train_per_batch: int = 40, test: int = 100) -> Path:
-    import pickle
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-
-    def batch(n):
-        labels = rng.integers(0, 10, n)
-        # a class-dependent brightness, so that there is something to learn
-        data = rng.integers(0, 128, (n, 3072)) + 12 * labels[:, None]
-        return {b"labels": labels.tolist(), b"data": data.astype(np.uint8)}
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(train_per_batch), protocol=2))
-    (folder / "test_batch").write_bytes(pickle.dumps(batch(test), protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": CLASSES}, protocol=2))
-    return folder
+# resnet8 in 2 modules on a tiny dataset in the CIFAR-10 file format (helpers.write_fake_cifar,
+# learnable: 5 x 40 train and 100 test images); the fixtures below add --data-dir. Tuples, and the
+# fixtures return new lists: no test changes what another one sees, in whatever order they run.
+ARGS = ("--data", "cifar10", "--model", "resnet8", "--width", "0.25", "--modules", "2",
+        "--batch-size", "32", "--threads", "1", "--seed", "3")
+SEQ = (*ARGS, "--epochs", "2")
+MULTILAP = (*ARGS, "--scheme", "multilap", "--laps", "2", "--epochs", "2")
+E2E = (*ARGS, "--scheme", "e2e", "--epochs", "3")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fake_cifar(tmp_path_factory):
+@pytest.fixture(scope="module")
+def fake_cifar(tmp_path_factory) -> Path:
     """Every run in this file trains on one tiny fake CIFAR-10 folder (--data-dir)."""
-    folder = write_fake_cifar(tmp_path_factory.mktemp("data") / "cifar-10-batches-py")
-    ARGS.extend(["--data-dir", str(folder)])
-    for args in (SEQ, MULTILAP, E2E):
-        args.extend(["--data-dir", str(folder)])
-    return folder
+    return write_fake_cifar(tmp_path_factory.mktemp("data") / "cifar-10-batches-py", 40, test=100,
+                            learnable=True)
+
+
+@pytest.fixture(scope="module")
+def seq_args(fake_cifar) -> list[str]:
+    return [*SEQ, "--data-dir", str(fake_cifar)]
+
+
+@pytest.fixture(scope="module")
+def multilap_args(fake_cifar) -> list[str]:
+    return [*MULTILAP, "--data-dir", str(fake_cifar)]
+
+
+@pytest.fixture(scope="module")
+def e2e_args(fake_cifar) -> list[str]:
+    return [*E2E, "--data-dir", str(fake_cifar)]
+
+
 VOLATILE = {"time", "seconds", "samples_per_s", "rss_bytes"}  # wall-clock and memory readings
 
 
 def train(*args: str, kill: str | None = None, check_rc: int | None = 0):
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    if kill:
-        env[ENV] = kill
-    proc = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", "--quiet", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = cli_child("train", "--quiet", *args, kill=kill)
     if check_rc is not None:
         assert proc.returncode == check_rc, (args, kill, proc.returncode, proc.stderr[-3000:])
     return proc
@@ -137,26 +128,27 @@ def assert_same_result(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def seq_reference(tmp_path_factory):
+def seq_reference(seq_args, tmp_path_factory):
     """An uninterrupted sequential run; its --out first suffers a set-up killed before publish,
     which must leave no run directory and must not disturb this later run."""
     from edge_trgl.cli.main import main
     base = tmp_path_factory.mktemp("seq")
     out = base / "reference"
-    killed(*SEQ, "--out", str(out), kill="setup:1")
+    killed(*seq_args, "--out", str(out), kill="setup:1")
     assert not out.exists()
     assert list(base.glob(".reference.staging-*")), "expected the killed set-up's staging folder"
     assert main(["train", "--resume", str(out)]) == 2     # nothing to resume
-    train_here(*SEQ, "--out", str(out))
+    train_here(*seq_args, "--out", str(out))
     assert not list(base.glob(".reference.staging-*")), "stale staging folder not cleaned up"
     return out
 
 
-def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_reference, tmp_path):
+def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_reference, seq_args,
+                                                                      tmp_path):
     run = tmp_path / "run"
     # set-up writes 6 files, module 0 checkpoints epochs 1 and 2 (7, 8), writes back block 0
     # (9) and block 1 (10), and is killed with head 0 half written (11)
-    killed(*SEQ, "--out", str(run), kill="save:11")
+    killed(*seq_args, "--out", str(run), kill="save:11")
     assert list((run / "heads").glob(".*.tmp*")), "expected a torn temp file of head 0"
     assert manifest(run)["progress"]["epoch_done"] == 2
     assert_listed_files_intact(run)
@@ -184,26 +176,26 @@ def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_refere
     assert_same_result(run, seq_reference)
 
 
-def test_multilap_killed_during_second_lap_write_back(tmp_path):
+def test_multilap_killed_during_second_lap_write_back(multilap_args, tmp_path):
     reference = tmp_path / "reference"
-    train_here(*MULTILAP, "--out", str(reference))
+    train_here(*multilap_args, "--out", str(reference))
     run = tmp_path / "run"
     # set-up 6 saves; lap 0: 1 checkpoint + 4 files per module; lap 1 module 0: checkpoint
     # (17), block 0 (18), block 1 half written (19)
-    killed(*MULTILAP, "--out", str(run), kill="save:19")
+    killed(*multilap_args, "--out", str(run), kill="save:19")
     assert manifest(run)["progress"]["lap"] == 1
     assert_listed_files_intact(run)
     train("--resume", str(run))
     assert_same_result(run, reference)
 
 
-def test_e2e_ctrl_c_then_killed_during_final_write(tmp_path):
+def test_e2e_ctrl_c_then_killed_during_final_write(e2e_args, tmp_path):
     reference = tmp_path / "reference"
-    train_here(*E2E, "--out", str(reference))
+    train_here(*e2e_args, "--out", str(reference))
     run = tmp_path / "run"
     # Ctrl-C in the middle of epoch 2 (an epoch is 6 train + 1 val batch): the epoch finishes,
     # is checkpointed, and the process exits 130 with the command that continues the run
-    proc = train(*E2E, "--out", str(run), kill="batch:10:INT", check_rc=130)
+    proc = train(*e2e_args, "--out", str(run), kill="batch:10:INT", check_rc=130)
     assert "Traceback" not in proc.stderr
     assert f"edge-trgl train --resume {run}" in " ".join(proc.stderr.split())
     assert manifest(run)["progress"]["epoch_done"] == 2
@@ -241,7 +233,7 @@ def test_resume_refuses_changed_data_but_accepts_moved_data(seq_reference, fake_
     shutil.copytree(fake_cifar, moved)
     assert main(["train", "--resume", str(seq_reference), "--data-dir", str(moved)]) == 0
     capsys.readouterr()
-    write_fake_cifar(moved, test=101)   # other data under the same names
+    write_fake_cifar(moved, 40, test=101, learnable=True)   # other data under the same names
     assert main(["train", "--resume", str(seq_reference), "--data-dir", str(moved)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "The dataset differs" in err and "Traceback" not in err

@@ -19,11 +19,11 @@ import sys
 import pytest
 
 from edge_trgl.memory.cgroup import CommandCgroup, run_in_new_cgroup
+from helpers import SYNTHETIC_300
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--synthetic-train", "300", "--synthetic-test", "100", "--threads", "1", "--quiet",
-        "--model", "resnet8", "--epochs", "1"]
+TINY = [*SYNTHETIC_300, "--model", "resnet8", "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,15 @@
-"""Shared set-up for the ONNX Runtime backend tests: skip cleanly without the [ort] extra, and
-build one small module's artifacts once per test session (building takes a few seconds)."""
+"""Shared set-up for the ONNX Runtime backend tests: build one small module's artifacts once per
+test session (building takes a few seconds). `ort_available` (skip cleanly without the [ort]
+extra) is in tests/conftest.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge_trgl.errors import UserError
-
 # A small but complete module: ResNet-8 at width 0.5 on 16x16 inputs, blocks 0..1 (the stem with
 # BatchNorm and a BasicBlock with a residual energy) + the default conv head (3x3 conv, 2x2
 # average pool, BatchNorm1d, Linear): every kind of layer the backend has to handle.
 MODEL, WIDTH, IN_SHAPE, CLASSES, LO, HI = "resnet8", 0.5, (3, 16, 16), 10, 0, 2
-
-
-@pytest.fixture(scope="session")
-def ort_available():
-    from edge_trgl.backends.ort_common import require_ort
-    try:
-        require_ort(need_onnx=True)
-    except UserError as exc:
-        pytest.skip(f"the ONNX Runtime training extra is not installed ({exc})")
 
 
 def small_config(**overrides):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_trgl.killpoints import ENV
+from helpers import cli_child
 
 # resnet8 = 4 blocks -> 2 modules of 2; 200 synthetic train images -> 180 train + 20 val, so an
 # epoch of module 0's trainer hands out 6 train batches + 1 val batch ("batch" events 1-7).
@@ -22,13 +23,10 @@ ARGS = ["--backend", "ort", "--model", "resnet8", "--width", "0.5", "--modules",
 
 
 def train_cli(*args: str, kill: str | None = None):
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    if kill:
-        env[ENV] = kill
-    return subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return cli_child("train", *args, kill=kill)
 
 
+@pytest.mark.slow
 def test_train_crash_resume_and_the_run_directory(ort_available, tmp_path):
     out = tmp_path / "run"
     # SIGKILL inside module 0's trainer, in its second epoch (after epoch 1's checkpoint)
@@ -104,6 +102,7 @@ def start_until_first_epoch(out: Path, epochs: int, capture: bool = True):
     return proc
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(ort_available, tmp_path):
     """A service manager's SIGTERM reaches only the orchestrator (the trainer runs in its own
     process group); it is forwarded, so the trainer stops after its current epoch instead of
@@ -126,6 +125,7 @@ def test_sigterm_to_the_orchestrator_alone_stops_the_trainer_at_its_epoch_end(or
     assert [(m["module"], m["epoch"]) for m in logged] == [(k, e) for k in (0, 1) for e in range(1, 5)]
 
 
+@pytest.mark.slow
 def test_a_second_stop_request_stops_at_once_without_a_traceback(ort_available, tmp_path):
     """Ctrl-C twice (here: two SIGTERMs to edge-trgl): stop now. Neither the orchestrator nor
     the trainer prints a traceback, and the run resumes from its last checkpoint."""
@@ -153,6 +153,7 @@ def test_a_second_stop_request_stops_at_once_without_a_traceback(ort_available, 
                                                           for e in range(1, 31)]
 
 
+@pytest.mark.slow
 def test_a_killed_orchestrator_takes_its_trainer_with_it(ort_available, tmp_path):
     """The trainer runs in its own process group; if `edge-trgl` itself is killed (SIGKILL, OOM
     killer) the trainer must not live on writing the run while the user resumes it."""

@@ -70,6 +70,7 @@ def train_ort(cfg, art_dir, state, data):
     return mod, losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_training_steps_agree_with_torch(small_module, optimizer):
     cfg, art_dir, meta = small_module

@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
-TINY = ["--synthetic-train", "300", "--synthetic-test", "100", "--threads", "1", "--quiet",
-        "--model", "resnet8", "--epochs", "1", "--batch-size", "32", "--modules", "2"]
+from helpers import SYNTHETIC_300
+
+TINY = [*SYNTHETIC_300, "--model", "resnet8", "--epochs", "1", "--batch-size", "32",
+        "--modules", "2"]
 
 
 def edge_trgl(*args, env=None):
@@ -22,14 +24,9 @@ def edge_trgl(*args, env=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "ort"])
-def test_prepare_then_train_elsewhere(tmp_path, backend):
+def test_prepare_then_train_elsewhere(tmp_path, backend, request):
     if backend == "ort":
-        from edge_trgl.backends.ort_common import require_ort
-        from edge_trgl.errors import UserError
-        try:
-            require_ort(need_onnx=True)
-        except UserError as exc:
-            pytest.skip(f"the ONNX Runtime training extra is not installed ({exc})")
+        request.getfixturevalue("ort_available")   # skips, saying why, without the [ort] extra
     env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "cache"))
     prepared = tmp_path / "big-machine" / "run"
     done = edge_trgl("prepare", *TINY, "--backend", backend, "--out", str(prepared), env=env)
@@ -48,6 +45,7 @@ def test_prepare_then_train_elsewhere(tmp_path, backend):
     assert all(row["test_acc"] is not None for row in summary["modules"])
 
 
+@pytest.mark.slow
 def test_prepare_refuses_bad_input_before_writing(tmp_path):
     out = tmp_path / "nope"
     done = edge_trgl("prepare", *TINY, "--model", "no-such-model", "--out", str(out))

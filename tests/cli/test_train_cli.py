@@ -14,7 +14,6 @@ and an untrained network's accuracy over 300 samples has a standard deviation of
 
 import json
 import os
-import pickle
 import sys
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import pytest
 
 from edge_trgl.cli.main import SUBCOMMANDS, build_parser, main
 from edge_trgl.memory.measure import run_measured
+from helpers import CIFAR_BATCHES, SYNTHETIC_300, write_cifar_files
 
-TINY = ["--synthetic-train", "300", "--synthetic-test", "100", "--batch-size", "32",
-        "--threads", "1", "--quiet"]
+TINY = [*SYNTHETIC_300, "--batch-size", "32"]
 
 
 LEARNS = 0.30        # final-epoch train accuracy that shows learning (chance 0.10; see above)
@@ -41,7 +40,6 @@ def easy_data(tmp_path_factory) -> list[str]:
     the image's colour (one of ten distinct colours, +-40 uniform noise per pixel): learnable in
     a few epochs by every model family, so that learning is a large effect."""
     folder = tmp_path_factory.mktemp("easy") / "cifar-10-batches-py"
-    folder.mkdir()
     rng = np.random.default_rng(0)
     palette = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                         [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
@@ -52,11 +50,9 @@ def easy_data(tmp_path_factory) -> list[str]:
         images = palette[labels][:, :, None, None] + rng.integers(-40, 41, (n, 3, 32, 32))
         return {b"labels": labels.tolist(),
                 b"data": np.clip(images, 0, 255).astype(np.uint8).reshape(n, 3072)}
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(60), protocol=2))
-    (folder / "test_batch").write_bytes(pickle.dumps(batch(100), protocol=2))
+    batches = {name: batch(100 if name == "test_batch" else 60) for name in CIFAR_BATCHES}
     names = [f"colour{i}".encode() for i in range(10)]
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    write_cifar_files(folder, batches, {b"label_names": names})
     return ["--data", "cifar10", "--data-dir", str(folder)]
 
 
@@ -81,6 +77,7 @@ def test_help_of_every_subcommand(capsys):
     assert "--mem-budget" in sub["train"].format_help()
 
 
+@pytest.mark.slow
 def test_sequential_run_writes_a_complete_run_and_learns(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", *TINY, "--model", "resnet8", "--modules", "2", "--epochs", "4",
@@ -105,6 +102,7 @@ def test_sequential_run_writes_a_complete_run_and_learns(tmp_path, capsys):
     assert manifest["status"] == "complete" and not (out / "cache/module_00").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["multilap", "parallel", "e2e"])
 def test_other_schemes_learn(tmp_path, easy_data, scheme):
     """The last module (for e2e the whole network's head) learns; measured final-epoch train
@@ -121,6 +119,7 @@ def test_other_schemes_learn(tmp_path, easy_data, scheme):
     assert json.loads((out / "summary.json").read_text())["scheme"] == scheme
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,width", [("vgg8", "0.25"), ("vit2", "0.5")])
 def test_other_families_learn(tmp_path, easy_data, model, width):
     """Module 0 learns; measured final-epoch train accuracy over the 9 runs named above: vgg8
@@ -132,6 +131,7 @@ def test_other_families_learn(tmp_path, easy_data, model, width):
     assert final_train_accuracy(out, 0) >= LEARNS
 
 
+@pytest.mark.slow
 def test_budgeted_run_stays_under_budget_measured_from_outside(tmp_path):
     out = tmp_path / "budget"
     # The framework's own footprint differs between machines and environments (measured here

@@ -11,10 +11,9 @@ import pytest
 from edge_trgl.data import load_dataset
 from edge_trgl.data.cifar import CIFAR10_FILES, load_cifar10, restricted_loads
 from edge_trgl.errors import UserError
+from helpers import CIFAR_CLASSES, SHARED_DATA, write_cifar_files
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 REAL_CIFAR = SHARED_DATA / "cifar-10-batches-py"
-NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 
 
 class _ShellPayload:
@@ -50,15 +49,13 @@ def _batch(n, seed, labels=None):
 
 
 def _write_fake_cifar(folder: Path, n_per_batch=20):
-    folder.mkdir(parents=True, exist_ok=True)
-    batches = {}
-    for i in range(1, 6):
-        batches[f"data_batch_{i}"] = _batch(n_per_batch, i)
+    """Every field of the original files (helpers.write_fake_cifar writes only what the loader
+    reads), each batch from its own seed; returns the batches written."""
+    batches = {f"data_batch_{i}": _batch(n_per_batch, i) for i in range(1, 6)}
     batches["test_batch"] = _batch(n_per_batch, 99)
-    for name, d in batches.items():
-        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
-    meta = {b"num_cases_per_batch": n_per_batch, b"label_names": NAMES, b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    meta = {b"num_cases_per_batch": n_per_batch, b"label_names": list(CIFAR_CLASSES),
+            b"num_vis": 3072}
+    write_cifar_files(folder, batches, meta)
     return batches
 
 

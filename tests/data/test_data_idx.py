@@ -10,8 +10,8 @@ import pytest
 from edge_trgl.data import load_dataset
 from edge_trgl.data.idx import MNIST_FILES, load_mnist, parse_idx, read_idx, write_idx
 from edge_trgl.errors import UserError
+from helpers import SHARED_DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 REAL_MNIST = SHARED_DATA / "mnist"
 
 

@@ -1,0 +1,142 @@
+"""Plain helpers shared by the test files: `from helpers import TINY, write_fake_cifar, ...`.
+
+Importable as the top-level module `helpers` because pyproject.toml puts tests/ on sys.path
+(`pythonpath = ["tests"]` in [tool.pytest.ini_options]). They live here and not in conftest.py:
+with --import-mode=importlib a test module cannot reliably `import conftest` (pytest imports each
+conftest.py under its own name, and tests/backends/ has a conftest.py of its own). Fixtures shared
+by every folder are in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_trgl.killpoints import ENV
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"   # the real CIFAR-10 / MNIST, where present
+
+# --- tiny runs ------------------------------------------------------------------------------------
+
+# A complete run in about a second: 200 synthetic images, ResNet-8 at width 0.25 in 2 modules, one
+# epoch, one thread. Tuples, so that no test can change them for the tests after it.
+TINY = ("--synthetic-train", "200", "--synthetic-test", "100", "--model", "resnet8", "--width",
+        "0.25", "--modules", "2", "--batch-size", "32", "--epochs", "1", "--threads", "1",
+        "--quiet")
+# The data and process settings of the slightly larger tiny runs (300 synthetic images); each
+# file adds its own model and schedule options.
+SYNTHETIC_300 = ("--synthetic-train", "300", "--synthetic-test", "100", "--threads", "1",
+                 "--quiet")
+
+# --- the CIFAR-10 file format ---------------------------------------------------------------------
+
+CIFAR_CLASSES = (b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
+                 b"ship", b"truck")
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def write_cifar_files(folder: Path, batches: dict[str, dict], meta: dict | None = None) -> Path:
+    """Write `batches` (file name -> batch dict) and batches.meta into `folder` as the original
+    CIFAR-10 python files are written: pickles of protocol 2. `meta` defaults to the ten CIFAR-10
+    label names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, batch in batches.items():
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    if meta is None:
+        meta = {b"label_names": list(CIFAR_CLASSES)}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def write_fake_cifar(folder: Path, n: int = 20, *, test: int | None = None,
+                     learnable: bool = False) -> Path:
+    """A tiny dataset in the CIFAR-10 file format (the real loader and its restricted unpickler
+    run on it; loading takes milliseconds): five training batches of `n` images and a test batch
+    of `test` (default `n`), from one generator seeded 0, so the same call writes the same bytes.
+
+    Uniform noise with labels 0..9 in turn by default; with `learnable`, random labels and a
+    class-dependent brightness, so that there is something to learn."""
+    rng = np.random.default_rng(0)
+
+    def batch(size: int) -> dict:
+        if not learnable:
+            return {b"labels": [i % 10 for i in range(size)],
+                    b"data": rng.integers(0, 256, (size, 3072), dtype=np.uint8)}
+        labels = rng.integers(0, 10, size)
+        data = rng.integers(0, 128, (size, 3072)) + 12 * labels[:, None]
+        return {b"labels": labels.tolist(), b"data": data.astype(np.uint8)}
+    sizes = [n] * 5 + [n if test is None else test]
+    batches = {name: batch(size) for name, size in zip(CIFAR_BATCHES, sizes)}
+    return write_cifar_files(folder, batches)
+
+
+# --- running the CLI ------------------------------------------------------------------------------
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """`edge-trgl ARGV` in this process: (exit status, stdout, stderr), read through capsys."""
+    from edge_trgl.cli.main import main
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def run_cli(*argv) -> tuple[int, str]:
+    """`edge-trgl ARGV` in this process with its output swallowed: (exit status, stderr). For
+    fixtures and hypothesis tests, which have no capsys of their own."""
+    from edge_trgl.cli.main import main
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, err.getvalue()
+
+
+def cli_child(*argv, kill: str | None = None) -> subprocess.CompletedProcess:
+    """`edge-trgl ARGV` in a child process (text output captured, 300 s limit); `kill` sets the
+    EDGE_TRGL_TEST_KILL_AT kill point (edge_trgl/killpoints.py), which is otherwise unset."""
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if kill:
+        env[ENV] = kill
+    return subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", *map(str, argv)],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+# --- the one-paragraph error ----------------------------------------------------------------------
+
+def assert_clean_error(rc: int, err: str, *phrases: str) -> str:
+    """Exit status 2 and one error message of one paragraph (argparse's usage lines allowed) that
+    contains every phrase; returns the message with its whitespace collapsed."""
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
+    assert len([line for line in lines if "error:" in line]) == 1, err  # one message
+    assert "\n\n" not in err.strip(), err                               # one paragraph
+    text = " ".join(err.split())
+    for phrase in phrases:
+        assert phrase in text, (phrase, text)
+    return text
+
+
+def assert_one_paragraph_error(rc: int, err: str, *phrases: str) -> None:
+    """Stricter than assert_clean_error: the whole of stderr is the program's own one-paragraph
+    error (`edge-trgl: error: ...`, no usage lines) and contains every phrase."""
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    assert err.startswith("edge-trgl: error: "), err
+    assert err.count("error:") == 1 and "\n\n" not in err.strip(), err
+    text = " ".join(err.split())
+    for phrase in phrases:
+        assert phrase in text, (phrase, text)
