@@ -267,6 +267,7 @@ def train_budgeted(cfg, *, resume=None, prepare_only: bool = False) -> dict:
         else:
             job = {"mode": "resume", "run_dir": str(resume)}
         job["config"] = cfg.to_json()
+        job["parent_pid"] = os.getpid()
         reset_peak()  # from here on, this process's VmHWM is its peak beside the trainer
         try:
             status, result, child_peak = _run_trainer(job, budget, guard)

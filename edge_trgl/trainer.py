@@ -19,6 +19,8 @@ def main(argv: list[str]) -> int:
     from .errors import Stopped, UserError
     from .train import train_in_process
     job = json.loads(Path(job_path).read_text())
+    from .jobdirs import die_with_parent
+    die_with_parent(job.get("parent_pid"))  # an orphaned trainer must not go on writing the run
     try:
         cfg = TrainConfig.from_json(job["config"])
         if job["mode"] == "new":

@@ -198,3 +198,34 @@ def test_sigterm_to_the_budgeted_command_stops_its_trainer_at_a_safe_point(tmp_p
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["modules"]
+
+
+def test_the_trainer_dies_with_a_killed_command(tmp_path):
+    """SIGKILL of `edge-trgl` (nothing can forward that) takes its trainer child with it: an
+    orphaned trainer would go on writing a run the user may be resuming."""
+    import signal
+    import time
+    from pathlib import Path
+    out = tmp_path / "run"
+    env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train",
+                             "--synthetic-train", "1500", "--synthetic-test", "100", "--threads",
+                             "1", "--quiet", "--model", "resnet8", "--epochs", "4",
+                             "--mem-budget", "2GB", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 600
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert children, "the trainer child should be running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    for pid in children:
+        status = Path(f"/proc/{pid}/status")
+        alive = status.exists() and "State:\tZ" not in status.read_text()
+        assert not alive, f"trainer {pid} outlived its command"
+    env_ok = subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", "train", "--resume",
+                             str(out), "--quiet"], capture_output=True, text=True, env=env,
+                            timeout=900)
+    assert env_ok.returncode == 0, env_ok.stderr[-3000:]

@@ -35,7 +35,6 @@ SPLITS = ("train", "val", "test")
 # that found its RSS over the budget (the orchestrator turns both into the torch backend's errors).
 EXIT_INTERRUPTED = 75
 EXIT_OVER_BUDGET = 76
-EXIT_ORPHANED = 77  # the starting process was gone before the trainer began
 
 # A worker starts with torch blocked before anything else is imported, so an accidental
 # `import torch` anywhere on its path fails loudly instead of silently costing ~220 MB.

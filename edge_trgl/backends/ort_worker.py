@@ -44,6 +44,7 @@ from ..atomic import atomic_write_json, sha256_file
 from ..cache import write_module_cache
 from ..config import TrainConfig
 from ..errors import UserError
+from ..jobdirs import die_with_parent
 from ..meter import EpochMeter
 from ..memory.measure import RssWatchdog, peak_rss_bytes, release_memory, reset_peak, rss_bytes
 from ..run import Run
@@ -53,7 +54,7 @@ from ..store import (block_path, checkpoint_path, head_path, load_tensors, modul
                      optim_path, prefixed, save_tensors, unprefixed)
 from ..trgl import AdaptiveWeight
 from .base import ModuleTask
-from .ort_common import (ARTIFACT_FILES, EXIT_INTERRUPTED, EXIT_ORPHANED, EXIT_OVER_BUDGET,
+from .ort_common import (ARTIFACT_FILES, EXIT_INTERRUPTED, EXIT_OVER_BUDGET,
                          artifact_dir, load_snapshot)
 
 
@@ -488,26 +489,6 @@ def run_job(job: dict) -> dict:
     if watchdog is not None:
         result["watchdog_max_rss_bytes"] = watchdog.max_seen_bytes
     return result
-
-
-def die_with_parent(parent_pid: int | None) -> None:
-    """Be killed (SIGKILL) when the process that started this one dies. The trainer runs in its
-    own process group, so nothing else would stop it: an orphaned trainer would go on writing the
-    run while a resumed `edge-trgl train --resume` trains the same module. Dying is safe: every
-    write is atomic and the resume starts from the last recorded checkpoint, as after a power
-    cut. Linux only (prctl); elsewhere a no-op."""
-    if parent_pid is None:
-        return
-    import ctypes
-    import signal
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    import os
-    if os.getppid() != parent_pid:  # it died before the request took effect
-        os._exit(EXIT_ORPHANED)
 
 
 def main(argv: list[str]) -> int:

@@ -75,17 +75,21 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = N
         on_start(proc)
     deadline = None if timeout_s is None else start + timeout_s
     self_peak = 0
-    while True:
-        self_peak = max(self_peak, status_field("VmHWM", proc.pid))
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            break
-        if poll is not None:
-            poll(proc)
-        if deadline is not None and time.perf_counter() > deadline:
-            proc.kill()
-        time.sleep(0.02)
-    watch_child(None)
+    killed = False
+    try:
+        while True:
+            self_peak = max(self_peak, status_field("VmHWM", proc.pid))
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if poll is not None:
+                poll(proc)
+            if deadline is not None and time.perf_counter() > deadline and not killed:
+                os.kill(proc.pid, 9)  # once; not Popen.kill, which may reap what wait4 reads
+                killed = True
+            time.sleep(0.02)
+    finally:
+        watch_child(None)
     proc.returncode = os.waitstatus_to_exitcode(status)
     tree_peak = usage.ru_maxrss * 1024
     if self_peak == 0:  # exited before the first poll (or not Linux): only the tree figure exists
