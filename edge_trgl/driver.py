@@ -139,7 +139,7 @@ def plan_lean(cfg, dataset, progress=_progress) -> dict:
     from .budget import format_size
     from .memory.budgeted import plan_budgeted, resolve_budget
     from .memory.describe import describe
-    from .memory.estimate import ProbeOverBudget
+    from .memory.probe_cache import ProbeOverBudget
     threads = int(cfg.threads or os.cpu_count() or 1)
     if not cfg.progress:
         progress = None
@@ -244,22 +244,17 @@ def train_budgeted(cfg, *, resume=None, prepare_only: bool = False) -> dict:
                 Run.check_new_root(cfg.out)
             dataset = load_for_planning(cfg, host_limit(cfg, budget))
             plan = plan_lean(cfg, dataset) if budget else plan_unbudgeted(cfg, dataset)
-            from .cli.plan import format_plan
+            from .memory.planner import format_plan
             if cfg.progress and plan.get("module_estimates"):
                 print(format_plan(plan), file=sys.stderr, flush=True)
             out = Path(cfg.out) if cfg.out else default_out(cfg)
             cfg.out = str(out)
-            run = Run.staging(out)
+            staging = run = Run.stage_new(out, cfg, plan, dataset.fingerprint())
             try:
-                run.write_json("config.json", cfg.to_json())
-                run.write_json("plan.json", plan)
-                run.manifest.update({"status": "new", "config_hash": cfg.identity_hash(),
-                                     "data_fingerprint": dataset.fingerprint()})
                 run.save()
             except BaseException:
                 run.discard()
                 raise
-            staging = run
             job = {"mode": "new", "run_dir": str(run.root), "final_root": str(out),
                    "prepare_only": prepare_only}
             del dataset

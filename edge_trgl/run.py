@@ -117,6 +117,22 @@ class Run:
         run.final_root = final_root
         return run
 
+    @classmethod
+    def stage_new(cls, final_root: Path, cfg, plan: dict, data_fingerprint: str) -> "Run":
+        """A staged new run holding its config, plan and identity (status "new"): what every
+        set-up writes first. The caller adds its files, then publishes it, or discards it if
+        anything fails (this discards it itself if writing these fails)."""
+        run = cls.staging(final_root)
+        try:
+            run.write_json("config.json", cfg.to_json())
+            run.write_json("plan.json", plan)
+            run.manifest.update({"status": "new", "config_hash": cfg.identity_hash(),
+                                 "data_fingerprint": data_fingerprint})
+        except BaseException:
+            run.discard()
+            raise
+        return run
+
     def publish(self) -> None:
         """Move a staged run into its final place (atomic rename)."""
         self.save()

@@ -140,22 +140,16 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
         cfg = TrainConfig.from_json(run.read_json("config.json"))
         plan = run.read_json("plan.json")
         try:
-            run.lock()
             _require_device(cfg)
             dataset = load_data(cfg)
             if dataset.fingerprint() != run.manifest.get("data_fingerprint"):
                 raise UserError("The dataset changed while the run was being planned; start again.")
             release_memory()
             set_threads(cfg)
-            from .modules import init_store
-            init_store(run, cfg, dataset.in_shape, dataset.num_classes,
-                       [tuple(s) for s in plan["splits"]])
-            run.manifest["status"] = "running"
-            kill_point("setup")
-            run.publish()
         except BaseException:
             run.discard()
             raise
+        _initialise_and_publish(run, cfg, dataset, plan)
         if staged.get("prepare_only"):
             return {"run_dir": str(run.root), "plan": plan}
     elif resume is not None:
@@ -180,25 +174,13 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
         dataset = load_data(cfg)
         release_memory()
         set_threads(cfg)
-        from .modules import architecture, init_store  # imports torch: only after the data
+        from .modules import architecture  # imports torch: only after the data
         arch = architecture(cfg, dataset.in_shape, dataset.num_classes)
         plan = make_plan(cfg, dataset, arch).to_json()
         out = Path(cfg.out) if cfg.out else default_out(cfg)
         cfg.out = str(out)
-        run = Run.staging(out)
-        try:
-            run.lock()
-            run.write_json("config.json", cfg.to_json())
-            run.write_json("plan.json", plan)
-            splits = [tuple(s) for s in plan["splits"]]
-            init_store(run, cfg, dataset.in_shape, dataset.num_classes, splits)
-            run.manifest.update({"status": "running", "config_hash": cfg.identity_hash(),
-                                 "data_fingerprint": dataset.fingerprint()})
-            kill_point("setup")
-            run.publish()
-        except BaseException:
-            run.discard()
-            raise
+        run = Run.stage_new(out, cfg, plan, dataset.fingerprint())
+        _initialise_and_publish(run, cfg, dataset, plan)
     splits = [tuple(s) for s in plan["splits"]]
     budget = plan.get("budget_bytes")
     if rss_limit_bytes is not None and cfg.device != "cuda":  # the budget less the orchestrator
@@ -226,6 +208,22 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
     run.manifest["status"] = "complete"
     run.save()
     return summary
+
+
+def _initialise_and_publish(run, cfg, dataset, plan: dict) -> None:
+    """A staged run (config, plan, identity written) gets its initial weights and is moved into
+    place; on any failure the staging folder is removed, so nothing half-written remains."""
+    from .modules import init_store
+    try:
+        run.lock()
+        init_store(run, cfg, dataset.in_shape, dataset.num_classes,
+                   [tuple(s) for s in plan["splits"]])
+        run.manifest["status"] = "running"
+        kill_point("setup")
+        run.publish()
+    except BaseException:
+        run.discard()
+        raise
 
 
 def summarize(run, cfg, plan, watchdog, seconds, peak) -> dict:

@@ -174,21 +174,28 @@ def test_without_a_cgroup_the_trainer_watchdog_stops_it(tmp_path, torch_budget_b
     assert summary["memory_enforcement"] == "watchdog"
 
 
+def start_training_until_first_epoch(out, env, **popen) -> subprocess.Popen:
+    """A budgeted `edge-trgl train` in the background, returned once its first epoch is logged
+    (its trainer child is then training)."""
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train",
+                             "--synthetic-train", "1500", "--synthetic-test", "100", "--threads",
+                             "1", "--quiet", "--model", "resnet8", "--epochs", "4",
+                             "--mem-budget", "2GB", "--out", str(out)], env=env, **popen)
+    deadline = time.time() + 600
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    return proc
+
+
 def test_sigterm_to_the_budgeted_command_stops_its_trainer_at_a_safe_point(tmp_path):
     """A service manager's SIGTERM reaches only `edge-trgl`; it forwards it to its trainer child,
     which stops at its next safe point; the command exits 130 and the run resumes."""
     import signal
-    import time
     out = tmp_path / "run"
     env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train",
-                             "--synthetic-train", "1500", "--synthetic-test", "100", "--threads",
-                             "1", "--quiet", "--model", "resnet8", "--epochs", "4",
-                             "--mem-budget", "2GB", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 600
-    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)   # the first epoch is logged: the trainer child is training
+    proc = start_training_until_first_epoch(out, env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err[-3000:]
@@ -208,14 +215,8 @@ def test_the_trainer_dies_with_a_killed_command(tmp_path):
     from pathlib import Path
     out = tmp_path / "run"
     env = dict(os.environ, EDGE_TRGL_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_trgl.cli.main", "train",
-                             "--synthetic-train", "1500", "--synthetic-test", "100", "--threads",
-                             "1", "--quiet", "--model", "resnet8", "--epochs", "4",
-                             "--mem-budget", "2GB", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 600
-    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    proc = start_training_until_first_epoch(out, env, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     assert children, "the trainer child should be running"
     proc.send_signal(signal.SIGKILL)

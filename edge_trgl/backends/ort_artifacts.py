@@ -162,7 +162,7 @@ def structure_key(cfg, in_shape, num_classes, lo: int, hi: int, signatures: list
 
 
 def _artifact_cache_root(cfg, in_shape, num_classes, lo, hi, signatures) -> Path:
-    from ..memory.estimate import cache_file
+    from ..memory.probe_cache import cache_file
     key = structure_key(cfg, in_shape, num_classes, lo, hi, signatures)
     return cache_file().parent / "ort-artifacts" / key
 
@@ -241,16 +241,12 @@ def prepare_new_run(spec: dict) -> dict:
     from ..modules import init_store
     set_threads(cfg)
     plan = spec["plan"]  # made by the torch-free orchestrator (ort_backend._plan_in_orchestrator)
-    run = Run.staging(out)
+    run = Run.stage_new(out, cfg, plan, dataset.fingerprint())
     try:
-        run.write_json("config.json", cfg.to_json())
-        run.write_json("plan.json", plan)
         splits = [tuple(s) for s in plan["splits"]]
         init_store(run, cfg, dataset.in_shape, dataset.num_classes, splits)
         save_snapshot(run, dataset)
         todo = export_run_modules(run, cfg, dataset.in_shape, dataset.num_classes, splits)
-        run.manifest.update({"status": "new", "config_hash": cfg.identity_hash(),
-                             "data_fingerprint": dataset.fingerprint()})
         run.save()
     except BaseException:
         run.discard()

@@ -401,7 +401,7 @@ def _plan_in_orchestrator(cfg) -> dict:
     else:
         plan = plan_unbudgeted(cfg, dataset)
     if cfg.progress and plan.get("module_estimates"):
-        from ..cli.plan import format_plan
+        from ..memory.planner import format_plan
         print(format_plan(plan), file=sys.stderr, flush=True)
     del dataset
     release_memory()
@@ -470,8 +470,8 @@ ORT_PROBE_FORMAT = 3
 
 
 def _probe_cache() -> tuple[dict, callable]:
-    from ..memory.estimate import _load_cache, _store_cache
-    return _load_cache(), _store_cache
+    from ..memory.probe_cache import load_cache, store_cache
+    return load_cache(), store_cache
 
 
 def ort_plan_note(cfg, dataset) -> str:
@@ -497,11 +497,10 @@ def ort_framework_bytes(cfg, dataset) -> int:
 
 def _ort_baselines(cfg) -> dict:
     cache, store = _probe_cache()
-    from ..memory.estimate import machine_identity
+    from ..memory.probe_cache import machine_identity
     key = hashlib.sha256(json.dumps({"ort_baseline": ORT_PROBE_FORMAT, "ort": ort_version(),
-                                     **machine_identity(_threads(cfg)),
-                                     "python": platform.python_version(),
-                                     "threads": _threads(cfg)}).encode()).hexdigest()[:24]
+                                     **machine_identity(_threads(cfg))},
+                                    sort_keys=True).encode()).hexdigest()[:24]
     if key not in cache:
         from ..memory.describe import orchestrator_bytes
         orchestrator = orchestrator_bytes(_threads(cfg))
@@ -523,7 +522,7 @@ def _probe_worker(cfg, art_dir, batches, threads) -> dict:
                                      tmp / "result.json")
     if watched["status"] == -9:  # stopped by the command's memory guard (or the kernel)
         from ..memory.cgroup import killed_by_guard
-        from ..memory.estimate import ProbeOverBudget
+        from ..memory.probe_cache import ProbeOverBudget
         raise ProbeOverBudget("the ONNX Runtime memory probe", killed_by_guard())
     if watched["status"] != 0 or "baseline_bytes" not in result:
         raise RuntimeError(f"the ONNX Runtime memory probe failed (exit status "
@@ -537,7 +536,7 @@ def probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
     an eval batch on the module's real artifacts in a fresh process. Cached like the torch probes."""
     require_ort(need_onnx=True)
     signatures = [arch[i].signature() for i in range(lo, hi)]
-    from ..memory.estimate import machine_identity
+    from ..memory.probe_cache import machine_identity
     ident = {"ort_probe": ORT_PROBE_FORMAT, "ort": ort_version(), **machine_identity(threads),
              "optimizer": cfg.optimizer, "head": cfg.head, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width,

@@ -10,9 +10,10 @@ from functools import lru_cache
 
 from ..budget import format_size, parse_size
 from ..errors import UserError
-from .estimate import (BlockCosts, ProbeOverBudget, data_bytes, data_total,
+from .estimate import (BlockCosts, data_bytes, data_total,
                        UNFIT_BYTES, loop_allowance_bytes, probe_module)
 from .planner import Plan, fit_disk
+from .probe_cache import ProbeOverBudget
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
 
@@ -94,7 +95,7 @@ def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
     processes. Without it (in-process callers) `arch` is the meta-device model and this process
     is taken to be the trainer. `progress(done, total)` is told how the block probes advance."""
     from ..train import resolve_splits
-    from .estimate import PROBE_LIMIT
+    from .probe_cache import PROBE_LIMIT
     budget_bytes, notes = resolve_budget(cfg)
     usable = int(budget_bytes * SAFETY)
     threads = _threads(cfg)

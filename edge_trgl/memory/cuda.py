@@ -199,16 +199,16 @@ def raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dic
     """Run (or read from the probe cache) the CUDA probe child of blocks lo..hi-1: probe.py's
     JSON with per-batch host VmHWM, allocator peaks, and the device facts. Shares estimate.py's
     cache and key, and stores the saved-activation count where estimate.py looks for it."""
-    from . import estimate
+    from . import estimate, probe_cache
     signatures = [arch[i].signature() for i in range(lo, hi)]
     key = estimate._probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
-    cache = estimate._load_cache()
+    cache = probe_cache.load_cache()
     if key in cache and "cuda_probe" in cache[key]:
         return cache[key]["cuda_probe"]
     raw = estimate.run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads)
-    cache = estimate._load_cache()
+    cache = probe_cache.load_cache()
     cache[key] = {"cuda_probe": raw, "saved_bytes_per_sample": raw["saved_bytes_per_sample"]}
-    estimate._store_cache(cache)
+    probe_cache.store_cache(cache)
     return raw
 
 

@@ -3,7 +3,7 @@
 The lean `edge-trgl` process plans a budgeted run without torch (~220 MB it would hold beside
 every probe child). What the planner needs of the model — each block's signature, parameter
 bytes and shapes — and what a torch trainer process holds before training (its baseline) are
-measured once in a short-lived child (`python -m edge_trgl.memory.describe SPEC`), which exits
+measured once in a short-lived child (`python -m edge_trgl.memory.describe_child SPEC`), which exits
 before the next child starts, and kept in the probe cache (estimate.py) under the same key rules
 as the probes.
 """
@@ -43,13 +43,13 @@ def param_bytes(block) -> int:
 
 def describe(cfg, in_shape, num_classes, threads: int) -> dict:
     """{"blocks": [BlockInfo...], "trainer_baseline_bytes": int} from the cache or a child."""
-    from .estimate import cached_child_result
+    from .probe_cache import cached_child_result
     ident = {"describe": DESCRIBE_FORMAT, "model": cfg.model, "width": cfg.width,
              "in_shape": list(in_shape), "classes": int(num_classes), "device": cfg.device,
              "head": cfg.head}
     spec = {"config": cfg.to_json(), "in_shape": list(in_shape), "num_classes": int(num_classes),
             "threads": threads}
-    result = cached_child_result(ident, threads, [sys.executable, "-m", "edge_trgl.memory.describe",
+    result = cached_child_result(ident, threads, [sys.executable, "-m", "edge_trgl.memory.describe_child",
                                                   json.dumps(spec)], what="describing the model")
     return {"blocks": [BlockInfo.from_json(b) for b in result["blocks"]],
             "trainer_baseline_bytes": int(result["trainer_baseline_bytes"])}
@@ -69,45 +69,8 @@ _ORCHESTRATOR_PROBE = (
 def orchestrator_bytes(threads: int) -> int:
     """RSS of the torch-free `edge-trgl` process once it has imported what it runs, measured in
     a fresh child (so that the same command on the same machine plans the same) and cached."""
-    from .estimate import cached_child_result
+    from .probe_cache import cached_child_result
     result = cached_child_result({"orchestrator": DESCRIBE_FORMAT}, threads,
                                  [sys.executable, "-c", _ORCHESTRATOR_PROBE],
                                  what="measuring the orchestrator's baseline")
     return int(result["rss_bytes"])
-
-
-def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
-    from ..config import TrainConfig
-    from ..errors import UserError
-    try:
-        return _describe(TrainConfig.from_json(spec["config"]), spec)
-    except UserError as exc:  # an unknown model, no CUDA, ...: the orchestrator says it
-        print(json.dumps({"error": str(exc)}))
-        return 2
-
-
-def _describe(cfg, spec: dict) -> int:
-    if cfg.device == "cuda":
-        from .cuda import require_cuda
-        require_cuda(cfg)
-    import torch
-
-    # what the trainer imports before it trains (train.py's in-process path)
-    from .. import schemes, resident  # noqa: F401
-    from ..backends import torch_backend  # noqa: F401
-    from ..modules import architecture
-    from .measure import release_memory, rss_bytes
-    torch.set_num_threads(int(spec["threads"]))
-    torch.zeros(1).sum()  # the ATen CPU runtime, part of every torch process's baseline
-    arch = architecture(cfg, tuple(spec["in_shape"]), spec["num_classes"])
-    blocks = [{"signature": b.signature(), "param_bytes": param_bytes(b),
-               "in_shape": list(b.in_shape), "out_shape": list(b.out_shape)} for b in arch]
-    del arch
-    release_memory()
-    print(json.dumps({"blocks": blocks, "trainer_baseline_bytes": rss_bytes()}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -27,10 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
+
+from .probe_cache import (PROBE_LIMIT, ProbeOverBudget, load_cache,  # noqa: F401
+                          machine_identity, run_json_child, store_cache)
 
 
 PROBE_BATCHES = (8, 32)
@@ -40,63 +41,6 @@ SMALL_PROBE_BATCHES = (2, 4)
 UNFIT_BYTES = 1 << 60
 # Peak RSS creeps for a few steps (allocator reuse patterns settle); 4 steps catch most of it.
 PROBE_STEPS = 4
-
-
-def cache_file() -> Path:
-    root = Path(os.environ.get("EDGE_TRGL_CACHE", Path.home() / ".cache" / "edge-trgl"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root / "probes.json"
-
-
-class ProbeOverBudget(Exception):
-    """A probe child stopped itself (or was stopped) because it went over the memory it was
-    given: what it measures does not fit in the budget."""
-
-    def __init__(self, what: str, bytes_seen: int | None):
-        super().__init__(what)
-        self.what, self.bytes_seen = what, bytes_seen
-
-
-def _load_cache() -> dict:
-    try:
-        data = json.loads(cache_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _store_cache(cache: dict) -> None:
-    """Merge `cache` into the file under an exclusive lock, so that two commands planning at the
-    same time never lose each other's entries; the file itself is replaced atomically."""
-    import fcntl
-
-    from ..atomic import atomic_write_json
-    path = cache_file()
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        merged = _load_cache()
-        merged.update(cache)
-        atomic_write_json(path, merged)
-
-
-def machine_identity(threads: int) -> dict:
-    """What a measurement depends on besides the model: this machine, its Python and torch, the
-    thread count. A cache copied to another machine, or kept across an upgrade, is not reused."""
-    import platform
-
-    from ..envinfo import dist_version
-    from .. import __version__
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": platform.node(), "machine": platform.machine(), "cpu": cpu,
-            "python": platform.python_version(), "torch": dist_version("torch"),
-            "edge_trgl": __version__, "threads": int(threads)}
 
 
 def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
@@ -111,48 +55,6 @@ def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_child_result(ident: dict, threads: int, cmd: list[str], what: str) -> dict:
-    """The JSON result of a measuring child `cmd`, cached under `ident` + this machine."""
-    key = hashlib.sha256(json.dumps({**ident, **machine_identity(threads)},
-                                    sort_keys=True).encode()).hexdigest()[:24]
-    cache = _load_cache()
-    if key in cache:
-        return cache[key]
-    result = _run_json_child(cmd, threads, what)
-    _store_cache({key: result})
-    return result
-
-
-def _run_json_child(cmd: list[str], threads: int, what: str) -> dict:
-    from ..errors import UserError
-    from .cgroup import child_preexec, killed_by_guard, watch_child
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MALLOC_ARENA_MAX="2")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, preexec_fn=child_preexec())
-    watch_child(proc.pid)  # the command's memory guard stops it if it would not fit
-    try:
-        stdout, stderr = proc.communicate()
-    finally:
-        watch_child(None)
-    proc.stdout, proc.stderr = stdout, stderr
-    lines = stdout.strip().splitlines()
-    result = None
-    if lines:
-        try:
-            result = json.loads(lines[-1])
-        except ValueError:
-            result = None
-    if isinstance(result, dict) and "error" in result:
-        raise UserError(result["error"])
-    if isinstance(result, dict) and "over_limit_bytes" in result:
-        raise ProbeOverBudget(what, result["over_limit_bytes"])
-    if proc.returncode == -9:  # SIGKILL: the command's memory guard, or the kernel's OOM killer
-        raise ProbeOverBudget(what, killed_by_guard())
-    if proc.returncode != 0 or not isinstance(result, dict):
-        raise RuntimeError(f"{what} failed (exit status {proc.returncode}): {proc.stderr[-2000:]}")
-    return result
-
-
 def run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads) -> dict:
     """probe.py in a fresh child process for blocks lo..hi-1 (on cfg.device); its JSON result.
     The child stops itself (ProbeOverBudget) if its RSS passes PROBE_LIMIT_BYTES (set by the
@@ -162,12 +64,8 @@ def run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads) -> dic
             "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": PROBE_STEPS,
             "limit_bytes": PROBE_LIMIT["bytes"]}
     where = "CUDA memory probe" if cfg.device == "cuda" else "memory probe"
-    return _run_json_child([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
+    return run_json_child([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
                            threads, f"the {where} of blocks {lo}..{hi - 1} at batch {max(batches)}")
-
-
-# What one child may hold (the budget less the orchestrator), set by the planner for its probes.
-PROBE_LIMIT: dict = {"bytes": None}
 
 
 def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:
@@ -181,7 +79,7 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
         return probe_peaks(cfg, raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads))
     signatures = [arch[i].signature() for i in range(lo, hi)]
     key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
-    cache = _load_cache()
+    cache = load_cache()
     if key in cache:
         return {int(b): v for b, v in cache[key].items() if b.isdigit()}
     # A probe that did not fit a child's share is remembered for that share, so that the same
@@ -192,12 +90,12 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
     try:
         result = run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads)
     except ProbeOverBudget as exc:
-        _store_cache({over_key: {"what": exc.what, "bytes_seen": exc.bytes_seen}})
+        store_cache({over_key: {"what": exc.what, "bytes_seen": exc.bytes_seen}})
         raise
     # Above the probe's own baseline (interpreter + torch after imports): the trainer adds its
     # own measured baseline, which also holds its dataset.
     peaks = {r["batch"]: r["peak_bytes"] - result["baseline_bytes"] for r in result["results"]}
-    _store_cache({key: {**{str(b): v for b, v in peaks.items()},
+    store_cache({key: {**{str(b): v for b, v in peaks.items()},
                         "saved_bytes_per_sample": result["saved_bytes_per_sample"]}})
     return peaks
 
@@ -213,10 +111,10 @@ def probe_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads
                              threads)["saved_bytes_per_sample"])
     signatures = [arch[i].signature() for i in range(lo, hi)]
     key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
-    cache = _load_cache()
+    cache = load_cache()
     if key not in cache:
         probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
-        cache = _load_cache()
+        cache = load_cache()
     return int(cache[key]["saved_bytes_per_sample"])
 
 
