@@ -66,7 +66,7 @@ def git_commit() -> dict:
 
 def environment() -> dict:
     from edge_trgl.envinfo import report
-    from edge_trgl.train import environment as run_environment
+    from edge_trgl.summary import environment as run_environment
     info = report()
     return {**run_environment(), "cuda": info["cuda"], "torch_cuda_build": info["torch_cuda_build"],
             "git": git_commit(), "loadavg": os.getloadavg()}

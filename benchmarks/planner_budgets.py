@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from edge_trgl.budget import parse_size  # noqa: E402
 from edge_trgl.memory.cgroup import run_in_new_cgroup  # noqa: E402
 from edge_trgl.memory.measure import run_measured  # noqa: E402
-from edge_trgl.train import environment  # noqa: E402
+from edge_trgl.summary import environment  # noqa: E402
 
 
 def main() -> int:

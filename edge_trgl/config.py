@@ -90,10 +90,6 @@ class TrainConfig:
             bad(f"--cache-dtype must be fp16 or fp32, not {self.cache_dtype!r}.")
         if self.amp not in (None, "fp16", "bf16"):
             bad(f"--amp must be fp16 or bf16, not {self.amp!r}.")
-        if self.amp is not None and self.device != "cuda":
-            bad(f"--amp {self.amp} is mixed precision for --device cuda (fp16 trained with a "
-                f"gradient scaler, bf16 on GPUs with native bfloat16); on --device {self.device} "
-                f"training runs in fp32. Add --device cuda, or leave out --amp.")
         if not (self.tau > 0 or math.isinf(self.tau)) or math.isnan(self.tau):
             bad(f"--tau must be a positive number or 'inf' (plain greedy), not {self.tau}.")
         if self.batch_size < 2:
@@ -119,11 +115,6 @@ class TrainConfig:
             bad(f"--module-size must be at least 1 block, not {self.module_size}.")
         if self.modules is not None and self.modules < 1:
             bad(f"--modules must be at least 1, not {self.modules}.")
-        if self.device == "cuda" and self.backend == "ort":
-            bad("--backend ort runs on the CPU only; use --backend torch with --device cuda.")
-        if self.backend == "ort" and self.scheme not in ("sequential", "multilap"):
-            bad(f"--backend ort trains one module at a time, so it supports --scheme sequential and "
-                f"multilap, not {self.scheme}; use --backend torch for {self.scheme}.")
         return self
 
     def module_epochs(self, k: int) -> int:

@@ -1,4 +1,6 @@
-"""The budgeted command: one torch-free process that keeps the budget for everything it runs.
+"""The command's processes: one torch-free process that keeps the budget for everything it runs
+(every ORT command and every budgeted torch command; `run_command`). Its set-up sequence (checks,
+data, plan) is setup.py's; how it trains is the target's (targets/*.py: drive).
 
 ```
 edge-trgl (this process: no torch; numpy, the dataset while planning, the run directory) ~40 MB
@@ -28,12 +30,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 from .errors import Stopped, UserError
 from .jobdirs import job_dir
 from .memory.cgroup import CommandCgroup, enclosing_limit_bytes, watchdog_report
-from .memory.measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes, run_measured
+from .memory.measure import peak_rss_bytes, reset_peak, rss_bytes, run_measured
+from .setup import check_new, plan_new
 
 EXIT_STOPPED = 130
 
@@ -53,13 +56,6 @@ def _stored_budget(resume) -> int | None:
         return None
     budget = plan.get("budget_bytes") if isinstance(plan, dict) else None
     return int(budget) if isinstance(budget, int) and budget > 0 else None
-
-
-def host_limit(cfg, budget: int | None) -> int | None:
-    """The host-memory limit a budget sets for the command. With --device cuda the budget is
-    device memory (plus host RSS on a unified-memory board, which memory/cuda.py accounts for
-    from inside the trainer), so the command's cgroup only measures there."""
-    return None if cfg.device == "cuda" else budget
 
 
 class CommandBudget:
@@ -125,157 +121,63 @@ class CommandBudget:
         return out
 
 
-def _progress(done: int, total: int) -> None:
-    if total and sys.stderr.isatty():
-        print(f"\rplanning: probing {total} distinct block(s) in fresh processes: {done}/{total}",
-              end="\n" if done == total else "", file=sys.stderr, flush=True)
-    elif done == 0 and total:
-        print(f"planning: probing {total} distinct block(s) in fresh processes (cached for the "
-              f"next run)", file=sys.stderr, flush=True)
+@dataclass
+class Outcome:
+    """What a target's drive() hands back to run_command."""
+    summary: dict
+    run_dir: Path
+    orchestrator_peak_bytes: int
+    largest_child_peak_bytes: int
+    # the per-module peaks already count this process (ORT); else they are the trainer's own
+    per_module_combined: bool = False
 
 
-def plan_lean(cfg, dataset, progress=_progress) -> dict:
-    """The plan for a budgeted run, made in this torch-free process (probes in children)."""
-    from .budget import format_size
-    from .memory.budgeted import plan_budgeted, resolve_budget
-    from .memory.describe import describe
-    from .memory.probe_cache import ProbeOverBudget
-    threads = int(cfg.threads or os.cpu_count() or 1)
-    if not cfg.progress:
-        progress = None
-    try:
-        description = describe(cfg, dataset.in_shape, dataset.num_classes, threads)
-        plan = plan_budgeted(cfg, dataset, description["blocks"], description=description,
-                             progress=progress)
-    except ProbeOverBudget as exc:
-        # a child that is not itself a probe of the model (the description, a baseline, an
-        # ONNX Runtime trainer's baseline) could not start within the budget
-        budget = resolve_budget(cfg)[0]
-        seen = f" (it was stopped at {format_size(exc.bytes_seen)})" if exc.bytes_seen else ""
-        raise UserError(
-            f"The memory budget {format_size(budget)} is too small to even start a "
-            f"{'torch' if cfg.backend != 'ort' else 'ONNX Runtime'} process beside this one: "
-            f"{exc.what} needed more than the {format_size(budget - rss_bytes())} the budget "
-            f"leaves it{seen}. Give a larger --mem-budget"
-            + (", or use --backend ort, whose torch-free trainer starts at about 70 MB"
-               if cfg.backend != "ort" else "") + ". Nothing was written.") from None
-    return plan.to_json()
-
-
-def load_for_planning(cfg, budget: int | None):
-    """The dataset as this process needs it: its fingerprint, shapes and sizes. The images are
-    dropped once fingerprinted (zero-stride stand-ins of the same shape and byte count remain,
-    holding no memory), so every child runs beside a process of ~40 MB, not ~40 MB + the data;
-    the trainer and set-up children load the data themselves."""
-    import numpy as np
-
-    from .train import load_data
-    dataset = load_data(cfg)
-    check_orchestrator_fits(budget)
-    fingerprint = dataset.fingerprint()
-    splits = {}
-    for name in ("train", "val", "test"):
-        arrays = getattr(dataset, name)
-        shape = arrays.images.shape
-        splits[name] = SimpleNamespace(
-            images=np.broadcast_to(np.zeros((1, *shape[1:]), np.uint8), shape),
-            labels=np.array(arrays.labels))
-    hollow = SimpleNamespace(name=dataset.name, num_classes=dataset.num_classes,
-                             mean=dataset.mean, std=dataset.std,
-                             class_names=list(dataset.class_names), in_shape=dataset.in_shape,
-                             fingerprint=lambda: fingerprint, **splits)
-    del dataset, arrays
-    release_memory()
-    return hollow
-
-
-def check_orchestrator_fits(budget: int | None) -> None:
-    """The dataset is loaded in this process (numpy) before any child: if that alone is over
-    the budget, nothing else can fit."""
-    now = rss_bytes()
-    if budget and now >= budget:
-        from .budget import format_size
-        raise UserError(f"The memory budget {format_size(budget)} is smaller than what loading the "
-                        f"dataset alone takes in this process ({format_size(now)}). Give a larger "
-                        f"--mem-budget or a smaller --train-fraction. Nothing was written.")
-
-
-def plan_unbudgeted(cfg, dataset) -> dict:
-    from .memory.describe import describe
-    from .memory.planner import plan_run
-    blocks = describe(cfg, dataset.in_shape, dataset.num_classes,
-                      int(cfg.threads or os.cpu_count() or 1))["blocks"]
-    return plan_run(cfg, dataset, blocks).to_json()
-
-
-def prepare_budget(cfg) -> int:
-    from .memory.budgeted import resolve_budget
-    from .profiles import apply_profile
-    cfg.validate()
-    apply_profile(cfg)
-    return resolve_budget(cfg)[0]
-
-
-def train_budgeted(cfg, *, resume=None, prepare_only: bool = False) -> dict:
-    from .run import Run
-    from .train import default_out
+def run_command(cfg, target, *, resume=None, prepare_only: bool = False) -> dict:
+    """`edge-trgl train` / `prepare` on any target, as one torch-free process: the budget, the
+    whole command's memory cgroup (CommandBudget), the plan of a new run, then the target's own
+    way of training it (Target.drive), then the whole command's figures in the summary."""
     started = time.time()
-    if resume is not None:
-        budget = _stored_budget(resume)
-    elif cfg.mem_budget is not None or cfg.profile is not None:
-        budget = prepare_budget(cfg)
-    else:  # `edge-trgl prepare` without a budget: the given grouping and batch size
-        from .profiles import apply_profile
-        cfg.validate()
-        apply_profile(cfg)
-        budget = None
-    device = cfg
-    if resume is not None:  # the run's own device decides (the trainer child checks the rest)
+    budget = _stored_budget(resume) if resume is not None else check_new(cfg, target)
+    with CommandBudget(target.host_limit(budget)) as guard:
+        plan, fingerprint = plan_new(cfg, target, budget) if resume is None else (None, None)
+        outcome = target.drive(cfg, plan=plan, fingerprint=fingerprint, resume=resume,
+                               budget_bytes=budget, guard=guard, prepare_only=prepare_only)
+        if prepare_only or "whole_command" in outcome.summary:
+            return outcome.summary  # a plan only, or a finished run's summary shown again
+        return _finish(outcome, guard, time.time() - started)
+
+
+def drive_trainer_child(cfg, *, plan, fingerprint, resume, budget_bytes, guard,
+                        prepare_only: bool, rss_limited: bool) -> Outcome:
+    """The torch targets' way: stage the planned run (config, plan, identity; not yet visible)
+    and start one trainer child (trainer.py) that initialises, publishes and trains all of it."""
+    from .run import Run
+    staging = None
+    if resume is None:
+        out = Path(cfg.out)
+        staging = run = Run.stage_new(out, cfg, plan, fingerprint)
         try:
-            stored = json.loads((Path(resume) / "config.json").read_text())
-            if isinstance(stored, dict) and stored.get("device") == "cuda":
-                device = SimpleNamespace(device="cuda")
-        except (OSError, ValueError, RecursionError):
-            pass
-    with CommandBudget(host_limit(device, budget)) as guard:
-        staging = None
-        if resume is None:
-            if cfg.out is not None:  # a bad --out is refused before the data is loaded
-                Run.check_new_root(cfg.out)
-            dataset = load_for_planning(cfg, host_limit(cfg, budget))
-            plan = plan_lean(cfg, dataset) if budget else plan_unbudgeted(cfg, dataset)
-            from .memory.planner import format_plan
-            if cfg.progress and plan.get("module_estimates"):
-                print(format_plan(plan), file=sys.stderr, flush=True)
-            out = Path(cfg.out) if cfg.out else default_out(cfg)
-            cfg.out = str(out)
-            staging = run = Run.stage_new(out, cfg, plan, dataset.fingerprint())
-            try:
-                run.save()
-            except BaseException:
-                run.discard()
-                raise
-            job = {"mode": "new", "run_dir": str(run.root), "final_root": str(out),
-                   "prepare_only": prepare_only}
-            del dataset
-            release_memory()
-        else:
-            job = {"mode": "resume", "run_dir": str(resume)}
-        job["config"] = cfg.to_json()
-        job["parent_pid"] = os.getpid()
-        reset_peak()  # from here on, this process's VmHWM is its peak beside the trainer
-        try:
-            status, result, child_peak = _run_trainer(job, budget, guard)
-        finally:
-            if staging is not None and staging.root.exists():
-                staging.discard()  # the trainer never published it (refused, killed): remove
-        orchestrator_peak = peak_rss_bytes()
-        run_dir = Path(job["final_root"] if job["mode"] == "new" else job["run_dir"])
-        _check_status(status, result, run_dir, guard)
-        if prepare_only:
-            return result["summary"]
-        return _finish(run_dir, result["summary"], guard, orchestrator_peak, child_peak,
-                       time.time() - started)
+            run.save()
+        except BaseException:
+            run.discard()
+            raise
+        job = {"mode": "new", "run_dir": str(run.root), "final_root": str(out),
+               "prepare_only": prepare_only}
+    else:
+        job = {"mode": "resume", "run_dir": str(resume)}
+    job["config"] = cfg.to_json()
+    job["parent_pid"] = os.getpid()
+    reset_peak()  # from here on, this process's VmHWM is its peak beside the trainer
+    try:
+        status, result, child_peak = _run_trainer(job, budget_bytes if rss_limited else None,
+                                                  guard)
+    finally:
+        if staging is not None and staging.root.exists():
+            staging.discard()  # the trainer never published it (refused, killed): remove
+    orchestrator_peak = peak_rss_bytes()
+    run_dir = Path(job["final_root"] if job["mode"] == "new" else job["run_dir"])
+    _check_status(status, result, run_dir, guard)
+    return Outcome(result["summary"], run_dir, orchestrator_peak, child_peak)
 
 
 def _run_trainer(job: dict, budget: int | None, guard: CommandBudget) -> tuple[int, dict, int]:
@@ -302,7 +204,7 @@ def _run_trainer(job: dict, budget: int | None, guard: CommandBudget) -> tuple[i
     try:
         with job_dir("trainer") as tmp:
             tmp = Path(tmp)
-            if budget and job["config"].get("device") != "cuda":
+            if budget:  # the trainer's share: what this process does not hold
                 job["rss_limit_bytes"] = budget - rss_bytes()
             (tmp / "job.json").write_text(json.dumps(job))
             cmd = [sys.executable, "-m", "edge_trgl.trainer", str(tmp / "job.json"),
@@ -368,29 +270,30 @@ def _size(n) -> str:
     return format_size(n) if n else "the budget"
 
 
-def _finish(run_dir: Path, summary: dict, guard: CommandBudget, orchestrator_peak: int,
-            child_peak: int, seconds: float) -> dict:
-    """Add the whole command's figures to the trainer's summary and save it in the run."""
+def _finish(outcome: Outcome, guard: CommandBudget, seconds: float) -> dict:
+    """Add the whole command's figures to the summary and save it in the run."""
     from .run import Run
-    if "whole_command" in summary:  # a finished run's summary, shown again: keep it as it is
-        return summary
-    whole = guard.report(orchestrator_peak, child_peak)
+    summary = outcome.summary
+    whole = guard.report(outcome.orchestrator_peak_bytes, outcome.largest_child_peak_bytes)
     summary["whole_command"] = whole
     summary["whole_command_peak_bytes"] = whole["whole_command_peak_bytes"]
     summary["memory_enforcement"] = whole["enforcement"]
-    summary["seconds"] = seconds
     budget = summary.get("budget_bytes")
-    for row in summary["modules"]:
-        # the trainer's per-module figure plus this process beside it: what the plan estimates
-        if row.get("measured_peak_bytes"):
-            row["trainer_peak_bytes"] = row["measured_peak_bytes"]
-            row["measured_peak_bytes"] = row["measured_peak_bytes"] + orchestrator_peak
-            if row.get("estimated_peak_bytes"):
-                row["estimate_error"] = ((row["estimated_peak_bytes"] - row["measured_peak_bytes"])
-                                         / row["measured_peak_bytes"])
-    summary["over_budget"] = bool(budget and (whole["whole_command_peak_bytes"] > budget
-                                              or whole.get("oom_kills")))
-    run = Run.open(run_dir, clean=False)
+    if not outcome.per_module_combined:
+        summary["seconds"] = seconds
+        for row in summary["modules"]:
+            # the trainer's per-module figure plus this process beside it: what the plan estimates
+            if row.get("measured_peak_bytes"):
+                row["trainer_peak_bytes"] = row["measured_peak_bytes"]
+                row["measured_peak_bytes"] = row["measured_peak_bytes"] + outcome.orchestrator_peak_bytes
+                if row.get("estimated_peak_bytes"):
+                    row["estimate_error"] = ((row["estimated_peak_bytes"] - row["measured_peak_bytes"])
+                                             / row["measured_peak_bytes"])
+    over = bool(budget and (whole["whole_command_peak_bytes"] > budget or whole.get("oom_kills")))
+    if outcome.per_module_combined:  # the target's own verdict (its processes' peaks) stands too
+        over = over or bool(summary.get("over_budget"))
+    summary["over_budget"] = over
+    run = Run.open(outcome.run_dir, clean=False)
     run.write_json("summary.json", summary)
     run.save()
     return summary

@@ -15,6 +15,14 @@ def dist_version(dist: str) -> str | None:
         return None
 
 
+def bf16_supported(torch) -> bool:
+    """Native bfloat16 (compute capability >= 8.0); emulated bf16 is no faster than fp32."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before the including_emulation argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def torchvision_usable() -> bool:
     """torchvision imports only where its wheel matches torch (not next to the CPU wheel here)."""
     if importlib.util.find_spec("torchvision") is None:
@@ -51,7 +59,6 @@ def report() -> dict:
     # What this torch was built for, even without a GPU: a CPU wheel cannot use one at all.
     info["torch_cuda_build"] = torch.version.cuda
     if cuda:
-        from .memory.cuda import bf16_supported
         devices = []
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)

@@ -353,7 +353,7 @@ class FinishedRun:
         return int(lo), int(hi)
 
     def load_dataset(self, data_dir: str | None = None):
-        from .train import load_data
+        from .data import load_dataset_for as load_data
         cfg = TrainConfig.from_json(self.cfg.to_json())
         if data_dir is not None:
             cfg.data_dir = data_dir
@@ -465,7 +465,7 @@ def _state_bytes(model: InferenceModel) -> tuple[bytes, bytes]:
     return st_save(state, metadata={"format": FORMAT}), pt.getvalue()
 
 
-from .export_folder import _write, begin_export, publish_export  # noqa: E402
+from .export_folder import write_file, begin_export, publish_export  # noqa: E402
 
 
 def export_run(run_dir, module: int | None = None, out=None, data_dir: str | None = None,
@@ -530,7 +530,7 @@ def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by
     files = {"model.onnx": onnx_data, "model.safetensors": st_data, "model.pt": pt_data,
              "model.json": (json.dumps(description, indent=2, sort_keys=True) + "\n").encode()}
     for name, data in files.items():
-        _write(staging / name, data)
+        write_file(staging / name, data)
 
     # Parity on a batch, then the ONNX model's test accuracy, all in onnxruntime.
     ort_model = OrtModel(staging / "model.onnx", check_export=False)
@@ -576,7 +576,7 @@ def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by
         "seconds": time.time() - started,
     }
     # last: export.json vouches for the other files (evaluate/predict check their checksums)
-    _write(staging / "export.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    write_file(staging / "export.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     return report
 
 

@@ -117,7 +117,7 @@ def begin_export(out: Path, run_root: Path, *, force: bool, default_out: bool) -
     return staging
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:

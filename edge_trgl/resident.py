@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .backends.torch_backend import (autocast, check_budget, forward_module, load_scaler_state,
-                                     make_scaler, meter_add, optimizer_step, scaler_state,
-                                     to_device)
-from .meter import EpochMeter
+from .backends.torch_backend import (check_budget, forward_module, load_scaler_state, make_scaler,
+                                     optimizer_step, scaler_state, step_figures, to_device)
+from .loop import train_epoch
 from .memory.measure import release_memory
-from .modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
-                      optimizer_to_numpy, save_module, to_numpy_state)
+from .modules import (autocast, load_module, make_optimizer, module_parameters,
+                      optimizer_from_numpy, optimizer_to_numpy, save_module, to_numpy_state)
 from .prefetch import prefetched
+from .schedule import lr_at
 from .sources import epoch_rng
 from .store import block_path, head_path, load_tensors, prefixed, save_tensors, unprefixed
-from .trgl import energy_weight, module_loss
+from .trgl import energy_weight, module_loss, module_weights
 
 CKPT = "ckpt/resident-epoch{:03d}.safetensors"
 
@@ -30,7 +30,6 @@ def _modules(ctx, device, from_store: bool = True):
 
 
 def train_resident(ctx) -> None:
-    from .schemes import module_weights
     cfg, run = ctx.cfg, ctx.run
     if run.manifest["progress"].get("phase") == "done":  # resumed after the last save: nothing left
         return
@@ -52,39 +51,24 @@ def train_resident(ctx) -> None:
     # and one module's fp16 overflow must not halve the other modules' scales.
     scalers = [make_scaler(cfg, device) for _ in optimizers]
     start_epoch = _resume(ctx, modules, optimizers, scalers)
-    raw_train = ctx._raw("train")
-    val = ctx._raw("val")
+    engine = ResidentEngine(cfg, device, modules, optimizers, scalers, weights, e2e)
+    raw_train = ctx.raw("train")
+    val = ctx.raw("val")
     epochs = cfg.epochs
+    steps_per_epoch = -(-raw_train.count // ctx.batch_size)
     for epoch in range(start_epoch, epochs):
         order_rng = epoch_rng(cfg.seed, 0, 0, epoch)
         aug_rng = epoch_rng(cfg.seed, 0, 0, epoch, 1) if cfg.augment else None
-        for blocks, head in modules:
-            for m in [*blocks, head]:
-                m.train()
-        meter = EpochMeter()  # loss, ce, energy, accuracy of the last module
-        with prefetched(raw_train.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2),
-                        device) as batches:
-            for x_np, y_np in ctx.progress_bar(batches, total=-(-raw_train.count // ctx.batch_size),
-                                               desc=f"{cfg.scheme} epoch {epoch + 1}/{epochs}"):
-                x, y = to_device(x_np, device), to_device(y_np, device)
-                if e2e:
-                    with autocast(cfg, device):
-                        _, logits, energy = forward_module(all_blocks, final_head, x)
-                        loss, ce = module_loss(logits.float(), y, energy.float(), weights[0],
-                                               cfg.label_smoothing)
-                    optimizer_step(optimizers[0], loss, scalers[0])
-                else:
-                    for (blocks, head), opt, scaler, w in zip(modules, optimizers, scalers, weights):
-                        with autocast(cfg, device):
-                            out, logits, energy = forward_module(blocks, head, x)
-                            loss, ce = module_loss(logits.float(), y, energy.float(), w,
-                                                   cfg.label_smoothing)
-                        optimizer_step(opt, loss, scaler)
-                        x = out.detach()
-                meter_add(meter, loss, ce, energy, logits, y, len(y_np))
-                check_budget(ctx)
+
+        def lr_of_step(step, epoch=epoch):
+            return lr_at(cfg, module=0, epoch=epoch, step=step, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch)
+
+        # loss, ce, energy, accuracy of the last module
+        meter_stats = train_epoch(ctx, engine, raw_train, order_rng, aug_rng, None, None,
+                                  f"{cfg.scheme} epoch {epoch + 1}/{epochs}", lr_of_step)
         stats = {"scheme": cfg.scheme, "lap": 0, "module": len(modules) - 1, "epoch": epoch + 1,
-                 **meter.stats(), "rss_bytes": ctx.rss_now(),
+                 **meter_stats, "rss_bytes": ctx.rss_now(),
                  "val_acc": _chain_accuracy(ctx, modules, val, device)[-1]}
         ctx.log_epoch(stats)
         _checkpoint(ctx, epoch + 1, modules, optimizers, scalers)
@@ -94,7 +78,7 @@ def train_resident(ctx) -> None:
                + [head_path(k) for k in range(len(ctx.splits))])
     for k, ((blocks, head), (lo, hi)) in enumerate(zip(modules, ctx.splits)):
         save_module(run, blocks, head, lo, k, None)
-    test = ctx._raw("test")
+    test = ctx.raw("test")
     val_accs = _chain_accuracy(ctx, modules, val, device)
     test_accs = _chain_accuracy(ctx, modules, test, device)
     for k, (lo, hi) in enumerate(ctx.splits):
@@ -110,8 +94,55 @@ def train_resident(ctx) -> None:
     run.save()
     if old:
         (run.root / old).unlink(missing_ok=True)
-    del modules, optimizers
+    del modules, optimizers, engine
     release_memory()
+
+
+class ResidentEngine:
+    """Every module resident, stepped as the scheme says, for the shared epoch loop (loop.py):
+    e2e backpropagates through the whole network into the last head; parallel steps each module
+    on the previous one's detached output, each with its own optimizer and loss scaler."""
+
+    def __init__(self, cfg, device, modules, optimizers, scalers, weights, e2e: bool):
+        self.cfg, self.device, self.modules = cfg, device, modules
+        self.optimizers, self.scalers, self.weights, self.e2e = optimizers, scalers, weights, e2e
+        if e2e:
+            self.all_blocks = [b for blocks, _ in modules for b in blocks]
+            self.final_head = modules[-1][1]
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def batches(self, batches):
+        for blocks, head in self.modules:
+            for m in [*blocks, head]:
+                m.train()
+        return prefetched(batches, self.device)
+
+    def train_step(self, x_np, y_np, weight) -> tuple:
+        cfg, device = self.cfg, self.device
+        x, y = to_device(x_np, device), to_device(y_np, device)
+        if self.e2e:
+            with autocast(cfg, device):
+                _, logits, energy = forward_module(self.all_blocks, self.final_head, x)
+                loss, ce = module_loss(logits.float(), y, energy.float(), self.weights[0],
+                                       cfg.label_smoothing)
+            optimizer_step(self.optimizers[0], loss, self.scalers[0])
+        else:
+            for (blocks, head), opt, scaler, w in zip(self.modules, self.optimizers, self.scalers,
+                                                      self.weights):
+                with autocast(cfg, device):
+                    out, logits, energy = forward_module(blocks, head, x)
+                    loss, ce = module_loss(logits.float(), y, energy.float(), w,
+                                           cfg.label_smoothing)
+                optimizer_step(opt, loss, scaler)
+                x = out.detach()
+        return step_figures(loss, ce, energy, logits, y, len(y_np))
+
+    def check_budget(self, ctx) -> None:
+        check_budget(ctx)
 
 
 @torch.no_grad()

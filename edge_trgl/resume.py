@@ -108,7 +108,7 @@ def check_summary(run: Run) -> dict:
             as_num(summary.get(name), f"summary.json {name}")
         if not isinstance(summary.get("run_dir"), str):
             raise Damage("summary.json run_dir is not a path")
-        from .train import format_summary
+        from .summary import format_summary
         try:  # whatever else the table reads (an ORT or CUDA run's extra lines)
             format_summary(summary)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

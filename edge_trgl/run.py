@@ -108,7 +108,7 @@ class Run:
         if final_root.exists():
             final_root.rmdir()
         final_root.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_staging(final_root)
+        remove_dead_staging(final_root)
         staging = final_root.with_name(f".{final_root.name}.staging-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -653,7 +653,7 @@ def _not_writable(path: Path) -> str | None:
     return "not writable by this user (permission denied)"
 
 
-def _remove_dead_staging(final_root: Path) -> None:
+def remove_dead_staging(final_root: Path) -> None:
     """Delete staging folders of earlier set-ups of the same --out whose process is gone (killed
     during set-up); a live one (another process setting up now) is left alone."""
     for path in final_root.parent.glob(f".{final_root.name}.staging-*"):
@@ -666,3 +666,10 @@ def _remove_dead_staging(final_root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         except PermissionError:
             pass
+
+
+def default_out(cfg) -> Path:
+    """Where a run goes without --out: runs/<time>-<model>-<scheme>."""
+    import time
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.model}-{cfg.scheme}"

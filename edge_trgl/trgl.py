@@ -64,3 +64,11 @@ def module_loss(logits: torch.Tensor, targets: torch.Tensor, energy: torch.Tenso
     if weight == 0.0:
         return ce, ce
     return ce + weight * energy, ce
+
+
+def module_weights(cfg, num_modules: int) -> list[float | None]:
+    """Each module's energy weight from --tau / --tau-mode (None: the adaptive weight)."""
+    if cfg.tau_mode == "adaptive":
+        return [None] * num_modules
+    taus = tau_schedule(cfg.tau, num_modules, varying=cfg.tau_mode == "varying")
+    return [energy_weight(t) for t in taus]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_trgl import bench
+from edge_trgl.bench import runner
 from edge_trgl.cli.main import main
 from edge_trgl.errors import UserError
 
@@ -292,4 +293,22 @@ def test_rerun_reproduces_peak(tiny_suite):
     check = bench.rerun_check(root / "results" / "tiny" / "resnet8-e2e-s0.json",
                               work_dir=str(root / "work"))
     assert check["within_tolerance"], check
+    # same seed, same threads, same code: the losses and accuracies repeat bit for bit
+    assert check["results_identical"], check["first_result_difference"]
     assert (root / "results" / "tiny" / "_checks" / "resnet8-e2e-s0.json").exists()
+
+
+def test_result_difference_names_the_first_changed_figure():
+    epoch = {"module": 0, "epoch": 1, "train_loss": 2.5, "val_acc": 0.25, "seconds": 3.0,
+             "samples_per_s": 100.0, "time": 1.0, "rss_bytes": 10}
+    stored = {"metrics": [epoch], "summary": {"modules": [{"module": 0, "blocks": [0, 2],
+                                                            "val_acc": 0.25, "test_acc": 0.5}]}}
+    slower = {"metrics": [{**epoch, "seconds": 9.0, "samples_per_s": 30.0, "time": 5.0,
+                           "rss_bytes": 99}], "summary": stored["summary"]}
+    assert runner.first_result_difference(stored, slower) is None  # timing is not a result
+    changed = {**slower, "metrics": [{**epoch, "train_loss": 2.5000001}]}
+    assert "train_loss" in runner.first_result_difference(stored, changed)
+    other_test = {"metrics": [epoch], "summary": {"modules": [{"module": 0, "blocks": [0, 2],
+                                                                "val_acc": 0.25, "test_acc": 0.375}]}}
+    assert "test_acc" in runner.first_result_difference(stored, other_test)
+    assert "epoch records" in runner.first_result_difference(stored, {"metrics": [], "summary": {}})

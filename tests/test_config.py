@@ -2,7 +2,8 @@ import pytest
 
 from edge_trgl.config import TrainConfig
 from edge_trgl.errors import UserError
-from edge_trgl.train import resolve_splits
+from edge_trgl.memory.plan import resolve_splits
+from edge_trgl.targets import get_target, validate
 
 
 @pytest.mark.parametrize("change,match", [
@@ -11,7 +12,21 @@ from edge_trgl.train import resolve_splits
 ])
 def test_bad_config_is_a_user_error(change, match):
     with pytest.raises(UserError, match=match):
-        TrainConfig(**change).validate()
+        validate(TrainConfig(**change))  # the options' own rules, then the target's
+
+
+def test_target_rules_belong_to_the_target():
+    """TrainConfig checks what holds on every target; the target adds its own rules."""
+    cfg = TrainConfig(backend="ort", scheme="e2e")
+    assert cfg.validate() is cfg
+    with pytest.raises(UserError, match="sequential and multilap"):
+        get_target(cfg).validate(cfg)
+    with pytest.raises(UserError, match="CPU only"):
+        validate(TrainConfig(backend="ort", device="cuda"))
+    assert get_target(TrainConfig(device="cuda", amp="fp16")).name == "cuda"
+    validate(TrainConfig(device="cuda", amp="fp16"))  # mixed precision is the CUDA target's
+    with pytest.raises(UserError, match="--amp"):
+        validate(TrainConfig(amp="fp16"))
 
 
 def test_splits_from_module_size_modules_and_points():

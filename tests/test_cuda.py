@@ -17,6 +17,8 @@ import torch
 from edge_trgl.config import TrainConfig
 from edge_trgl.errors import UserError
 from edge_trgl.memory import cuda as cm
+from edge_trgl import targets
+from edge_trgl.targets import cuda as target_cuda
 from edge_trgl.prefetch import prefetch_batches
 
 MB = 1000**2
@@ -92,7 +94,7 @@ def test_profile_budgets_for_cuda():
 @pytest.fixture
 def fake_probes(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGE_TRGL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(cm, "require_cuda", lambda cfg: None)
+    monkeypatch.setattr(target_cuda, "require_cuda", lambda cfg: None)
     state = {"integrated": False, "context": 300 * MB, "calls": []}
 
     def raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads):
@@ -107,11 +109,12 @@ def fake_probes(monkeypatch, tmp_path):
 def plan_for(**overrides):
     from edge_trgl.memory.budgeted import plan_budgeted
     from edge_trgl.modules import architecture
-    from edge_trgl.train import load_data
+    from edge_trgl.data import load_dataset_for as load_data
     cfg = TrainConfig(device="cuda", model="resnet20", synthetic_train=200, synthetic_test=50,
                       batch_size=128, threads=1, epochs=1, **overrides).validate()
     dataset = load_data(cfg)
-    return plan_budgeted(cfg, dataset, architecture(cfg, dataset.in_shape, dataset.num_classes))
+    return plan_budgeted(cfg, dataset, architecture(cfg, dataset.in_shape, dataset.num_classes),
+                         target_cuda.TARGET.memory_model())
 
 
 def test_discrete_plan_budgets_device_memory_only(fake_probes):
@@ -284,7 +287,7 @@ def test_cuda_unavailable_is_a_user_error_and_nothing_is_written(tmp_path, capsy
     from edge_trgl.cli.main import main
     from edge_trgl.train import train
     with pytest.raises(UserError, match="--device cuda.*--device cpu"):
-        cm.require_cuda(TrainConfig(device="cuda"))
+        target_cuda.require_cuda(TrainConfig(device="cuda"))
     out = tmp_path / "run"
     with pytest.raises(UserError, match="CPU-only build|sees no CUDA device"):
         train(TrainConfig(device="cuda", out=str(out), synthetic_train=100, synthetic_test=20))
@@ -293,8 +296,7 @@ def test_cuda_unavailable_is_a_user_error_and_nothing_is_written(tmp_path, capsy
     assert "--device cuda was asked for" in " ".join(capsys.readouterr().err.split())
     assert not out.exists()
     with pytest.raises(UserError, match="--device cuda"):
-        from edge_trgl.backends.torch_backend import TorchBackend
-        TorchBackend(TrainConfig(device="cuda"))
+        target_cuda.TARGET.make_backend(TrainConfig(device="cuda"))
 
 
 def test_bf16_without_native_support_is_a_user_error(monkeypatch):
@@ -304,15 +306,15 @@ def test_bf16_without_native_support_is_a_user_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda i: SimpleNamespace(name="Jetson Nano", major=5, minor=3))
     with pytest.raises(UserError, match=r"--amp bf16.*Jetson Nano.*5\.3.*--amp fp16"):
-        cm.require_cuda(TrainConfig(device="cuda", amp="bf16"))
-    cm.require_cuda(TrainConfig(device="cuda", amp="fp16"))  # fp16 needs no native bf16
+        target_cuda.require_cuda(TrainConfig(device="cuda", amp="bf16"))
+    target_cuda.require_cuda(TrainConfig(device="cuda", amp="fp16"))  # fp16 needs no native bf16
     # emulated bf16 (what is_bf16_supported() says by default on older GPUs) is not enough
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: including_emulation)
     with pytest.raises(UserError, match="native bfloat16"):
-        cm.require_cuda(TrainConfig(device="cuda", amp="bf16"))
+        target_cuda.require_cuda(TrainConfig(device="cuda", amp="bf16"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    cm.require_cuda(TrainConfig(device="cuda", amp="bf16"))
+    target_cuda.require_cuda(TrainConfig(device="cuda", amp="bf16"))
 
 
 @pytest.mark.parametrize("amp,device,ok", [(None, "cpu", True), ("fp16", "cuda", True),
@@ -321,10 +323,10 @@ def test_bf16_without_native_support_is_a_user_error(monkeypatch):
 def test_amp_options(amp, device, ok):
     cfg = TrainConfig(amp=amp, device=device)
     if ok:
-        cfg.validate()
+        targets.validate(cfg)
     else:
         with pytest.raises(UserError, match="--amp"):
-            cfg.validate()
+            targets.validate(cfg)
 
 
 def test_scaler_only_for_fp16_on_cuda():
@@ -454,7 +456,7 @@ def gpu_config(tmp_path, **overrides):
 @pytest.mark.parametrize("amp", [None, "fp16", "bf16"])
 def test_gpu_sequential_run(tmp_path, amp):
     from edge_trgl.train import train
-    if amp == "bf16" and not cm.bf16_supported(torch):
+    if amp == "bf16" and not target_cuda.bf16_supported(torch):
         pytest.skip("this GPU has no native bfloat16")
     summary = train(gpu_config(tmp_path, amp=amp))
     assert summary["device"] == "cuda" and len(summary["modules"]) == 2

@@ -304,12 +304,12 @@ KILLED_EXPORT = textwrap.dedent("""
     if where == "publish":          # everything written, not yet renamed into place
         export.publish_export = lambda staging, out: os.kill(os.getpid(), signal.SIGKILL)
     elif where == "export.json":    # killed while writing the last file
-        real = export._write
+        real = export.write_file
         def write(path, data):
             if path.name == "export.json":
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path, data)
-        export._write = write
+        export.write_file = write
     elif where == "swap":           # --force: between moving the old export aside and the new in
         real_rename, calls = os.rename, []
         def rename(a, b):

@@ -1,6 +1,6 @@
-"""train.format_summary: the table a user reads at the end of a run."""
+"""summary.format_summary: the table a user reads at the end of a run."""
 
-from edge_trgl.train import format_summary
+from edge_trgl.summary import format_summary
 
 
 def summary(**row_extra):

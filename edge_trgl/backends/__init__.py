@@ -1,11 +1,3 @@
-"""Training backends. Each implements the small `Backend` protocol of base.py."""
-
-from __future__ import annotations
-
-
-def get_backend(cfg):
-    if cfg.backend == "ort":
-        from .ort_backend import OrtBackend
-        return OrtBackend(cfg)
-    from .torch_backend import TorchBackend
-    return TorchBackend(cfg)
+"""Training backends: the module-wise workers (torch_backend.py; the ONNX Runtime trainer,
+ort_*.py). Each implements the small `Backend` protocol of base.py; which one a run uses is its
+target's choice (targets/*.py: make_backend)."""

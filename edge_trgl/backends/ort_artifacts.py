@@ -229,8 +229,8 @@ def prepare_new_run(spec: dict) -> dict:
     from ..config import TrainConfig
     from ..memory.measure import release_memory
     from ..run import Run
-    from ..train import load_data, set_threads
-    from .ort_common import save_snapshot
+    from ..data import load_dataset_for as load_data
+    from ..data.snapshot import save_snapshot
     cfg = TrainConfig.from_json(spec["config"]).validate()
     out = Path(cfg.out)
     Run.check_new_root(out)
@@ -238,7 +238,7 @@ def prepare_new_run(spec: dict) -> dict:
     # that transient should not stack on top of torch's ~220 MB.
     dataset = load_data(cfg)
     release_memory()
-    from ..modules import init_store
+    from ..modules import init_store, set_threads  # imports torch: only after the data
     set_threads(cfg)
     plan = spec["plan"]  # made by the torch-free orchestrator (ort_backend._plan_in_orchestrator)
     run = Run.stage_new(out, cfg, plan, dataset.fingerprint())
@@ -258,7 +258,7 @@ def export_for_rebuild(spec: dict) -> dict:
     """The torch half of rebuilding the artifacts of the given modules of an existing run."""
     from ..config import TrainConfig
     from ..run import Run
-    from .ort_common import snapshot_info
+    from ..data.snapshot import snapshot_info
     cfg = TrainConfig.from_json(spec["config"])
     run = Run(Path(spec["run_dir"]), json.loads((Path(spec["run_dir"]) / "manifest.json").read_text()))
     info = snapshot_info(run)

@@ -4,9 +4,10 @@ memory probe) and exits. It never imports torch: it starts with `sys.modules['to
 only numpy, the compiled training classes of `onnxruntime.capi._pybind_state` (load_checkpoint,
 Module.train_step, lazy_reset_grad) and a plain InferenceSession.
 
-It is the torch backend's train_module / write_features (torch_backend.py) with ORT underneath,
-and keeps the same contracts, so runs of the two backends can be mixed and compared:
-- inputs come from the same sources (schemes.Context: raw images augmented with the same seeded
+It runs the same training loop as the torch backend (loop.py, with OrtEngine below instead of
+torch_backend.TorchEngine) and keeps the same contracts, so runs of the two can be mixed and
+compared:
+- inputs come from the same sources (context.Context: raw images augmented with the same seeded
   streams for module 0, the previous module's feature cache for later ones);
 - weights are read from and written back to the block store under the torch state_dict's names
   (num_batches_tracked included), optimizer state in torch's format ("<index>.momentum_buffer",
@@ -43,19 +44,16 @@ from onnxruntime.capi import _pybind_state as C
 from ..atomic import atomic_write_json, sha256_file
 from ..cache import write_module_cache
 from ..config import TrainConfig
+from ..data.snapshot import load_snapshot
 from ..errors import UserError
 from ..jobdirs import die_with_parent
-from ..meter import EpochMeter
+from ..loop import no_read_ahead, train_module
 from ..memory.measure import RssWatchdog, peak_rss_bytes, release_memory, reset_peak, rss_bytes
 from ..run import Run
-from ..schemes import Context, Interrupted
-from ..sources import epoch_rng
-from ..store import (block_path, checkpoint_path, head_path, load_tensors, module_files,
-                     optim_path, prefixed, save_tensors, unprefixed)
-from ..trgl import AdaptiveWeight
+from ..context import Context, Interrupted
+from ..store import block_path, head_path, load_tensors, optim_path, prefixed, save_tensors, unprefixed
 from .base import ModuleTask
-from .ort_common import (ARTIFACT_FILES, EXIT_INTERRUPTED, EXIT_OVER_BUDGET,
-                         artifact_dir, load_snapshot)
+from .ort_common import ARTIFACT_FILES, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, artifact_dir
 
 
 class OverBudget(Exception):
@@ -255,12 +253,12 @@ class OrtModule:
         return features, logits
 
 
-# --- the trainer: torch_backend.TorchBackend's loop over OrtModule -------------------------------
+# --- the trainer: the shared training loop (loop.py) over OrtModule -------------------------------
 
 def check_budget(ctx) -> None:
-    dog = ctx.watchdog
-    if dog is not None and dog.exceeded_bytes is not None and ctx.cfg.extra.get("on_over_budget", "stop") == "stop":
-        raise OverBudget(dog.exceeded_bytes)
+    exceeded = ctx.over_budget_bytes()
+    if exceeded is not None:  # the orchestrator says it (exit status EXIT_OVER_BUDGET)
+        raise OverBudget(exceeded)
 
 
 def evaluate(mod: OrtModule, source, batch_size: int) -> float | None:
@@ -273,7 +271,7 @@ def evaluate(mod: OrtModule, source, batch_size: int) -> float | None:
     return correct / source.count
 
 
-class OrtTrainer:
+class OrtEngine:
     def __init__(self, cfg, run, k: int, threads: int):
         self.cfg, self.run = cfg, run
         self.dir = Path(run.root) / artifact_dir(k)
@@ -313,95 +311,70 @@ class OrtTrainer:
                 head[where[1]] = value
         return blocks, head
 
-    # training -------------------------------------------------------------------------------------
-    def train_module(self, ctx, task) -> dict:
-        cfg, run = self.cfg, ctx.run
-        progress = run.manifest["progress"]
-        ckpt = (progress.get("ckpt") if progress.get("phase") == "train"
-                and progress.get("lap") == task.lap and progress.get("module") == task.k else None)
-        optimizer = make_optimizer(cfg, len(self.meta["trainable"]))
-        adaptive = AdaptiveWeight() if task.energy_weight is None else None
-        start_epoch = 0
-        if ckpt is not None:
-            # as the torch backend: the checkpoint holds every weight and the optimizer state, and
-            # the store's copies of this module may be torn, so they are not read
-            start_epoch = self._load_checkpoint(run, ckpt, task, optimizer, adaptive)
-        else:
-            self.mod.set_state(self._state_from_store(task))
-            if run.checksum(optim_path(task.k)) is not None:  # later laps keep the optimizer state
-                state, _ = load_tensors(run.root, optim_path(task.k), run.checksum(optim_path(task.k)))
-                optimizer.load(state)
-        val_source = ctx.source(task.k, "val")
-        last = {}
-        for epoch in range(start_epoch, task.epochs):
-            source, aug_rng = ctx.train_source(task.k, task.lap, epoch, task.input_views)
-            order_rng = epoch_rng(cfg.seed, task.lap, task.k, epoch)
-            stats = self._train_epoch(ctx, optimizer, source, order_rng, aug_rng,
-                                      task.energy_weight, adaptive,
-                                      f"lap {task.lap} module {task.k} epoch {epoch + 1}/{task.epochs}")
-            stats["val_acc"] = evaluate(self.mod, val_source, ctx.eval_batch_size)
-            stats.update({"scheme": cfg.scheme, "lap": task.lap, "module": task.k, "epoch": epoch + 1,
-                          "energy_weight": adaptive.weight if adaptive else task.energy_weight,
-                          "rss_bytes": ctx.rss_now(), "backend": "ort"})
-            ctx.log_epoch(stats)
-            self._save_checkpoint(run, task, epoch + 1, optimizer, adaptive)
-            last = stats
-            ctx.check_interrupt()
-        def write_files():
-            blocks, head = self._store_tensors(task)
-            for i, tensors in blocks.items():
-                run.record_file(block_path(i), save_tensors(run.root, block_path(i), tensors))
-            run.record_file(head_path(task.k), save_tensors(run.root, head_path(task.k), head))
-            run.record_file(optim_path(task.k),
-                            save_tensors(run.root, optim_path(task.k), optimizer.state()))
+    # the shared training loop's Engine (loop.py) --------------------------------------------------
+    log_fields = {"backend": "ort"}
 
-        run.commit_module(module_files(task), write_files, {"lap": task.lap, "module": task.k})
-        return last
+    def begin(self, cfg) -> None:
+        self.optimizer = make_optimizer(cfg, len(self.meta["trainable"]))
 
-    def _train_epoch(self, ctx, optimizer, source, order_rng, aug_rng, weight, adaptive, desc) -> dict:
-        meter = EpochMeter()
-        # as the torch backend: a final batch of one sample is dropped (BatchNorm cannot
-        # normalise it; the shuffled order still shows every sample over the epochs)
-        batches = source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2)
-        for x, y in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size), desc=desc):
-            w = adaptive.weight if adaptive is not None else weight
-            out = self.mod.train_step(x, y, w, optimizer)
-            if adaptive is not None:
-                adaptive.update(out["ce"])
-            meter.add(out["loss"], out["ce"], out["energy"],
-                      (out["logits"].argmax(1) == y).sum(), len(y))
-            check_budget(ctx)
-        return meter.stats()
+    def load_from_store(self, task) -> None:
+        self.mod.set_state(self._state_from_store(task))
 
-    def _save_checkpoint(self, run, task, epoch_done, optimizer, adaptive) -> None:
-        blocks, head = self._store_tensors(task)
-        tensors = {}
-        for i, block in blocks.items():
-            tensors.update(prefixed(block, f"block{i}."))
-        tensors.update(prefixed(head, "head."))
-        tensors.update(prefixed(optimizer.state(), "optim."))
-        meta = {"epoch_done": epoch_done, "adaptive": adaptive.state() if adaptive else None}
-        rel = checkpoint_path(task.k, task.lap, epoch_done)
-        run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, meta),
-                              {"lap": task.lap, "module": task.k, "epoch_done": epoch_done})
+    def load_optimizer(self, arrays: dict) -> None:
+        self.optimizer.load(arrays)
 
-    def _load_checkpoint(self, run, rel, task, optimizer, adaptive) -> int:
-        tensors, meta = load_tensors(run.root, rel, run.checksum(rel))
+    def load_checkpoint(self, task, tensors: dict, meta: dict) -> None:
         state = {}
         for name, where in self.meta["store_map"].items():
             key = (f"block{task.lo + where[1]}.{where[2]}" if where[0] == "block"
                    else f"head.{where[1]}")
             if key not in tensors:
-                raise UserError(f"The checkpoint {rel} lacks {key}; it does not belong to this "
-                                f"module. The run is damaged; start a new run.")
+                raise UserError(f"The checkpoint of this module lacks {key}; it does not belong "
+                                f"to this module. The run is damaged; start a new run.")
             state[name] = tensors[key]
         self.mod.set_state(state)
         optim_state = unprefixed(tensors, "optim.")
         if optim_state:
-            optimizer.load(optim_state)
-        if adaptive is not None and meta.get("adaptive"):
-            adaptive.load_state(meta["adaptive"])
-        return int(meta["epoch_done"])
+            self.optimizer.load(optim_state)
+
+    def checkpoint_tensors(self, task) -> tuple[dict, dict]:
+        blocks, head = self._store_tensors(task)
+        tensors = {}
+        for i, block in blocks.items():
+            tensors.update(prefixed(block, f"block{i}."))
+        tensors.update(prefixed(head, "head."))
+        return tensors, self.optimizer.state()
+
+    def checkpoint_meta(self) -> dict:
+        return {}
+
+    def save_to_store(self, task) -> None:
+        run = self.run
+        blocks, head = self._store_tensors(task)
+        for i, tensors in blocks.items():
+            run.record_file(block_path(i), save_tensors(run.root, block_path(i), tensors))
+        run.record_file(head_path(task.k), save_tensors(run.root, head_path(task.k), head))
+        run.record_file(optim_path(task.k),
+                        save_tensors(run.root, optim_path(task.k), self.optimizer.state()))
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.lr = lr
+
+    batches = staticmethod(no_read_ahead)
+
+    def train_step(self, x, y, weight: float) -> tuple:
+        out = self.mod.train_step(x, y, weight, self.optimizer)
+        return (out["loss"], out["ce"], out["energy"], (out["logits"].argmax(1) == y).sum(), len(y))
+
+    def evaluate(self, source, batch_size: int) -> float | None:
+        return evaluate(self.mod, source, batch_size)
+
+    def check_budget(self, ctx) -> None:
+        check_budget(ctx)
+
+    def train_module(self, ctx, task) -> dict:
+        self.begin(self.cfg)
+        return train_module(ctx, task, self)
 
     # feature cache ----------------------------------------------------------------------------------
     def write_features(self, ctx, task) -> dict:
@@ -470,7 +443,7 @@ def run_job(job: dict) -> dict:
     cfg = TrainConfig.from_json(job["config"])
     task = ModuleTask(**job["task"])
     ctx = _context(job, run, cfg, task)
-    trainer = OrtTrainer(cfg, run, task.k, int(job["threads"]))
+    trainer = OrtEngine(cfg, run, task.k, int(job["threads"]))
     ctx.install_signal_handlers(exit_code_now=EXIT_INTERRUPTED)
     watchdog = ctx.watchdog
     try:

@@ -1,8 +1,8 @@
-"""PyTorch backend (CPU, or CUDA with --device cuda): the module-wise training loop."""
+"""PyTorch backend (CPU, or CUDA with --device cuda): one module as an Engine of the shared
+training loop (loop.py: TorchEngine), the module's feature cache, and the torch helpers the
+resident schemes share (forward pass, device copies, loss scaling, evaluation)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
@@ -10,26 +10,17 @@ import torch
 from ..cache import write_module_cache
 from ..errors import UserError
 from ..memory.measure import release_memory
-from ..meter import EpochMeter
-from ..modules import (load_module, make_optimizer, module_parameters, optimizer_from_numpy,
+from ..modules import (autocast, load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
 from ..prefetch import prefetch_batches, prefetched
-from ..sources import epoch_rng
-from ..store import (checkpoint_path, load_tensors, module_files, optim_path, prefixed,
-                     save_tensors, unprefixed)
-from ..trgl import AdaptiveWeight, module_loss
+from ..loop import resume_point, train_module
+from ..store import prefixed, unprefixed
+from ..trgl import module_loss
 
 
 class BudgetExceeded(UserError):
     """The run's RSS watchdog saw the process over its share of the budget: stopped at a safe
     point (the one-paragraph error, exit 2, not a traceback)."""
-
-
-def autocast(cfg, device: torch.device):
-    if cfg.amp is None:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def forward_module(blocks, head, x):
@@ -68,12 +59,13 @@ def evaluate(blocks, head, source, batch_size: int, device, cfg) -> float | None
 
 
 def check_budget(ctx) -> None:
-    dog = ctx.watchdog
-    if dog is not None and dog.exceeded_bytes is not None and ctx.cfg.extra.get("on_over_budget", "stop") == "stop":
+    exceeded = ctx.over_budget_bytes()
+    if exceeded is not None:
         from ..budget import format_size
+        dog = ctx.watchdog
         raise BudgetExceeded(
             f"Measured {getattr(dog, 'measured_what', 'RSS')} reached "
-            f"{format_size(dog.exceeded_bytes)}, over the budget of "
+            f"{format_size(exceeded)}, over the budget of "
             f"{format_size(dog.limit_bytes)} this process may hold. The run stopped at a safe "
             f"point with everything up to its last finished epoch saved in {ctx.run.root}; this "
             f"is a planner bug, please report it with the run's plan.json. Continue as planned "
@@ -81,34 +73,11 @@ def check_budget(ctx) -> None:
             f"--batch-size or a larger --mem-budget.")
 
 
-def train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng, weight, adaptive,
-                scaler, device, desc: str) -> dict:
-    cfg = ctx.cfg
-    for m in [*blocks, head]:
-        m.train()
-    meter = EpochMeter()
-    with prefetched(source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2),
-                    device) as batches:
-        for x_np, y_np in ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size),
-                                           desc=desc):
-            x, y = to_device(x_np, device), to_device(y_np, device)
-            w = adaptive.weight if adaptive is not None else weight
-            with autocast(cfg, device):
-                _, logits, energy = forward_module(blocks, head, x)
-                loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
-            optimizer_step(optimizer, loss, scaler)
-            if adaptive is not None:  # the only per-step read of a value (a GPU sync on CUDA)
-                adaptive.update(float(ce.detach()))
-            meter_add(meter, loss, ce, energy, logits, y, len(y_np))
-            check_budget(ctx)
-    return meter.stats()
-
-
-def meter_add(meter, loss, ce, energy, logits, y, n: int) -> None:
-    """One step's figures into the epoch's meter without reading them back (no GPU sync); float64
-    sums, the precision of the Python floats they replace."""
-    meter.add(loss.detach().double(), ce.detach().double(), energy.detach().double(),
-              (logits.argmax(1) == y).sum(), n)
+def step_figures(loss, ce, energy, logits, y, n: int) -> tuple:
+    """One step's figures for the epoch's meter, not read back (no GPU sync): float64 0-d
+    tensors, the precision of the Python floats they replace."""
+    return (loss.detach().double(), ce.detach().double(), energy.detach().double(),
+            (logits.argmax(1) == y).sum(), n)
 
 
 def optimizer_step(optimizer, loss, scaler) -> None:
@@ -141,95 +110,92 @@ def load_scaler_state(scaler, state: dict | None) -> None:
         scaler.load_state_dict(state)
 
 
+class TorchEngine:
+    """One module on torch (CPU or CUDA) for the shared training loop (loop.py)."""
+
+    log_fields: dict = {}
+
+    def __init__(self, ctx, task, device, *, from_store: bool):
+        self.cfg, self.device = ctx.cfg, device
+        self.run = ctx.run
+        self.blocks, self.head = load_module(ctx.run, ctx.cfg, ctx.in_shape, ctx.num_classes,
+                                             task.lo, task.hi, task.k, device, from_store=from_store)
+        self.optimizer = make_optimizer(ctx.cfg, module_parameters(self.blocks, self.head))
+        self.scaler = make_scaler(ctx.cfg, device)
+
+    # state ---------------------------------------------------------------------------------------
+    def load_from_store(self, task) -> None:
+        return None  # read when the module was built (load_module)
+
+    def load_optimizer(self, arrays: dict) -> None:
+        optimizer_from_numpy(self.optimizer, arrays)
+
+    def load_checkpoint(self, task, tensors: dict, meta: dict) -> None:
+        indices = sorted({int(k.split(".", 1)[0][len("block"):]) for k in tensors
+                          if k.startswith("block")})
+        for block_index, block in zip(indices, self.blocks):
+            block.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                                   unprefixed(tensors, f"block{block_index}.").items()})
+        self.head.load_state_dict({k: torch.from_numpy(np.array(v))
+                                   for k, v in unprefixed(tensors, "head.").items()})
+        optim_state = unprefixed(tensors, "optim.")
+        if optim_state:
+            optimizer_from_numpy(self.optimizer, optim_state)
+        load_scaler_state(self.scaler, meta.get("scaler"))
+
+    def checkpoint_tensors(self, task) -> tuple[dict, dict]:
+        tensors = {}
+        for offset, block in enumerate(self.blocks):
+            tensors.update(prefixed(to_numpy_state(block), f"block{task.lo + offset}."))
+        tensors.update(prefixed(to_numpy_state(self.head), "head."))
+        return tensors, optimizer_to_numpy(self.optimizer)
+
+    def checkpoint_meta(self) -> dict:
+        return {"scaler": scaler_state(self.scaler)}
+
+    def save_to_store(self, task) -> None:
+        save_module(self.run, self.blocks, self.head, task.lo, task.k, self.optimizer)
+
+    # steps ---------------------------------------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def batches(self, batches):
+        for m in [*self.blocks, self.head]:
+            m.train()
+        return prefetched(batches, self.device)
+
+    def train_step(self, x_np, y_np, weight: float) -> tuple:
+        x, y = to_device(x_np, self.device), to_device(y_np, self.device)
+        with autocast(self.cfg, self.device):
+            _, logits, energy = forward_module(self.blocks, self.head, x)
+            loss, ce = module_loss(logits.float(), y, energy.float(), weight,
+                                   self.cfg.label_smoothing)
+        optimizer_step(self.optimizer, loss, self.scaler)
+        return step_figures(loss, ce, energy, logits, y, len(y_np))
+
+    def evaluate(self, source, batch_size: int) -> float | None:
+        return evaluate(self.blocks, self.head, source, batch_size, self.device, self.cfg)
+
+    def check_budget(self, ctx) -> None:
+        check_budget(ctx)
+
+
 class TorchBackend:
     name = "torch"
 
     def __init__(self, cfg):
         self.cfg = cfg
-        if cfg.device == "cuda":
-            from ..memory.cuda import require_cuda
-            require_cuda(cfg)
         self.device = torch.device(cfg.device)
 
     # --- training ---------------------------------------------------------------------------
     def train_module(self, ctx, task) -> dict:
-        last = self._train_module(ctx, task)
-        release_memory()  # after the module's weights went out of scope with the call above
+        engine = TorchEngine(ctx, task, self.device, from_store=resume_point(ctx.run, task) is None)
+        last = train_module(ctx, task, engine)
+        del engine
+        release_memory()  # after the module's weights went out of scope
         return last
-
-    def _train_module(self, ctx, task) -> dict:
-        cfg, run, device = self.cfg, ctx.run, self.device
-        progress = run.manifest["progress"]
-        ckpt = (progress.get("ckpt") if progress.get("phase") == "train"
-                and progress.get("lap") == task.lap and progress.get("module") == task.k else None)
-        # Resuming mid-module: the checkpoint holds every weight and the optimizer state, and the
-        # store's copies of this module may be torn (see load_module), so they are not read.
-        blocks, head = load_module(run, cfg, ctx.in_shape, ctx.num_classes, task.lo, task.hi,
-                                   task.k, device, from_store=ckpt is None)
-        optimizer = make_optimizer(cfg, module_parameters(blocks, head))
-        if ckpt is None and run.checksum(optim_path(task.k)) is not None:
-            # later laps keep the optimizer state
-            state, _ = load_tensors(run.root, optim_path(task.k), run.checksum(optim_path(task.k)))
-            optimizer_from_numpy(optimizer, state)
-        adaptive = AdaptiveWeight() if task.energy_weight is None else None
-        scaler = make_scaler(cfg, device)
-        start_epoch = 0
-        if ckpt is not None:
-            start_epoch = self._load_checkpoint(run, ckpt, blocks, head, optimizer, adaptive,
-                                                scaler)
-        val_source = ctx.source(task.k, "val")
-        last = {}
-        for epoch in range(start_epoch, task.epochs):
-            source, aug_rng = ctx.train_source(task.k, task.lap, epoch, task.input_views)
-            order_rng = epoch_rng(cfg.seed, task.lap, task.k, epoch)
-            stats = train_epoch(ctx, blocks, head, optimizer, source, order_rng, aug_rng,
-                                task.energy_weight, adaptive, scaler, device,
-                                desc=f"lap {task.lap} module {task.k} epoch {epoch + 1}/{task.epochs}")
-            stats["val_acc"] = evaluate(blocks, head, val_source, ctx.eval_batch_size, device, cfg)
-            stats.update({"scheme": cfg.scheme, "lap": task.lap, "module": task.k, "epoch": epoch + 1,
-                          "energy_weight": adaptive.weight if adaptive else task.energy_weight,
-                          "rss_bytes": ctx.rss_now()})
-            ctx.log_epoch(stats)
-            self._save_checkpoint(run, task, epoch + 1, blocks, head, optimizer, adaptive, scaler)
-            last = stats
-            ctx.check_interrupt()
-        run.commit_module(module_files(task),
-                          lambda: save_module(run, blocks, head, task.lo, task.k, optimizer),
-                          {"lap": task.lap, "module": task.k})
-        return last
-
-    def _save_checkpoint(self, run, task, epoch_done, blocks, head, optimizer, adaptive,
-                         scaler) -> None:
-        tensors = {}
-        for offset, block in enumerate(blocks):
-            tensors.update(prefixed(to_numpy_state(block), f"block{task.lo + offset}."))
-        tensors.update(prefixed(to_numpy_state(head), "head."))
-        tensors.update(prefixed(optimizer_to_numpy(optimizer), "optim."))
-        meta = {"epoch_done": epoch_done, "adaptive": adaptive.state() if adaptive else None,
-                "scaler": scaler_state(scaler)}
-        rel = checkpoint_path(task.k, task.lap, epoch_done)
-        run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, meta),
-                              {"lap": task.lap, "module": task.k, "epoch_done": epoch_done})
-
-    def _load_checkpoint(self, run, rel, blocks, head, optimizer, adaptive, scaler) -> int:
-        tensors, meta = load_tensors(run.root, rel, run.checksum(rel))
-        for block_index, block in self._indexed(blocks, tensors):
-            block.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                                   unprefixed(tensors, f"block{block_index}.").items()})
-        head.load_state_dict({k: torch.from_numpy(np.array(v))
-                              for k, v in unprefixed(tensors, "head.").items()})
-        optim_state = unprefixed(tensors, "optim.")
-        if optim_state:
-            optimizer_from_numpy(optimizer, optim_state)
-        if adaptive is not None and meta.get("adaptive"):
-            adaptive.load_state(meta["adaptive"])
-        load_scaler_state(scaler, meta.get("scaler"))
-        return int(meta["epoch_done"])
-
-    @staticmethod
-    def _indexed(blocks, tensors):
-        indices = sorted({int(k.split(".", 1)[0][len("block"):]) for k in tensors if k.startswith("block")})
-        return zip(indices, blocks)
 
     # --- feature cache ----------------------------------------------------------------------
     def write_features(self, ctx, task) -> dict:

@@ -167,8 +167,9 @@ def check_train_args(argv: list[str], where: str) -> TrainConfig:
         raise UserError(f"{where}: `edge-trgl train {shlex.join(argv)}` is rejected: "
                         f"{message[-1] if message else 'bad arguments'}.") from None
     cfg = config_from_args(args)
+    from ..targets import validate
     try:
-        cfg.validate()
+        validate(cfg)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
     return cfg

@@ -24,7 +24,7 @@ PACKAGES = ("torch", "numpy", "safetensors", "onnxruntime-training-cpu", "onnxru
 # ------------------------------------------------------------------------------------------------
 
 def _cpu_model() -> str:
-    from ..train import _cpu_model as cpu_model  # one reader of /proc/cpuinfo
+    from ..summary import cpu_model  # one reader of /proc/cpuinfo
     return cpu_model() or platform.machine()
 
 

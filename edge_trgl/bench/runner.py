@@ -126,9 +126,10 @@ if backend == "torch" or device == "cuda":
 else:  # the ONNX Runtime trainers block torch (onnxruntime would import it if it could)
     sys.modules.setdefault("torch", None)
 import edge_trgl.cli.main, edge_trgl.train
-from edge_trgl.backends import get_backend
 from edge_trgl.config import TrainConfig
-get_backend(TrainConfig(backend=backend, device=device))
+from edge_trgl.targets import get_target
+cfg = TrainConfig(backend=backend, device=device)
+get_target(cfg).make_backend(cfg)
 if backend == "ort":
     import onnxruntime  # what its trainer processes load
 if device == "cuda":
@@ -177,7 +178,7 @@ def measure_baseline(backend: str, device: str, repeats: int = 3) -> dict:
     out = _measure_snippet(_BASELINE_CODE, [backend, device], repeats)
     out.update({"backend": backend, "device": device, "measured_at": timestamp(),
                 "method": f"median of {repeats} fresh children: python -c 'import torch (torch "
-                          "backend or CUDA), edge_trgl.cli.main, edge_trgl.train; get_backend(...)' "
+                          "backend or CUDA), edge_trgl.cli.main, edge_trgl.train; its target's make_backend(...)' "
                           "(+ onnxruntime for ort, + a CUDA context on cuda); the child's VmHWM "
                           "polled from outside"})
     return out
@@ -343,13 +344,46 @@ def rerun_check(result_path: str | os.PathLike, *, tolerance: float = 0.10,
                         f"{fresh['returncode']}): {fresh['log_tail'][-400:]}")
     before = stored["measurements"]["peak_rss_bytes"]
     after = fresh["measurements"]["peak_rss_bytes"]
+    difference = first_result_difference(stored, fresh)
     check = {"row_id": stored["row_id"], "suite": stored["suite"], "stored_result": path.name,
              "stored_peak_rss_bytes": before, "rerun_peak_rss_bytes": after,
              "relative_difference": (after - before) / before, "tolerance": tolerance,
              "within_tolerance": abs(after - before) <= tolerance * before,
+             "results_identical": difference is None, "first_result_difference": difference,
+             "stored_git": stored.get("host", {}).get("git"),
+             "rerun_git": fresh.get("host", {}).get("git"),
              "stored_wall_s": stored["measurements"]["wall_s"],
              "rerun_wall_s": fresh["measurements"]["wall_s"],
              "rerun_loadavg": [fresh["loadavg_start"], fresh["loadavg_end"]],
              "checked_at": timestamp(), "command_line": fresh["command_line"]}
     atomic_write_json(path.parent / "_checks" / f"{stored['row_id']}.json", check)
     return check
+
+
+# What a run's per-epoch log holds that depends on the machine's speed or memory, not on the
+# computation: everything else must match bit for bit when a row is re-run at its seed and threads.
+_TIMING_KEYS = {"time", "seconds", "samples_per_s", "rss_bytes", "backend",
+                "worker_peak_rss_bytes"}
+
+
+def first_result_difference(stored: dict, fresh: dict) -> str | None:
+    """None when the two runs computed the same thing: every epoch's losses, energy and
+    accuracies (metrics.jsonl) and every module's val/test accuracy equal exactly; else the
+    first difference, in words."""
+    old, new = stored.get("metrics") or [], fresh.get("metrics") or []
+    if len(old) != len(new):
+        return f"{len(old)} epoch records stored, {len(new)} re-run"
+    for i, (a, b) in enumerate(zip(old, new)):
+        for key in sorted((set(a) | set(b)) - _TIMING_KEYS):
+            if a.get(key) != b.get(key):
+                return (f"epoch record {i} (module {a.get('module')}, epoch {a.get('epoch')}): "
+                        f"{key} stored {a.get(key)!r}, re-run {b.get(key)!r}")
+    rows_old = (stored.get("summary") or {}).get("modules") or []
+    rows_new = (fresh.get("summary") or {}).get("modules") or []
+    if len(rows_old) != len(rows_new):
+        return f"{len(rows_old)} modules stored, {len(rows_new)} re-run"
+    for a, b in zip(rows_old, rows_new):
+        for key in ("blocks", "val_acc", "test_acc"):
+            if a.get(key) != b.get(key):
+                return f"module {a.get('module')}: {key} stored {a.get(key)!r}, re-run {b.get(key)!r}"
+    return None

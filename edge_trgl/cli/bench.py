@@ -17,7 +17,7 @@ from outside (peak RSS = the child's VmHWM polled from /proc), and render Markdo
   edge-trgl bench run                         the default suites: accuracy, memory, throughput
   edge-trgl bench run memory --only 'mem-resnet56-*'
   edge-trgl bench report benchmarks/results   rebuild REPORT.md from the JSON files
-  edge-trgl bench rerun benchmarks/results/memory/ROW.json   reproduce one row's peak memory
+  edge-trgl bench rerun benchmarks/results/memory/ROW.json   reproduce one row (memory, results)
 """
 
 
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
     rep.add_argument("--out", help="report path (default RESULTS/REPORT.md)")
     rep.set_defaults(func=report_cmd)
 
-    rr = actions.add_parser("rerun", help="re-run a stored row and compare its peak memory",
+    rr = actions.add_parser("rerun", help="re-run a stored row: its peak memory (within a tolerance) and its losses and accuracies (exactly)",
                             allow_abbrev=False)
     rr.add_argument("result", help="a RESULTS/<suite>/<row-id>.json file")
     rr.add_argument("--tolerance", type=float, default=0.10,
@@ -132,5 +132,7 @@ def rerun_cmd(args) -> int:
     c = rerun_check(args.result, tolerance=args.tolerance, work_dir=args.work_dir)
     print(f"{c['row_id']}: stored peak {c['stored_peak_rss_bytes'] / 1e6:.0f} MB, re-run "
           f"{c['rerun_peak_rss_bytes'] / 1e6:.0f} MB ({100 * c['relative_difference']:+.1f}%), "
-          f"{'within' if c['within_tolerance'] else 'OUTSIDE'} {100 * c['tolerance']:.0f}%")
-    return 0 if c["within_tolerance"] else 1
+          f"{'within' if c['within_tolerance'] else 'OUTSIDE'} {100 * c['tolerance']:.0f}%; "
+          + ("losses and accuracies identical" if c["results_identical"]
+             else f"results DIFFER: {c['first_result_difference']}"))
+    return 0 if c["within_tolerance"] and c["results_identical"] else 1

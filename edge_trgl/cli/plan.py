@@ -22,22 +22,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    """Planned exactly as `edge-trgl train` plans (driver.plan_lean): in this torch-free process,
+    """Planned exactly as `edge-trgl train` plans (setup.plan_new): in this torch-free process,
     each probe a child, inside the command's memory cgroup where one can be created."""
-    from ..driver import CommandBudget, load_for_planning, plan_lean, plan_unbudgeted, prepare_budget
+    from ..driver import CommandBudget
+    from ..setup import check_new, plan_new
+    from ..targets import get_target
     cfg = config_from_args(args)
-    budgeted = cfg.mem_budget is not None or cfg.profile is not None
-    if budgeted:
-        budget = prepare_budget(cfg)
-    else:
-        from ..profiles import apply_profile
-        cfg.validate()
-        apply_profile(cfg)
-        budget = None
-    from ..driver import host_limit
-    with CommandBudget(host_limit(cfg, budget)) as guard:
-        dataset = load_for_planning(cfg, host_limit(cfg, budget))
-        plan = plan_lean(cfg, dataset) if budgeted else plan_unbudgeted(cfg, dataset)
+    target = get_target(cfg)
+    budget = check_new(cfg, target, new_run=False)
+    with CommandBudget(target.host_limit(budget)) as guard:
+        plan, _ = plan_new(cfg, target, budget, show=False)
         from ..memory.measure import peak_rss_bytes
         plan["whole_command"] = guard.report(peak_rss_bytes(), 0)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..train import format_summary, train
+from ..summary import format_summary
+from ..targets import summary_lines
+from ..train import train
 from .common import add_run_options, config_from_args
 
 HELP = "train a network (module-wise TRGL by default) and write a run directory"
@@ -28,5 +30,5 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     cfg = config_from_args(args)
     summary = train(cfg, resume=args.resume)
-    print(format_summary(summary))
+    print(format_summary(summary, summary_lines(summary)))
     return 0

@@ -1,5 +1,9 @@
 """Datasets as numpy arrays: the built-in synthetic set, CIFAR-10 and MNIST.
 
+``load_dataset`` picks a loader by name from the registry (data/registry.py: to add a dataset,
+write its module and add one ``register_dataset`` line there) and takes the seeded train / val /
+test subsets. data/snapshot.py owns a run's on-disk copy of the split arrays.
+
 This package must never import torch: it is also imported by a torch-free worker process.
 """
 
@@ -12,19 +16,24 @@ import numpy as np
 
 from edge_trgl.data.arrays import ArraySet, Dataset
 from edge_trgl.data.augment import augment_batch, normalize
+from edge_trgl.data.registry import RawData, dataset_entry, dataset_names, register_dataset
 from edge_trgl.errors import UserError
 
 __all__ = [
     "DATASETS",
     "ArraySet",
     "Dataset",
+    "RawData",
     "load_dataset",
+    "register_dataset",
+    "dataset_names",
     "augment_batch",
     "normalize",
     "class_balanced_split",
 ]
 
-DATASETS = ("synthetic", "cifar10", "mnist")
+# The datasets registered at import (data/registry.py), in order; the command line offers these.
+DATASETS = dataset_names()
 
 # Independent RNG streams for the two seeded selections, so each depends only on (seed, purpose).
 _SUBSET_STREAM = 0x5B5E7
@@ -74,20 +83,6 @@ def _check_fraction(name: str, value, lo_open: bool, hi_open: bool, option: str)
     return v
 
 
-def _per_channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean/std of ``images / 255`` (via a histogram, so no float copies)."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    means, stds = [], []
-    for ch in range(images.shape[1]):
-        counts = np.bincount(images[:, ch].reshape(-1), minlength=256).astype(np.float64)
-        total = counts.sum()
-        m = float(counts @ values / total)
-        var = float(counts @ (values - m) ** 2 / total)
-        means.append(round(m, 4))
-        stds.append(round(math.sqrt(var), 4))
-    return tuple(means), tuple(stds)
-
-
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -110,12 +105,13 @@ def load_dataset(
     yields the same subsets; subsets for growing ``train_fraction`` (or ``test_fraction``) are
     nested.
     """
-    if not isinstance(name, str) or name.lower() not in DATASETS:
+    entry = dataset_entry(name.lower()) if isinstance(name, str) else None
+    if entry is None:
         raise UserError(
-            f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)} (e.g. --data "
+            f"Unknown dataset {name!r}. Choose one of: {', '.join(dataset_names())} (e.g. --data "
             "synthetic, which needs no download)."
         )
-    name = name.lower()
+    name = entry.name
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(
             f"The data seed must be a non-negative integer, got {seed!r}. Pass e.g. --seed 0."
@@ -125,30 +121,16 @@ def load_dataset(
     val_fraction = _check_fraction("val_fraction", val_fraction, False, True, "--val-fraction")
     test_fraction = _check_fraction("test_fraction", test_fraction, True, False, "--test-fraction")
 
-    if name == "synthetic":
-        from edge_trgl.data.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic
-
-        full_train, test = make_synthetic(seed, n_train=synthetic_train, n_test=synthetic_test)
-        class_names = list(SYNTHETIC_CLASS_NAMES)
-        mean, std = _per_channel_stats(full_train.images)
-    else:
-        if data_dir is None:
-            folder = "cifar-10-batches-py" if name == "cifar10" else "mnist"
-            raise UserError(
-                f"The {name} dataset is read from disk, but no data directory was given. Pass "
-                f"--data-dir pointing at the folder that holds the original '{folder}' files (or "
-                "its parent), or use --data synthetic, which needs no download."
-            )
-        if name == "cifar10":
-            from edge_trgl.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
-
-            full_train, test, class_names = load_cifar10(data_dir)
-            mean, std = CIFAR10_MEAN, CIFAR10_STD
-        else:
-            from edge_trgl.data.idx import MNIST_MEAN, MNIST_STD, load_mnist
-
-            full_train, test, class_names = load_mnist(data_dir)
-            mean, std = MNIST_MEAN, MNIST_STD
+    if entry.needs_data_dir and data_dir is None:
+        raise UserError(
+            f"The {name} dataset is read from disk, but no data directory was given. Pass "
+            f"--data-dir pointing at the folder that holds the original '{entry.folder}' files (or "
+            "its parent), or use --data synthetic, which needs no download."
+        )
+    full_train, test, class_names, mean, std, hflip = entry.load(
+        data_dir, seed=seed, synthetic_train=synthetic_train, synthetic_test=synthetic_test
+    )
+    class_names = list(class_names)
 
     num_classes = len(class_names)
     if train_fraction < 1.0:
@@ -180,4 +162,12 @@ def load_dataset(
         mean=tuple(mean),
         std=tuple(std),
         class_names=class_names,
+        hflip=bool(hflip),
     )
+
+
+def load_dataset_for(cfg) -> Dataset:
+    """The dataset a TrainConfig names, split as it says (every process of a run loads it so)."""
+    return load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed, train_fraction=cfg.train_fraction,
+                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                        synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ArraySet", "Dataset"]
+__all__ = ["ArraySet", "Dataset", "per_channel_stats"]
+
+
+def per_channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean/std of ``images / 255`` (via a histogram, so no float copies),
+    rounded to 4 decimals. ``images`` is uint8 (N, C, H, W)."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for ch in range(images.shape[1]):
+        counts = np.bincount(images[:, ch].reshape(-1), minlength=256).astype(np.float64)
+        total = counts.sum()
+        m = float(counts @ values / total)
+        var = float(counts @ (values - m) ** 2 / total)
+        means.append(round(m, 4))
+        stds.append(round(math.sqrt(var), 4))
+    return tuple(means), tuple(stds)
 
 
 @dataclass
@@ -55,6 +71,9 @@ class Dataset:
     """A named dataset with train/val/test splits and per-channel normalisation statistics.
 
     ``mean`` and ``std`` are per channel in [0, 1] pixel units (i.e. of ``images / 255``).
+    ``hflip`` says whether a horizontal flip is a valid augmentation for these images (True for
+    natural and synthetic images, False for MNIST digits, whose mirror images are not digits).
+    It is not part of ``fingerprint()``: it describes how to augment, not what the data holds.
     """
 
     name: str
@@ -65,6 +84,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
+    hflip: bool = True
 
     @property
     def in_shape(self) -> tuple[int, int, int]:

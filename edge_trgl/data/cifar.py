@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_trgl.data.arrays import ArraySet
+from edge_trgl.data.registry import RawData
 from edge_trgl.errors import UserError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "restricted_loads",
     "find_cifar10_dir",
     "load_cifar10",
+    "cifar10_raw",
 ]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -264,3 +266,9 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[ArraySet, ArraySet, list[
     test_images, test_labels = _read_batch(root / CIFAR10_TEST_FILE)
     test = ArraySet(images=np.ascontiguousarray(test_images), labels=test_labels)
     return train, test, class_names
+
+
+def cifar10_raw(data_dir: str | os.PathLike, **_) -> RawData:
+    """The registry's loader: CIFAR-10 with its usual statistics; flipped images are valid."""
+    train, test, class_names = load_cifar10(data_dir)
+    return RawData(train, test, class_names, CIFAR10_MEAN, CIFAR10_STD, hflip=True)

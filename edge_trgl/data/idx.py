@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_trgl.data.arrays import ArraySet
+from edge_trgl.data.registry import RawData
 from edge_trgl.errors import UserError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "write_idx",
     "find_mnist_dir",
     "load_mnist",
+    "mnist_raw",
 ]
 
 MNIST_MEAN = (0.1307,)
@@ -195,3 +197,10 @@ def load_mnist(data_dir: str | os.PathLike) -> tuple[ArraySet, ArraySet, list[st
             "a consistent copy of the dataset."
         )
     return train, test, [str(i) for i in range(_NUM_CLASSES)]
+
+
+def mnist_raw(data_dir: str | os.PathLike, **_) -> RawData:
+    """The registry's loader: MNIST with its usual statistics. No horizontal flip: a mirrored
+    digit is not a digit (a flipped 2 or 7 is not a 2 or 7)."""
+    train, test, class_names = load_mnist(data_dir)
+    return RawData(train, test, class_names, MNIST_MEAN, MNIST_STD, hflip=False)

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_trgl.data.arrays import ArraySet
+from edge_trgl.data.arrays import ArraySet, per_channel_stats
+from edge_trgl.data.registry import RawData
 from edge_trgl.errors import UserError
 
-__all__ = ["make_synthetic", "SYNTHETIC_CLASS_NAMES", "SYNTHETIC_NUM_CLASSES", "SYNTHETIC_SHAPE"]
+__all__ = ["make_synthetic", "synthetic_raw", "SYNTHETIC_CLASS_NAMES", "SYNTHETIC_NUM_CLASSES",
+           "SYNTHETIC_SHAPE"]
 
 SYNTHETIC_NUM_CLASSES = 10
 SYNTHETIC_SHAPE = (3, 32, 32)
@@ -219,3 +221,12 @@ def make_synthetic(seed: int, n_train: int = 4000, n_test: int = 1000) -> tuple[
             )
     seed = int(seed)
     return _make_split(seed, _SPLIT_TRAIN, int(n_train)), _make_split(seed, _SPLIT_TEST, int(n_test))
+
+
+def synthetic_raw(data_dir=None, *, seed: int = 0, synthetic_train: int = 4000,
+                  synthetic_test: int = 1000, **_) -> RawData:
+    """The registry's loader (data_dir is not used): the generated sets, with the train set's
+    own per-channel statistics."""
+    train, test = make_synthetic(seed, n_train=synthetic_train, n_test=synthetic_test)
+    mean, std = per_channel_stats(train.images)
+    return RawData(train, test, list(SYNTHETIC_CLASS_NAMES), mean, std, hflip=True)

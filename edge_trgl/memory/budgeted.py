@@ -10,9 +10,8 @@ from functools import lru_cache
 
 from ..budget import format_size, parse_size
 from ..errors import UserError
-from .estimate import (BlockCosts, data_bytes, data_total,
-                       UNFIT_BYTES, loop_allowance_bytes, probe_module)
-from .planner import Plan, fit_disk
+from .estimate import BlockCosts, UNFIT_BYTES, data_bytes, data_total
+from .plan import Plan, fit_disk, resolve_splits
 from .probe_cache import ProbeOverBudget
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
@@ -49,84 +48,46 @@ def minimax_splits(n: int, k: int, cost) -> tuple[float, list[tuple[int, int]]]:
     return value, list(splits)
 
 
-def framework_bytes(cfg=None, dataset=None, description=None) -> int:
-    """What a budgeted run holds before any module trains, all measured in fresh processes:
-    the torch-free orchestrator (the `edge-trgl` process itself) + a torch trainer process after
-    its imports + the dataset arrays that trainer loads. For --backend ort: the orchestrator + an
-    ONNX Runtime trainer after its imports + the arrays (see backends/ort_backend.py)."""
-    if cfg is not None and cfg.backend == "ort":
-        from ..backends.ort_backend import ort_framework_bytes
-        return ort_framework_bytes(cfg, dataset)
-    if description is None:  # an in-process caller (tests): this process is the trainer
-        from .measure import rss_bytes
-        return rss_bytes()
-    from .describe import orchestrator_bytes
-    return (orchestrator_bytes(_threads(cfg)) + description["trainer_baseline_bytes"]
-            + dataset_array_bytes(dataset))
-
-
 def dataset_array_bytes(dataset) -> int:
     return int(sum(a.images.nbytes + a.labels.nbytes
                    for a in (dataset.train, dataset.val, dataset.test)))
 
 
-def _threads(cfg) -> int:
+def threads_of(cfg) -> int:
     return int(cfg.threads or os.cpu_count() or 1)
 
 
-def resolve_budget(cfg) -> tuple[int, list[str]]:
-    notes = []
+def resolve_budget(cfg, model) -> tuple[int, list[str]]:
+    """The budget in bytes (--mem-budget, else what the target makes of --profile), and notes."""
     if cfg.mem_budget is not None:
-        return parse_size(cfg.mem_budget), notes
-    if cfg.device == "cuda":  # unified RAM or the GPU's memory, as the profile says (memory/cuda.py)
-        from .cuda import profile_budget
-        return profile_budget(cfg)
-    from ..profiles import load_profile
-    profile = load_profile(cfg.profile)
-    notes.append(f"budget from profile {profile['name']}: {format_size(profile['budget_bytes'])} "
-                 f"({format_size(profile['ram_bytes'])} RAM minus {format_size(profile['os_reserve_bytes'])} for the OS)")
-    return profile["budget_bytes"], notes
+        return parse_size(cfg.mem_budget), []
+    return model.profile_budget(cfg)
 
 
-def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
-    """The plan for cfg's budget. `description` (memory/describe.py) comes from the lean
+def plan_budgeted(cfg, dataset, arch, model, description=None, progress=None) -> Plan:
+    """The plan for cfg's budget on the target whose memory model (memory/model.py) is `model`.
+    `description` (memory/describe.py) comes from the lean
     orchestrator, which never imports torch: then `arch` is its list of BlockInfo and the
     baseline is the orchestrator + a torch trainer process + the data, all measured in fresh
     processes. Without it (in-process callers) `arch` is the meta-device model and this process
     is taken to be the trainer. `progress(done, total)` is told how the block probes advance."""
-    from ..train import resolve_splits
     from .probe_cache import PROBE_LIMIT
-    budget_bytes, notes = resolve_budget(cfg)
+    budget_bytes, notes = resolve_budget(cfg, model)
     usable = int(budget_bytes * SAFETY)
-    threads = _threads(cfg)
+    threads = threads_of(cfg)
     n = len(arch)
-    cuda_acct = None
-    framework = framework_bytes(cfg, dataset, description)
-    if (description is not None or cfg.backend == "ort") and cfg.device != "cuda":
+    framework = model.framework_bytes(cfg, dataset, description)
+    if model.limits_children(description):
         # what one child (probe, trainer) may hold: the budget less the orchestrator beside it
         from .describe import orchestrator_bytes
         PROBE_LIMIT["bytes"] = budget_bytes - orchestrator_bytes(threads)
-    if cfg.backend == "ort":  # the ORT processes train; the orchestrator never holds torch
-        if usable <= framework:
-            raise UserError(
-                f"The memory budget {format_size(budget_bytes)} is smaller than what the ONNX "
-                f"Runtime backend holds before training anything: {format_size(framework)} (its "
-                f"torch-free orchestrator and trainer processes, and the dataset). Give at least "
-                f"{format_size(framework / SAFETY)} plus the model with --mem-budget, or use a "
-                f"smaller --train-fraction. Nothing was written.")
-    elif cfg.device == "cuda":  # device memory (+ host RSS on unified memory): memory/cuda.py
-        from .cuda import PlanAccounting
-        cuda_acct = PlanAccounting.for_plan(cfg, dataset, arch, threads, framework)
+    # a target whose budget is not host RSS (CUDA: device memory) plans through its accounting
+    cuda_acct = model.accounting(cfg, dataset, arch, threads, framework)
+    if cuda_acct is not None:
         cuda_acct.check_fixed(usable, budget_bytes, SAFETY)
-    elif usable <= framework:
-        raise UserError(
-            f"The memory budget {format_size(budget_bytes)} is smaller than what the framework "
-            f"alone holds before training anything: {format_size(framework)} (this command's "
-            f"torch-free process, a torch trainer process after `import torch`, and the "
-            f"dataset's arrays). Give at least {format_size(framework / SAFETY)} plus the model "
-            f"with --mem-budget, or use --backend ort, whose torch-free trainer starts at about "
-            f"70 MB. Nothing was written.")
-    costs = BlockCosts(cfg, dataset.in_shape, dataset.num_classes, arch, threads, progress)
+    else:
+        model.check_framework(cfg, budget_bytes, usable, framework)
+    costs = BlockCosts(cfg, dataset.in_shape, dataset.num_classes, arch, threads, model, progress)
     fixed = None
     if cfg.scheme in ("parallel", "e2e"):
         fixed = resolve_splits(n, cfg)
@@ -134,26 +95,14 @@ def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
         fixed = resolve_splits(n, cfg)
 
     baseline_bytes = framework
-    if cfg.backend == "ort":
-        from ..backends.ort_backend import ort_plan_note
-        notes.append(ort_plan_note(cfg, dataset))
-    elif description is not None:
-        from .describe import orchestrator_bytes
-        notes.append(
-            f"baseline = this command's torch-free process {format_size(orchestrator_bytes(threads))}"
-            f" + a torch trainer process after its imports "
-            f"{format_size(description['trainer_baseline_bytes'])} + the dataset "
-            f"{format_size(dataset_array_bytes(dataset))}; the two processes are alive together "
-            f"(probes run one at a time, each as the only child)")
-
-    # The ORT trainer of a later module reads module lo-1's feature cache, never the images
-    # (ort_worker loads them for module 0 only; the orchestrator holds labels only), so the image
-    # arrays in the ORT baseline are planned for the first module alone.
-    image_bytes = (sum(a.images.nbytes for a in (dataset.train, dataset.val, dataset.test))
-                   if cfg.backend == "ort" and cfg.scheme in ("sequential", "multilap") else 0)
+    note = model.plan_note(cfg, dataset, description)
+    if note:
+        notes.append(note)
+    # what a later module's trainer does not hold (ORT: the images; see the target's model)
+    image_bytes = model.later_module_image_bytes(cfg, dataset)
 
     def parts_for(lo: int, batch: int, module_bytes: float) -> dict:
-        parts = data_bytes(dataset, batch, baseline_bytes, loop_allowance_bytes(cfg, module_bytes))
+        parts = data_bytes(dataset, batch, baseline_bytes, model.loop_allowance_bytes(cfg, module_bytes))
         if lo > 0 and image_bytes:
             parts["process_baseline_bytes"] -= image_bytes
             parts["dataset_bytes"] -= image_bytes
@@ -204,8 +153,8 @@ def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
         for k, (lo, hi) in enumerate([(0, n)] if cfg.scheme == "e2e" else splits):
             composed = costs.module_estimate(lo, hi, batch)
             try:
-                measured = probe_module(cfg, dataset.in_shape, dataset.num_classes, arch, lo, hi,
-                                        [batch], threads)[batch]
+                measured = model.probe_module(cfg, dataset.in_shape, dataset.num_classes, arch,
+                                              lo, hi, [batch], threads)[batch]
             except ProbeOverBudget as exc:
                 # stopped at the child's share of the budget: it needs at least that much more
                 measured = max(int(exc.bytes_seen or 0), int(composed["module_bytes"] * 1.1),
@@ -257,11 +206,10 @@ def plan_budgeted(cfg, dataset, arch, description=None, progress=None) -> Plan:
             f"The memory budget {format_size(budget_bytes)} is too small for {cfg.model}: even "
             f"training {'one block' if fixed is None else 'the requested grouping'} at batch size 2 "
             f"needs {about} {format_size(need / SAFETY)}, of which about "
-            f"{format_size(framework)} is the framework itself "
-            f"{'(torch-free ORT processes)' if cfg.backend == 'ort' else 'after `import torch`'}. Give "
+            f"{format_size(framework)} is the framework itself {model.framework_what}. Give "
             f"{'more than' if about != 'about' else 'at least'} {format_size(need / SAFETY)} with "
-            f"--mem-budget, or use --backend ort (a "
-            f"torch-free trainer), a smaller model (--model, --width), a smaller --train-fraction "
+            f"--mem-budget, or {model.smaller_framework_hint}a smaller model (--model, --width), "
+            f"a smaller --train-fraction "
             f"or --batch-size. Nothing was written.")
     batch, splits, estimates, worst = plan
     if cuda_acct is not None:

@@ -59,39 +59,6 @@ BUDGET_COVERS = {
 }
 
 
-# --- availability ---------------------------------------------------------------------------
-
-def bf16_supported(torch) -> bool:
-    """Native bfloat16 (compute capability >= 8.0); emulated bf16 is no faster than fp32."""
-    try:
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:  # torch before the including_emulation argument
-        return bool(torch.cuda.is_bf16_supported())
-
-
-def require_cuda(cfg) -> None:
-    """UserError unless `--device cuda` (and `--amp bf16`, if asked) can run here."""
-    import torch
-    if not torch.cuda.is_available():
-        if torch.version.cuda is None:
-            why = f"this PyTorch ({torch.__version__}) is a CPU-only build"
-        else:
-            why = (f"this PyTorch ({torch.__version__}, built for CUDA {torch.version.cuda}) sees no "
-                   f"CUDA device (no NVIDIA GPU, no driver, or CUDA_VISIBLE_DEVICES hides it)")
-        raise UserError(
-            f"--device cuda was asked for, but {why}. Train on the CPU with --device cpu (the "
-            f"default), or run on a machine with an NVIDIA GPU and a CUDA build of PyTorch (on a "
-            f"Jetson: NVIDIA's JetPack wheel); `edge-trgl env` shows what this machine has. "
-            f"Nothing was written.")
-    if cfg.amp == "bf16" and not bf16_supported(torch):
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        raise UserError(
-            f"--amp bf16 needs a GPU with native bfloat16 (compute capability 8.0 or newer, e.g. "
-            f"Jetson Orin or an A100); {props.name} has compute capability "
-            f"{props.major}.{props.minor}. Use --amp fp16 (trained with a gradient scaler) or "
-            f"leave out --amp. Nothing was written.")
-
-
 # --- the formulas ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -201,7 +168,7 @@ def raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dic
     cache and key, and stores the saved-activation count where estimate.py looks for it."""
     from . import estimate, probe_cache
     signatures = [arch[i].signature() for i in range(lo, hi)]
-    key = estimate._probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
+    key = estimate.probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
     cache = probe_cache.load_cache()
     if key in cache and "cuda_probe" in cache[key]:
         return cache[key]["cuda_probe"]
@@ -258,7 +225,6 @@ class PlanAccounting:
     @classmethod
     def for_plan(cls, cfg, dataset, arch, threads, host_baseline_bytes: int) -> "PlanAccounting":
         from .estimate import PROBE_BATCHES
-        require_cuda(cfg)
         raw = raw_probe(cfg, dataset.in_shape, dataset.num_classes, arch, 0, 1, PROBE_BATCHES,
                         threads)
         return cls(cfg, dataset, arch, raw, host_baseline_bytes)
@@ -295,14 +261,12 @@ class PlanAccounting:
         """Probe every chosen module at `batch` on the device; one plan row each. The context is
         the largest any of these probes measured (a working context grows with the kernels it
         has loaded), applied to every row."""
-        from .estimate import probe_module
         cfg, arch = self.cfg, costs.arch
         probes = []
         for lo, hi in splits:
-            measured = probe_module(cfg, costs.in_shape, costs.num_classes, arch, lo, hi, [batch],
-                                    costs.threads)[batch]
             raw = raw_probe(cfg, costs.in_shape, costs.num_classes, arch, lo, hi, [batch],
                             costs.threads)
+            measured = probe_peaks(cfg, raw)[batch]
             if not self.unified:
                 self.context_bytes = max(self.context_bytes, probe_context_bytes(cfg, raw)[0])
             probes.append((lo, hi, measured, raw))

@@ -3,7 +3,7 @@
 The lean `edge-trgl` process plans a budgeted run without torch (~220 MB it would hold beside
 every probe child). What the planner needs of the model — each block's signature, parameter
 bytes and shapes — and what a torch trainer process holds before training (its baseline) are
-measured once in a short-lived child (`python -m edge_trgl.memory.describe_child SPEC`), which exits
+measured once in a short-lived child (`python -m edge_trgl.describe_child SPEC`), which exits
 before the next child starts, and kept in the probe cache (estimate.py) under the same key rules
 as the probes.
 """
@@ -49,7 +49,7 @@ def describe(cfg, in_shape, num_classes, threads: int) -> dict:
              "head": cfg.head}
     spec = {"config": cfg.to_json(), "in_shape": list(in_shape), "num_classes": int(num_classes),
             "threads": threads}
-    result = cached_child_result(ident, threads, [sys.executable, "-m", "edge_trgl.memory.describe_child",
+    result = cached_child_result(ident, threads, [sys.executable, "-m", "edge_trgl.describe_child",
                                                   json.dumps(spec)], what="describing the model")
     return {"blocks": [BlockInfo.from_json(b) for b in result["blocks"]],
             "trainer_baseline_bytes": int(result["trainer_baseline_bytes"])}
@@ -62,6 +62,7 @@ _ORCHESTRATOR_PROBE = (
     "try:\n    build_parser()\nexcept ImportError:\n    pass\n"
     "import edge_trgl.driver, edge_trgl.train, edge_trgl.schemes, edge_trgl.resume, edge_trgl.data\n"
     "import edge_trgl.backends.ort_backend, edge_trgl.memory.budgeted, edge_trgl.memory.cgroup\n"
+    "import edge_trgl.targets.cpu, edge_trgl.targets.cuda, edge_trgl.targets.ort, edge_trgl.loop\n"
     "from edge_trgl.memory.measure import release_memory, rss_bytes\n"
     "import json; release_memory(); print(json.dumps({'rss_bytes': rss_bytes()}))\n")
 

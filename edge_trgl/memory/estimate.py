@@ -43,7 +43,7 @@ UNFIT_BYTES = 1 << 60
 PROBE_STEPS = 4
 
 
-def _probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
+def probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
     ident = {"probe_format": 6, **machine_identity(threads), "device": cfg.device,
              "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
@@ -69,16 +69,11 @@ def run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads) -> dic
 
 
 def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:
-    """Measured peak RSS bytes of training blocks lo..hi-1 + head, per batch size, above the
-    framework baseline (a child process that trains a few steps; see probe.py)."""
-    if cfg.backend == "ort":  # measured in the torch-free ONNX Runtime trainer instead
-        from ..backends.ort_backend import probe_ort_module
-        return probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
-    if cfg.device == "cuda":  # device peaks in the budget's currency (memory/cuda.py)
-        from .cuda import probe_peaks, raw_probe
-        return probe_peaks(cfg, raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches, threads))
+    """Measured peak RSS bytes of training blocks lo..hi-1 + head with torch on the CPU, per batch
+    size, above the framework baseline (a child process that trains a few steps; see probe.py).
+    Other targets measure their own way (memory/model.py: the planner asks the target)."""
     signatures = [arch[i].signature() for i in range(lo, hi)]
-    key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
+    key = probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
     cache = load_cache()
     if key in cache:
         return {int(b): v for b, v in cache[key].items() if b.isdigit()}
@@ -102,15 +97,8 @@ def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> 
 
 def probe_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> int:
     """Saved-activation bytes per sample of blocks lo..hi-1, counted by the probe child."""
-    if cfg.backend == "ort":  # no saved-tensor hooks in ORT: the measured per-sample slope
-        from ..backends.ort_backend import ort_saved_bytes
-        return ort_saved_bytes(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
-    if cfg.device == "cuda":  # counted by the same CUDA probe child (memory/cuda.py)
-        from .cuda import raw_probe
-        return int(raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches,
-                             threads)["saved_bytes_per_sample"])
     signatures = [arch[i].signature() for i in range(lo, hi)]
-    key = _probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
+    key = probe_key(cfg, in_shape, num_classes, signatures, batches, threads)
     cache = load_cache()
     if key not in cache:
         probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
@@ -141,7 +129,7 @@ def saved_activation_bytes_per_sample(block, in_shape) -> int:
 class BlockCosts:
     """Per-block measured line fits and exact static/saved costs for one model."""
 
-    def __init__(self, cfg, in_shape, num_classes, arch, threads, progress=None):
+    def __init__(self, cfg, in_shape, num_classes, arch, threads, model, progress=None):
         self.cfg, self.in_shape, self.num_classes, self.arch = cfg, in_shape, num_classes, arch
         self.threads = threads
         state_factor = 5 if cfg.optimizer == "adamw" else 4  # param + grad + state(s) + save copy
@@ -165,8 +153,9 @@ class BlockCosts:
             # block cannot be trained within the budget (its cost is infinite).
             for batches in (PROBE_BATCHES, SMALL_PROBE_BATCHES):
                 try:
-                    peaks = probe_module(cfg, in_shape, num_classes, arch, i, i + 1, batches, threads)
-                    saved_by_sig[sig] = probe_saved_bytes(cfg, in_shape, num_classes, arch, i,
+                    peaks = model.probe_module(cfg, in_shape, num_classes, arch, i, i + 1,
+                                               batches, threads)
+                    saved_by_sig[sig] = model.saved_bytes(cfg, in_shape, num_classes, arch, i,
                                                           i + 1, batches, threads)
                 except ProbeOverBudget as exc:
                     self.over_budget[sig] = exc.bytes_seen
@@ -220,14 +209,6 @@ def data_bytes(dataset, batch: int, baseline_bytes: int, allowance_bytes: int) -
 # module's VmHWM was 12-23 MB above baseline + probe; 24 MB covers that.
 LOOP_ALLOWANCE_BYTES = 24 * 1000 * 1000
 
-# The same allowance for the ORT trainer, whose loop holds far less beyond its probe (no autograd
-# graph, no Python-side optimizer tensors, MALLOC_MMAP_THRESHOLD_ set). Measured: with the torch
-# allowance, ORT plans were +12.8..+16.4 % over the measured per-module peaks (ResNet-20, CIFAR-10
-# 10 %, 256 MB, batch 128, 7 modules) and, image arrays aside, about 24 MB over in every module of
-# ResNet-56 at 384 MB; the trainers held 0-2 MB above baseline + probe + batch buffers. 8 MB keeps
-# a margin over that.
-ORT_LOOP_ALLOWANCE_BYTES = 8 * 1000 * 1000
-
 # For large modules the torch loop's excess over its probe grows with the module (and scatters:
 # glibc's heap after hundreds of steps). Two ResNet-56 1 GB runs (batch 128, CIFAR-10 10 %):
 # with 4 modules (probes 328-594 MB) training held 32-79 MB above baseline + probe + buffers,
@@ -239,13 +220,6 @@ ORT_LOOP_ALLOWANCE_BYTES = 8 * 1000 * 1000
 # the module's own measured (or composed) cost; for the ~150 MB modules of the 512 MB plans,
 # whose excess was 11-31 MB, it stays 24 MB.
 LOOP_ALLOWANCE_FRACTION = 0.15
-
-
-def loop_allowance_bytes(cfg, module_bytes: float) -> int:
-    """What the real training loop holds beyond a probe of a module costing `module_bytes`."""
-    if cfg.backend == "ort":
-        return ORT_LOOP_ALLOWANCE_BYTES
-    return int(max(LOOP_ALLOWANCE_BYTES, LOOP_ALLOWANCE_FRACTION * module_bytes))
 
 
 def data_total(parts: dict) -> int:

@@ -19,11 +19,10 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     import torch
 
-    from ..backends.torch_backend import autocast
     from ..config import TrainConfig
     from ..models import make_head
     from ..models.blocks import init_weights, make_generator, materialize
-    from ..modules import architecture, make_optimizer, module_parameters
+    from ..modules import architecture, autocast, make_optimizer, module_parameters
     from ..trgl import module_loss
     from .measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes
 

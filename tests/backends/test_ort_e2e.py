@@ -72,7 +72,7 @@ def test_train_crash_resume_and_the_run_directory(ort_available, tmp_path):
     from edge_trgl.modules import load_module
     from edge_trgl.run import Run
     from edge_trgl.sources import RawSource
-    from edge_trgl.backends.ort_common import load_snapshot
+    from edge_trgl.data.snapshot import load_snapshot
     run = Run(out, manifest)
     cfg = TrainConfig.from_json(json.loads((out / "config.json").read_text()))
     data = load_snapshot(run)
@@ -210,5 +210,6 @@ def test_without_the_extra_the_error_says_how_to_install(monkeypatch, tmp_path):
 def test_schemes_that_need_every_module_resident_are_refused(ort_available):
     from edge_trgl.config import TrainConfig
     from edge_trgl.errors import UserError
+    from edge_trgl.targets import validate
     with pytest.raises(UserError, match="sequential and multilap"):
-        TrainConfig(backend="ort", scheme="parallel").validate()
+        validate(TrainConfig(backend="ort", scheme="parallel"))

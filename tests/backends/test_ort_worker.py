@@ -48,7 +48,7 @@ def test_numpy_optimizers_follow_torch(ort_available, name):
 def test_trainer_process_never_imports_torch(small_module):
     """A real trainer child (the memory probe runs the training code path: ORT Module train steps,
     the numpy optimizer, an eval batch) reports its sys.modules: no torch."""
-    from edge_trgl.backends.ort_backend import _probe_worker
+    from edge_trgl.targets.ort import _probe_worker
     cfg, art_dir, _ = small_module
     result = _probe_worker(cfg, art_dir, [4], 1)
     assert result["torch_imported"] is False

@@ -12,6 +12,7 @@ from edge_trgl.memory import budgeted
 from edge_trgl.memory.budgeted import batch_candidates, minimax_splits, plan_budgeted
 from edge_trgl.memory.measure import RssWatchdog, run_measured
 from edge_trgl.modules import architecture
+from edge_trgl.targets import get_target
 
 MB = 1_000_000
 
@@ -32,7 +33,7 @@ def test_batch_candidates_descend_and_stop_at_two():
 class FakeCosts:
     """Every block costs 40 MB fixed + 1 MB per sample above a 100 MB framework baseline."""
 
-    def __init__(self, cfg, in_shape, num_classes, arch, threads, progress=None):
+    def __init__(self, cfg, in_shape, num_classes, arch, threads, model=None, progress=None):
         self.n = len(arch)
         self.over_budget = {}
         self.static_bytes = [10 * MB] * self.n  # weights + gradients + optimizer state
@@ -45,23 +46,36 @@ class FakeCosts:
         return {"module_bytes": module}
 
 
+def fake_model(cfg):
+    """The target's own memory model (its allowances, its rules for the images, its refusal),
+    with FakeCosts' figures where it would measure in child processes."""
+    real = type(get_target(cfg).memory_model())
+
+    class Fake(real):
+        def probe_module(self, cfg, in_shape, classes, arch, lo, hi, batches, threads):
+            return {b: FakeCosts(cfg, in_shape, classes, arch, threads).module_estimate(lo, hi, b)["module_bytes"]
+                    for b in batches}
+
+        def framework_bytes(self, cfg, dataset, description=None):
+            return 100 * MB
+
+        def plan_note(self, cfg, dataset, description):
+            return None
+    return Fake()
+
+
 @pytest.fixture()
 def fake_planner(monkeypatch):
     monkeypatch.setattr(budgeted, "BlockCosts", FakeCosts)
-    monkeypatch.setattr(budgeted, "framework_bytes", lambda *args, **kw: 100 * MB)
     monkeypatch.setattr("edge_trgl.memory.measure.rss_bytes", lambda pid="self": 100 * MB)
-
-    def probe(cfg, in_shape, classes, arch, lo, hi, batches, threads):
-        return {b: FakeCosts(cfg, in_shape, classes, arch, threads).module_estimate(lo, hi, b)["module_bytes"]
-                for b in batches}
-    monkeypatch.setattr(budgeted, "probe_module", probe)
     data = load_dataset("synthetic", seed=0, synthetic_train=200, synthetic_test=50)
     return data
 
 
 def plan_for(data, budget, **kw):
     cfg = TrainConfig(model="resnet8", mem_budget=budget, batch_size=64, disk_budget="10GB", **kw)
-    return plan_budgeted(cfg, data, architecture(cfg, data.in_shape, data.num_classes))
+    return plan_budgeted(cfg, data, architecture(cfg, data.in_shape, data.num_classes),
+                         fake_model(cfg))
 
 
 def test_smaller_budgets_give_smaller_modules_or_batches(fake_planner):

@@ -1,0 +1,157 @@
+"""The set-up sequence of a new run, the same for every target and every command (`train`,
+`prepare`, `plan`, the ORT target's preparation): `check_new` (the options, the target's rules,
+whether it can run here, --out; the budget), then `plan_new` (the data, fingerprinted and dropped
+to shapes; the plan against the target's memory model; the default --out). Nothing is written;
+the run directory is staged next (run.Run.stage_new) by whoever trains it, and
+`initialise_and_publish` gives it its initial weights and moves it into place.
+
+All of it runs in the torch-free orchestrator: every measurement is a child process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from .errors import UserError
+from .killpoints import kill_point
+from .memory.measure import release_memory, rss_bytes
+
+
+def _progress(done: int, total: int) -> None:
+    if total and sys.stderr.isatty():
+        print(f"\rplanning: probing {total} distinct block(s) in fresh processes: {done}/{total}",
+              end="\n" if done == total else "", file=sys.stderr, flush=True)
+    elif done == 0 and total:
+        print(f"planning: probing {total} distinct block(s) in fresh processes (cached for the "
+              f"next run)", file=sys.stderr, flush=True)
+
+
+def plan_lean(cfg, dataset, model, progress=_progress) -> dict:
+    """The plan for a budgeted run on the target whose memory model is `model`, made in this
+    torch-free process (probes in children)."""
+    from .budget import format_size
+    from .memory.budgeted import plan_budgeted, resolve_budget
+    from .memory.describe import describe
+    from .memory.probe_cache import ProbeOverBudget
+    threads = int(cfg.threads or os.cpu_count() or 1)
+    if not cfg.progress:
+        progress = None
+    try:
+        description = describe(cfg, dataset.in_shape, dataset.num_classes, threads)
+        plan = plan_budgeted(cfg, dataset, description["blocks"], model,
+                             description=description, progress=progress)
+    except ProbeOverBudget as exc:
+        # a child that is not itself a probe of the model (the description, a baseline, an
+        # ONNX Runtime trainer's baseline) could not start within the budget
+        budget = resolve_budget(cfg, model)[0]
+        seen = f" (it was stopped at {format_size(exc.bytes_seen)})" if exc.bytes_seen else ""
+        raise UserError(
+            f"The memory budget {format_size(budget)} is too small to even start a "
+            f"{'torch' if cfg.backend != 'ort' else 'ONNX Runtime'} process beside this one: "
+            f"{exc.what} needed more than the {format_size(budget - rss_bytes())} the budget "
+            f"leaves it{seen}. Give a larger --mem-budget"
+            + (", or use --backend ort, whose torch-free trainer starts at about 70 MB"
+               if cfg.backend != "ort" else "") + ". Nothing was written.") from None
+    return plan.to_json()
+
+
+def load_for_planning(cfg, budget: int | None):
+    """The dataset as this process needs it: its fingerprint, shapes and sizes. The images are
+    dropped once fingerprinted (zero-stride stand-ins of the same shape and byte count remain,
+    holding no memory), so every child runs beside a process of ~40 MB, not ~40 MB + the data;
+    the trainer and set-up children load the data themselves."""
+    import numpy as np
+
+    from .data import load_dataset_for
+    dataset = load_dataset_for(cfg)
+    check_orchestrator_fits(budget)
+    fingerprint = dataset.fingerprint()
+    splits = {}
+    for name in ("train", "val", "test"):
+        arrays = getattr(dataset, name)
+        shape = arrays.images.shape
+        splits[name] = SimpleNamespace(
+            images=np.broadcast_to(np.zeros((1, *shape[1:]), np.uint8), shape),
+            labels=np.array(arrays.labels))
+    hollow = SimpleNamespace(name=dataset.name, num_classes=dataset.num_classes,
+                             mean=dataset.mean, std=dataset.std,
+                             class_names=list(dataset.class_names), hflip=dataset.hflip,
+                             in_shape=dataset.in_shape,
+                             fingerprint=lambda: fingerprint, **splits)
+    del dataset, arrays
+    release_memory()
+    return hollow
+
+
+def check_orchestrator_fits(budget: int | None) -> None:
+    """The dataset is loaded in this process (numpy) before any child: if that alone is over
+    the budget, nothing else can fit."""
+    now = rss_bytes()
+    if budget and now >= budget:
+        from .budget import format_size
+        raise UserError(f"The memory budget {format_size(budget)} is smaller than what loading the "
+                        f"dataset alone takes in this process ({format_size(now)}). Give a larger "
+                        f"--mem-budget or a smaller --train-fraction. Nothing was written.")
+
+
+def plan_unbudgeted(cfg, dataset, model) -> dict:
+    from .memory.describe import describe
+    from .memory.planner import plan_run
+    blocks = describe(cfg, dataset.in_shape, dataset.num_classes,
+                      int(cfg.threads or os.cpu_count() or 1))["blocks"]
+    return plan_run(cfg, dataset, blocks, model).to_json()
+
+
+def check_new(cfg, target, *, new_run: bool = True) -> int | None:
+    """The checks of a new run (or, new_run=False, of a plan only), before any data is loaded:
+    the options (the target's rules included, with a --profile's defaults applied), whether the
+    target can run here, and a bad --out. Returns the budget in bytes (None without
+    --mem-budget / --profile)."""
+    from .memory.budgeted import resolve_budget
+    from .profiles import apply_profile
+    from .run import Run
+    cfg.validate()
+    apply_profile(cfg)
+    target.validate(cfg)
+    target.check_available(cfg, setup=new_run)
+    if new_run and cfg.out is not None:  # a bad --out is refused before the data is loaded
+        Run.check_new_root(cfg.out)
+    if cfg.mem_budget is None and cfg.profile is None:
+        return None
+    return resolve_budget(cfg, target.memory_model())[0]
+
+
+def plan_new(cfg, target, budget: int | None, *, show: bool = True) -> tuple[dict, str]:
+    """The set-up sequence of every new run, whatever the target: the data (fingerprinted, then
+    dropped to shapes), the plan against the target's memory model (or the grouping as given),
+    printed; cfg.out gets its default. Nothing is written. Returns (plan, data fingerprint)."""
+    dataset = load_for_planning(cfg, target.host_limit(budget))
+    model = target.memory_model()
+    plan = plan_lean(cfg, dataset, model) if budget else plan_unbudgeted(cfg, dataset, model)
+    if show and cfg.progress and plan.get("module_estimates"):
+        from .memory.planner import format_plan
+        print(format_plan(plan), file=sys.stderr, flush=True)
+    fingerprint = dataset.fingerprint()
+    del dataset
+    release_memory()
+    from .run import default_out
+    cfg.out = str(Path(cfg.out) if cfg.out else default_out(cfg))
+    return plan, fingerprint
+
+
+def initialise_and_publish(run, cfg, dataset, plan: dict) -> None:
+    """A staged run (config, plan, identity written) gets its initial weights and is moved into
+    place; on any failure the staging folder is removed, so nothing half-written remains."""
+    from .modules import init_store
+    try:
+        run.lock()
+        init_store(run, cfg, dataset.in_shape, dataset.num_classes,
+                   [tuple(s) for s in plan["splits"]])
+        run.manifest["status"] = "running"
+        kill_point("setup")
+        run.publish()
+    except BaseException:
+        run.discard()
+        raise
