@@ -16,8 +16,9 @@ verified) and writes, into one folder:
 
 Trust and atomicity: every run file export reads is validated first (FinishedRun: the manifest's
 shape; config.json, plan.json and summary.json against the manifest's checksums and their own
-schema, config.json also against the manifest's config hash; each weight file against its
-checksum as it is loaded), and --out is checked before any work. The export is written into a
+schema, which run_schema defines for export and resume alike; config.json also against the
+manifest's config hash, the manifest against the plan; each weight file against its checksum as
+it is loaded), and --out is checked before any work. The export is written into a
 hidden staging folder beside --out and renamed into place once complete, so a killed export leaves
 no model.onnx that evaluate/predict accept; an existing export is replaced only with --force.
 
@@ -32,13 +33,11 @@ Verification, both recorded in export.json:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
-import re
 import shutil
 import time
 import warnings
@@ -49,9 +48,11 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from . import run as _run_module
 from .errors import UserError
 from .run import MANIFEST, Run
+from .run_schema import (Damage, Incompatible, as_dict, as_int, check_config_types,
+                         check_manifest_against_plan, check_manifest_shape, check_plan_shape,
+                         is_int)
 
 FORMAT = "edge-trgl-model"
 FORMAT_VERSION = 1
@@ -94,108 +95,45 @@ class InferenceModel(nn.Module):
 
 # --- reading a run -------------------------------------------------------------------------------
 
-_SHA = re.compile(r"^[0-9a-f]{64}$")
-RUN_FORMAT = getattr(_run_module, "FORMAT", 1)
-MAX_MODULES = 100_000
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_acc(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                         and math.isfinite(v) and 0 <= v <= 1)
-
-
 def _damaged(root: Path, rel: str, what: str) -> UserError:
     return UserError(f"The file {root / rel} of the run in {root} is not valid: {what}. The run is "
                      f"damaged (or was edited); restore the file from a backup, or train the run "
                      f"again.")
 
 
+def _checked(root: Path, rel: str, check, *args):
+    """check(*args), its Damage (run_schema) as the one-paragraph error about the file rel."""
+    try:
+        return check(*args)
+    except Damage as exc:
+        raise _damaged(root, rel, str(exc)) from None
+
+
 def check_manifest(root: Path, manifest) -> dict:
-    """The manifest keys that export/evaluate/predict read, with their types (a wrong shape is
-    the one-paragraph error, not a KeyError or TypeError later)."""
-    def bad(what: str):
-        raise _damaged(root, MANIFEST, what)
-    if not isinstance(manifest, dict):
-        bad(f"expected a JSON object, found {type(manifest).__name__}")
-    if manifest.get("format") != RUN_FORMAT:
+    """The manifest's shape, as run_schema defines it (a wrong shape is the one-paragraph error,
+    not a KeyError or TypeError later); a run of another edge-trgl version is named as such."""
+    try:
+        check_manifest_shape(manifest)
+    except Incompatible as exc:
         raise UserError(f"The run in {root} was written by an incompatible edge-trgl version "
-                        f"(manifest format {manifest.get('format')!r}, expected {RUN_FORMAT}); "
-                        f"export it with the version that trained it.")
-    if not isinstance(manifest.get("status"), str):
-        bad("it has no status")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        bad("its 'files' table is not an object")
-    for rel, sha in files.items():
-        if not isinstance(sha, str) or not _SHA.match(sha):
-            bad(f"the checksum it records for {rel!r} is not a sha256 ({sha!r})")
-    modules = manifest.get("modules")
-    if not isinstance(modules, dict):
-        bad("its 'modules' table is not an object")
-    for key, rec in modules.items():
-        if not (key.isdigit() and int(key) < MAX_MODULES and str(int(key)) == key):
-            bad(f"its 'modules' table has the key {key!r}, which is not a module number")
-        if not isinstance(rec, dict):
-            bad(f"module {key}'s record is not an object")
-        for name in ("val_acc", "test_acc"):
-            if not _is_acc(rec.get(name)):
-                bad(f"module {key}'s {name} is {rec.get(name)!r}, not an accuracy in 0..1")
-        for name in ("lo", "hi"):
-            if name in rec and not (_is_int(rec[name]) and rec[name] >= 0):
-                bad(f"module {key}'s {name} is {rec[name]!r}, not a block index")
-    for name in ("config_hash", "data_fingerprint"):
-        if not isinstance(manifest.get(name), str):
-            bad(f"it has no {name}")
+                        f"({exc}); export it with the version that trained it.") from None
+    except Damage as exc:
+        raise _damaged(root, MANIFEST, str(exc)) from None
     return manifest
 
 
-def _annotation_ok(value, annotation: str) -> bool:
-    """Does `value` (from JSON) fit a TrainConfig field annotation such as 'int | None'?"""
-    for part in (p.strip() for p in annotation.split("|")):
-        if part == "None" and value is None:
-            return True
-        if part == "str" and isinstance(value, str):
-            return True
-        if part == "bool" and isinstance(value, bool):
-            return True
-        if part == "int" and _is_int(value):
-            return True
-        if part == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if part == "dict" and isinstance(value, dict):
-            return True
-        if part == "list[int]" and isinstance(value, list) and all(_is_int(v) for v in value):
-            return True
-        if part not in ("None", "str", "bool", "int", "float", "dict", "list[int]"):
-            return True  # a type this check does not know: TrainConfig.validate() judges it
-    return False
-
-
 def check_config(root: Path, data, manifest: dict) -> TrainConfig:
-    """config.json as TrainConfig: the right keys and types, valid values, and the identity hash
-    the manifest recorded when the run started."""
-    def bad(what: str):
-        raise _damaged(root, "config.json", what)
-    if not isinstance(data, dict):
-        bad(f"expected a JSON object, found {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        bad(f"it has keys that no run config has ({', '.join(map(repr, unknown[:5]))})")
-    for name, value in data.items():
-        annotation = fields[name].type if isinstance(fields[name].type, str) else ""
-        if annotation and not _annotation_ok(value, annotation):
-            bad(f"{name} is {value!r}, not {annotation}")
+    """config.json as TrainConfig: the keys and types run_schema defines, valid values, and the
+    identity hash the manifest recorded when the run started."""
     try:
+        check_config_types(data)
         cfg = TrainConfig.from_json(data).validate()
+    except Damage as exc:
+        raise _damaged(root, "config.json", str(exc)) from None
     except UserError as exc:
-        bad(str(exc).rstrip("."))
+        raise _damaged(root, "config.json", str(exc).rstrip(".")) from None
     except (TypeError, ValueError, AttributeError) as exc:
-        bad(f"{type(exc).__name__}: {exc}")
+        raise _damaged(root, "config.json", f"{type(exc).__name__}: {exc}") from None
     if cfg.identity_hash() != manifest["config_hash"]:
         raise UserError(f"The config.json of the run in {root} does not match the config hash its "
                         f"manifest recorded when the run started: one of them was changed "
@@ -206,39 +144,16 @@ def check_config(root: Path, data, manifest: dict) -> TrainConfig:
     return cfg
 
 
-def check_plan(root: Path, plan) -> dict:
-    def bad(what: str):
-        raise _damaged(root, "plan.json", what)
-    if not isinstance(plan, dict):
-        bad(f"expected a JSON object, found {type(plan).__name__}")
-    splits = plan.get("splits")
-    if not isinstance(splits, list) or not 1 <= len(splits) <= MAX_MODULES:
-        bad("its 'splits' is not a list of modules")
-    start = 0
-    for k, pair in enumerate(splits):
-        if (not isinstance(pair, list) or len(pair) != 2 or not all(_is_int(v) for v in pair)
-                or pair[0] != start or pair[1] <= pair[0]):
-            bad(f"module {k}'s blocks {pair!r} do not continue the previous module's "
-                f"(expected [{start}, end > {start}])")
-        start = pair[1]
-    batch = plan.get("batch_size")
-    if batch is not None and not (_is_int(batch) and batch >= 1):
-        bad(f"its batch_size is {batch!r}, not a positive integer")
-    return plan
-
-
-def check_summary(root: Path, summary, modules: dict) -> dict:
-    def bad(what: str):
-        raise _damaged(root, "summary.json", what)
-    if not isinstance(summary, dict):
-        bad(f"expected a JSON object, found {type(summary).__name__}")
+def check_summary(summary, modules: dict) -> dict:
+    """summary.json's best_module (export's default choice): a module the manifest records as
+    trained."""
+    as_dict(summary, "summary.json")
     best = summary.get("best_module")
     if best is not None:
-        if not _is_int(best):
-            bad(f"its best_module is {best!r}, not a module number")
+        as_int(best, "summary.json best_module")
         rec = modules.get(str(best))
         if rec is None or (rec.get("val_acc") is None and rec.get("test_acc") is None):
-            bad(f"its best_module {best} is not a module the manifest records as trained")
+            raise Damage(f"its best_module {best} is not a module the manifest records as trained")
     return summary
 
 
@@ -246,8 +161,9 @@ class FinishedRun:
     """A run directory opened read-only (export must not change a run, which may be in use).
 
     Every file it reads is validated first: the manifest's shape, then config.json, plan.json and
-    summary.json against the checksums the manifest records (and their own schema); the weight
-    files are checked against their checksums when they are loaded (store.load_tensors)."""
+    summary.json against the checksums the manifest records (and their own schema, run_schema's),
+    the manifest against the plan; the weight files are checked against their checksums when they
+    are loaded (store.load_tensors). A run_schema Damage becomes _damaged's one paragraph."""
 
     def __init__(self, root: str | Path):
         root = Path(root)
@@ -278,17 +194,14 @@ class FinishedRun:
         # config.json is checked against its checksum too: an edited one (another model, width...)
         # would otherwise fail later as a state-dict size mismatch, or silently mean something else
         self.cfg = check_config(root, self.read_listed("config.json"), manifest)
-        self.plan = check_plan(root, self.read_listed("plan.json"))
+        self.plan = self.read_listed("plan.json")
+        _checked(root, "plan.json", check_plan_shape, self.plan)
+        # the manifest's modules, caches and progress against the plan: module numbers in range,
+        # every module's blocks those of the plan, the feature cache recorded consistently
+        _checked(root, MANIFEST, check_manifest_against_plan, manifest, self.plan)
         self.modules = manifest["modules"]
-        splits = self.plan["splits"]
-        for key, rec in self.modules.items():
-            if int(key) >= len(splits):
-                raise _damaged(root, MANIFEST, f"it records module {key}, but plan.json has "
-                               f"{len(splits)} modules")
-            if "lo" in rec and "hi" in rec and [rec["lo"], rec["hi"]] != list(splits[int(key)]):
-                raise _damaged(root, MANIFEST, f"module {key}'s blocks [{rec['lo']}, "
-                               f"{rec['hi']}] differ from plan.json's {splits[int(key)]}")
-        self.summary = check_summary(root, self.read_listed("summary.json"), self.modules)
+        self.summary = _checked(root, "summary.json", check_summary,
+                                self.read_listed("summary.json"), self.modules)
 
     def read_listed(self, rel: str):
         """A JSON file of the run that the manifest lists, checked against its sha256."""
@@ -633,7 +546,7 @@ def load_exported(folder: str | Path) -> InferenceModel:
         bad(f"width must be a positive number, found {width!r}")
     blocks_range = desc.get("blocks")
     if (not isinstance(blocks_range, list) or len(blocks_range) != 2
-            or not all(_is_int(b) for b in blocks_range) or blocks_range[0] != 0
+            or not all(is_int(b) for b in blocks_range) or blocks_range[0] != 0
             or blocks_range[1] < 1):
         bad(f"blocks must be [0, end], found {blocks_range!r}")
     norm = desc.get("normalization")

@@ -1,7 +1,8 @@
 """The schema of a run's JSON files: manifest.json, plan.json and config.json's field types,
 each checked for every key the code reads (type and range) and against each other, so that a
 damaged or hand-edited file is refused with one clear paragraph at the start, never a traceback
-in the middle of a run. Read-only and numpy-free; run.py turns a Damage into the UserError."""
+in the middle of a run. Read-only and numpy-free; run.py (resume) and export.py (export, evaluate,
+predict) turn a Damage into their one-paragraph UserError."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ _STORE_NAME = re.compile(r"(blocks)/block_([0-9]+)\.safetensors\Z"
 
 class Damage(Exception):
     """What is wrong with a run file, in words."""
+
+
+class Incompatible(Damage):
+    """The manifest's format is a whole number other than FORMAT: a run written by another
+    edge-trgl version, not a damaged one (the caller says which version to use instead)."""
+
+    def __init__(self, found: int):
+        super().__init__(f"manifest format {found}, expected {FORMAT}")
+        self.found = found
 
 
 def kind(value) -> str:
@@ -110,9 +120,10 @@ def as_rel(value, where: str, under: str | None = None) -> str:
     return value
 
 
-def module_index(key: str, where: str) -> int:
+def module_index(key: str, table: str) -> int:
     if not _INDEX.match(key):
-        raise Damage(f"{where} has the key {show(key)}, not a module number")
+        raise Damage(f"the {table!r} table has the key {show(key)}, which is not a module number "
+                     f"(0, 1, 2, ...)")
     return int(key)
 
 
@@ -130,7 +141,7 @@ def read_manifest(root: Path) -> dict:
 
 def read_manifest_bytes(root: Path) -> tuple[dict, bytes]:
     path = Path(root) / MANIFEST
-    fix = "Restore manifest.json from a backup, or start a new run."
+    fix = RESTORE_MANIFEST
     try:
         if not path.exists():
             raise UserError(f"{root} is not an edge-trgl run directory (it has no {MANIFEST}). "
@@ -150,32 +161,33 @@ def read_manifest_bytes(root: Path) -> tuple[dict, bytes]:
         raise UserError(f"The run manifest {path} is damaged: it is not valid JSON ({exc}). "
                         f"Nothing in the run directory was changed. {fix}") from None
     try:
-        manifest = as_dict(manifest, "the manifest")
-        fmt = manifest.get("format")
-        if is_int(fmt) and fmt != FORMAT:
-            raise UserError(f"The run in {root} was written by an incompatible edge-trgl version "
-                            f"(manifest format {fmt}, expected {FORMAT}); use that version to "
-                            f"resume or export it.")
         check_manifest_shape(manifest)
+    except Incompatible as exc:
+        raise UserError(f"The run in {root} was written by an incompatible edge-trgl version "
+                        f"({exc}); use that version to resume or export it.") from None
     except Damage as exc:
         raise UserError(f"The run manifest {path} is damaged: {exc}. Nothing in the run directory "
                         f"was changed. {fix}") from None
     return manifest, data
 
 
-def check_manifest_shape(m: dict) -> None:
+def check_manifest_shape(m) -> None:
     """Every manifest key the code reads, with its type and range (module indices are checked
-    against the plan in check_manifest_against_plan)."""
+    against the plan in check_manifest_against_plan). A manifest of another format version raises
+    Incompatible (a Damage) before anything else is checked."""
+    as_dict(m, "the manifest")
+    if is_int(m.get("format")) and m["format"] != FORMAT:
+        raise Incompatible(m["format"])
     for key in ("format", "status", "files", "modules", "caches", "progress"):
         if key not in m:
             raise Damage(f"the key {key!r} is missing")
     if m["format"] != FORMAT or not is_int(m["format"]):
         raise Damage(f"format is {show(m['format'])}, not {FORMAT}")
     one_of(m["status"], "status", STATUSES)
-    for rel, sha in as_dict(m["files"], "files").items():
+    for rel, sha in as_dict(m["files"], "the 'files' table").items():
         as_rel(rel, "a key of files")
         as_sha(sha, f"files[{rel!r}]")
-    for key, rec in as_dict(m["modules"], "modules").items():
+    for key, rec in as_dict(m["modules"], "the 'modules' table").items():
         where = f"modules[{key!r}]"
         module_index(key, "modules")
         as_dict(rec, where)
@@ -191,7 +203,7 @@ def check_manifest_shape(m: dict) -> None:
             as_dict(rec["ort_worker_peak_bytes"], f"{where}.ort_worker_peak_bytes")
         if "lo" in rec and "hi" in rec and rec["hi"] <= rec["lo"]:
             raise Damage(f"{where} has blocks {rec['lo']}..{rec['hi']}, an empty range")
-    for key, entry in as_dict(m["caches"], "caches").items():
+    for key, entry in as_dict(m["caches"], "the 'caches' table").items():
         where = f"caches[{key!r}]"
         module_index(key, "caches")
         as_dict(entry, where)
@@ -217,7 +229,7 @@ def check_manifest_shape(m: dict) -> None:
                 as_rel(shard["file"], f"{sw}.file", "cache")
                 as_int(shard["count"], f"{sw}.count")
                 as_sha(shard["sha256"], f"{sw}.sha256")
-    progress = as_dict(m["progress"], "progress")
+    progress = as_dict(m["progress"], "the 'progress' record")
     if progress:
         for name in ("lap", "module", "phase"):
             if name not in progress:
@@ -335,10 +347,17 @@ def check_manifest_against_plan(m: dict, plan: dict) -> None:
                          f"gives module {key} blocks {lo}..{hi}")
 
 
-def check_config_types(data: dict) -> None:
-    """Every known field of config.json has the type TrainConfig declares (the values are
-    checked by TrainConfig.validate)."""
+def check_config_types(data) -> None:
+    """config.json is an object of settings, each a field of TrainConfig (no unknown keys), of the
+    type TrainConfig declares (the values are checked by TrainConfig.validate)."""
     from .config import TrainConfig
+    if not isinstance(data, dict):
+        raise Damage(f"config.json holds a JSON {kind(data)}, not an object of settings")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise Damage(f"config.json has unknown keys {unknown[:5]}{more}, which are not settings "
+                     f"of this edge-trgl version")
     simple = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,),
               "None": (type(None),)}
     for f in dataclasses.fields(TrainConfig):

@@ -122,19 +122,31 @@ def test_config_edit_behind_the_checksum_is_caught_by_the_hash_and_then_the_weig
 
 @pytest.mark.parametrize("damage,phrases", [
     (lambda m: b"\xff\xfe not utf-8", ["manifest.json is not valid JSON"]),
-    (lambda m: [1, 2], ["manifest.json of the run", "expected a JSON object, found list"]),
-    (lambda m: {**m, "files": []}, ["'files' table is not an object"]),
+    (lambda m: [1, 2], ["manifest.json of the run", "the manifest is a JSON list, not an object"]),
+    (lambda m: {**m, "files": []}, ["the 'files' table is a JSON list, not an object"]),
     (lambda m: {**m, "files": {}}, ["records no checksum for config.json"]),
-    (lambda m: {**m, "files": {**m["files"], "plan.json": 7}}, ["'plan.json' is not a sha256"]),
-    (lambda m: {**m, "modules": {"x": {}}}, ["the key 'x', which is not a module number"]),
+    (lambda m: {**m, "files": {**m["files"], "plan.json": 7}},
+     ["files['plan.json'] is 7, not a sha256 checksum"]),
+    (lambda m: {**m, "modules": {"x": {}}},
+     ["the 'modules' table has the key \"x\", which is not a module number"]),
     (lambda m: {**m, "modules": {"9": {"val_acc": 0.5}}},
-     ["records module 9, but plan.json has 2"]),
-    (lambda m: {**m, "modules": {"0": {"val_acc": "high"}}}, ["val_acc is 'high'"]),
-    (lambda m: {**m, "modules": {"0": {"val_acc": float("nan")}}}, ["val_acc is nan"]),
-    (lambda m: {k: v for k, v in m.items() if k != "status"}, ["it has no status"]),
+     ["modules['9'] names module 9, but the plan (plan.json) has 2 modules (0..1)"]),
+    (lambda m: {**m, "modules": {"0": {"val_acc": "high"}}},
+     ["modules['0'].val_acc is \"high\", not a finite number >= 0 and <= 1"]),
+    (lambda m: {**m, "modules": {"0": {"val_acc": float("nan")}}},
+     ["modules['0'].val_acc is NaN, not a finite number"]),
+    (lambda m: {**m, "caches": {"5": {}}},
+     ["caches['5'] names module 5, but the plan (plan.json) has 2 modules"]),
+    (lambda m: {k: v for k, v in m.items() if k != "status"},
+     ["manifest.json of the run", "the key 'status' is missing"]),
+    (lambda m: {**m, "status": "paused"},
+     ["status is \"paused\", not one of new, running, complete"]),
     (lambda m: {**m, "status": "running"}, ["has not finished", "--resume"]),
-    (lambda m: {**m, "format": 99}, ["incompatible edge-trgl version"]),
-    (lambda m: {k: v for k, v in m.items() if k != "config_hash"}, ["it has no config_hash"]),
+    (lambda m: {**m, "format": 99}, ["incompatible edge-trgl version",
+                                     "manifest format 99, expected 1"]),
+    (lambda m: {**m, "format": "1"}, ["manifest.json of the run", "format is \"1\", not 1"]),
+    (lambda m: {k: v for k, v in m.items() if k != "config_hash"},
+     ["the key 'config_hash' is missing"]),
     (lambda m: {**m, "files": {k: v for k, v in m["files"].items()
                                if k != "blocks/block_001.safetensors"}},
      ["records no checksum for blocks/block_001.safetensors"]),
@@ -158,12 +170,14 @@ def test_damaged_manifest(work, capsys, tmp_path, damage, phrases):
      ["summary.json does not match the checksum recorded in the run manifest"]),
     ("summary.json", lambda s: s.update(best_module=7), True,
      ["best_module 7 is not a module the manifest records as trained"]),
-    ("summary.json", lambda s: s.update(best_module="0"), True, ["best_module is '0'"]),
+    ("summary.json", lambda s: s.update(best_module="0"), True,
+     ["summary.json best_module is \"0\", not a whole number"]),
     ("plan.json", lambda p: p.update(splits=[[0, 2], [3, 4]]), True,
-     ["module 1's blocks [3, 4] do not continue"]),
+     ["plan.json of the run", "splits[1] is [3, 4], not the block range [2, end > 2] of module 1"]),
     ("plan.json", lambda p: p.update(batch_size=-1), True, ["batch_size is -1"]),
     ("plan.json", lambda p: p.update(splits=[[0, 1], [1, 4]]), True,
-     ["module 0's blocks [0, 2] differ from plan.json's [0, 1]"]),
+     ["manifest.json of the run", "modules['0'] has blocks 0..2, but the plan gives module 0 "
+      "blocks 0..1"]),
 ])
 def test_damaged_summary_and_plan(work, capsys, tmp_path, rel, change, relisted, phrases):
     run, _, _ = work
@@ -190,11 +204,35 @@ def test_damaged_weights_and_config_schema(work, capsys, tmp_path):
     edit_json(run / "config.json", lambda c: c.update(epochs="three"))
     relist(run, "config.json")
     rc, _, err = cli(capsys, "evaluate", run)
-    assert_clean_error(rc, err, "config.json of the run", "epochs is 'three', not int")
+    assert_clean_error(rc, err, "config.json of the run", "epochs is \"three\", not a whole number")
     (run / "config.json").write_text("[]")
     relist(run, "config.json")
     rc, _, err = cli(capsys, "evaluate", run)
-    assert_clean_error(rc, err, "config.json of the run", "expected a JSON object, found list")
+    assert_clean_error(rc, err, "config.json of the run",
+                       "config.json holds a JSON list, not an object of settings")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rel,data,phrases", [
+    ("config.json", None, ["config.json has unknown keys ['colour']"]),
+    ("plan.json", [], ["plan.json of the run", "plan.json is a JSON list, not an object"]),
+    ("summary.json", "done", ["summary.json of the run",
+                              "summary.json is a JSON string, not an object"]),
+])
+def test_run_file_of_the_wrong_shape_behind_its_checksum(work, capsys, tmp_path, rel, data,
+                                                         phrases):
+    """The checks run_schema defines (as resume uses them), with export's paragraph."""
+    run, _, _ = work
+    if data is None:
+        edit_json(run / rel, lambda c: c.update(colour="red"))
+    else:
+        (run / rel).write_text(json.dumps(data))
+    relist(run, rel)
+    before = snapshot(run)
+    for argv in (["export", run, "--out", tmp_path / "out"], ["evaluate", run]):
+        rc, _, err = cli(capsys, *argv)
+        assert_clean_error(rc, err, *phrases, "The run is damaged (or was edited)")
+        assert snapshot(run) == before
     assert not (tmp_path / "out").exists()
 
 
