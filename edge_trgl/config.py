@@ -17,6 +17,12 @@ OPTIMIZERS = ("sgd", "adamw")
 BACKENDS = ("torch", "ort")
 DEVICES = ("cpu", "cuda")
 AUG_POLICIES = ("views", "none")
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+# Fields added after run directories were already being written, each with the value that does
+# what those runs did: a config.json without one is read with that value, and the field joins
+# the identity hash only when it differs from it, so the older runs keep resuming.
+LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0}
 
 
 @dataclass
@@ -48,6 +54,9 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_schedule: str = "constant"    # over each module's epochs (sequential), across laps
+                                     # (multilap), over the whole run (e2e, parallel)
+    warmup_epochs: float = 0.0       # linear warm-up from lr/steps to lr at the start
     momentum: float = 0.9
     weight_decay: float = 2e-4
     label_smoothing: float = 0.1
@@ -102,6 +111,12 @@ class TrainConfig:
             bad("--epochs-growth must be zero or positive.")
         if not self.lr > 0:
             bad(f"--lr must be positive, not {self.lr}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad(f"Unknown --lr-schedule {self.lr_schedule!r}; choose one of "
+                f"{', '.join(LR_SCHEDULES)}.")
+        if not (0 <= self.warmup_epochs < self.epochs):
+            bad(f"--warmup-epochs must be at least 0 and less than --epochs ({self.epochs}), not "
+                f"{self.warmup_epochs}.")
         if self.width <= 0:
             bad(f"--width must be positive, not {self.width}.")
         if self.threads is not None and self.threads < 1:
@@ -130,7 +145,7 @@ class TrainConfig:
         if unknown:
             raise UserError(f"The run config has unknown keys {unknown}; it was written by another "
                             f"version of edge-trgl. Start a new run.")
-        return cls(**d)
+        return cls(**{**{k: v for k, v in LATER_FIELDS.items() if k not in d}, **d})
 
     def identity_hash(self) -> str:
         """Hash of what determines the training result; --resume refuses if it changed. Options
@@ -138,4 +153,7 @@ class TrainConfig:
         d = self.to_json()
         for k in ("out", "progress", "keep_cache", "threads", "module_peaks"):
             d.pop(k, None)
+        for k, earlier in LATER_FIELDS.items():
+            if d.get(k) == earlier:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

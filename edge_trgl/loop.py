@@ -119,8 +119,8 @@ def train_module(ctx, task, engine) -> dict:
         steps_per_epoch = -(-source.count // ctx.batch_size)
 
         def lr_of_step(step, epoch=epoch):
-            return lr_at(cfg, module=task.k, epoch=epoch, step=step, epochs=task.epochs,
-                         steps_per_epoch=steps_per_epoch)
+            return lr_at(cfg, module=task.k, lap=task.lap, epoch=epoch, step=step,
+                         epochs=task.epochs, steps_per_epoch=steps_per_epoch)
 
         stats = train_epoch(ctx, engine, source, epoch_rng(cfg.seed, task.lap, task.k, epoch),
                             aug_rng, task.energy_weight, adaptive,

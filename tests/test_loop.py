@@ -19,7 +19,7 @@ TINY = dict(synthetic_train=200, synthetic_test=100, model="resnet8", width=0.25
 def record_lr(monkeypatch, module_obj, value=None):
     calls = []
 
-    def fake(cfg, *, module, epoch, step, epochs, steps_per_epoch):
+    def fake(cfg, *, module, epoch, step, epochs, steps_per_epoch, lap=0):
         calls.append((module, epoch, step, epochs, steps_per_epoch))
         return cfg.lr if value is None else value
     monkeypatch.setattr(module_obj, "lr_at", fake)

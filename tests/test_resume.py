@@ -33,8 +33,11 @@ pytestmark = pytest.mark.slow   # 10 real training processes, ~25 s in all
 ARGS = ("--data", "cifar10", "--model", "resnet8", "--width", "0.25", "--modules", "2",
         "--batch-size", "32", "--threads", "1", "--seed", "3")
 SEQ = (*ARGS, "--epochs", "2")
-MULTILAP = (*ARGS, "--scheme", "multilap", "--laps", "2", "--epochs", "2")
-E2E = (*ARGS, "--scheme", "e2e", "--epochs", "3")
+# (the multilap and e2e runs use learning-rate schedules: a resumed run must continue them
+# exactly, across laps too)
+MULTILAP = (*ARGS, "--scheme", "multilap", "--laps", "2", "--epochs", "2", "--lr-schedule",
+            "cosine", "--warmup-epochs", "1")
+E2E = (*ARGS, "--scheme", "e2e", "--epochs", "3", "--lr-schedule", "step")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import argparse
 import math
 
 from ..budget import HELP as SIZE_HELP
-from ..config import (AUG_POLICIES, BACKENDS, DEVICES, OPTIMIZERS, SCHEMES, TAU_MODES,
+from ..config import (AUG_POLICIES, BACKENDS, DEVICES, LR_SCHEDULES, OPTIMIZERS, SCHEMES, TAU_MODES,
                       TrainConfig)
 
 
@@ -112,7 +112,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
                    help="requested batch size (with --mem-budget, the most the planner may use)")
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimizer")
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    g.add_argument("--lr", type=float, default=d.lr, help="learning rate (the peak of a schedule)")
+    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help="learning rate over training: constant; cosine (to 0 at the end); step "
+                   "(x0.1 at 50%% and 75%%). Over each module's epochs with --scheme sequential, "
+                   "across all laps with multilap, over the whole run with e2e and parallel")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E",
+                   help="linear warm-up over the first E epochs (of each module, as the schedule)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
                    help="weight decay")

@@ -213,3 +213,34 @@ def test_schemes_that_need_every_module_resident_are_refused(ort_available):
     from edge_trgl.targets import validate
     with pytest.raises(UserError, match="sequential and multilap"):
         validate(TrainConfig(backend="ort", scheme="parallel"))
+
+
+@pytest.mark.slow
+def test_a_schedule_reaches_the_numpy_optimizer_and_resumes_exactly(ort_available, tmp_path):
+    """The ORT trainer takes its rate from the same schedule as torch (loop.py -> set_lr on the
+    numpy optimizer): a cosine run with warm-up trains differently from a constant one, and one
+    killed in module 0's second epoch and resumed ends with exactly the weights and losses of an
+    uninterrupted run."""
+    from safetensors.numpy import load_file
+
+    def weights(run: Path) -> dict:
+        return {f"{p.parent.name}/{p.name}/{k}": v.tobytes()
+                for folder in ("blocks", "heads") for p in sorted((run / folder).glob("*"))
+                for k, v in load_file(str(p)).items()}
+
+    def losses(run: Path) -> list:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [(m["module"], m["epoch"], m["train_loss"], m["val_acc"])
+                for m in map(json.loads, lines)]
+
+    cosine = [*ARGS, "--lr-schedule", "cosine", "--warmup-epochs", "1"]
+    whole, crashed, constant = tmp_path / "whole", tmp_path / "crashed", tmp_path / "constant"
+    for args, out in ((cosine, whole), (ARGS, constant)):
+        done = train_cli(*args, "--out", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert train_cli(*cosine, "--out", str(crashed), kill="batch:10").returncode != 0
+    resumed = train_cli("--resume", str(crashed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert weights(crashed) == weights(whole)
+    assert losses(crashed) == losses(whole)
+    assert losses(whole)[0][2] != losses(constant)[0][2]   # warm-up: a different first epoch

@@ -63,7 +63,8 @@ def test_defaults_are_shown_once_and_truthfully():
     assert "(default 1.0) (default: 1.0)" not in flat
     assert "--train-fraction F seeded class-balanced fraction of the train set to use " \
            "(default: 1.0)" in flat
-    assert "--lr LR learning rate (default: 0.05)" in flat
+    assert "--lr LR learning rate (the peak of a schedule) (default: 0.05)" in flat
+    assert "--lr-schedule {constant,cosine,step}" in flat and "--warmup-epochs E" in flat
 
 
 def test_help_of_every_command_prints(capsys):
