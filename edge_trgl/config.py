@@ -22,7 +22,7 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 # Fields added after run directories were already being written, each with the value that does
 # what those runs did: a config.json without one is read with that value, and the field joins
 # the identity hash only when it differs from it, so the older runs keep resuming.
-LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0}
+LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "checkpoint_segments": None}
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TrainConfig:
     tau: float = 1.0
     tau_mode: str = "varying"
     e2e_energy: bool = False        # end-to-end with the kinetic regulariser on all blocks
+    checkpoint_segments: int | None = None  # e2e: activation checkpointing in N segments; 0: auto
     laps: int = 5                    # multilap only
     epochs: int = 3                  # module k gets epochs + epochs_growth * k (authors: 50 + 10k)
     epochs_growth: int = 0
@@ -123,6 +124,14 @@ class TrainConfig:
             bad(f"--threads must be at least 1, not {self.threads}.")
         if self.aug_views is not None and self.aug_views < 1:
             bad(f"--aug-views must be at least 1, not {self.aug_views}.")
+        if self.checkpoint_segments is not None:
+            if self.scheme != "e2e":
+                bad(f"--checkpoint-segments is gradient checkpointing for --scheme e2e (the "
+                    f"other schemes keep one module's activations at a time already); leave it "
+                    f"out with --scheme {self.scheme}.")
+            if self.checkpoint_segments < 0 or isinstance(self.checkpoint_segments, bool):
+                bad(f"--checkpoint-segments must be a number of segments (at least 1) or 'auto', "
+                    f"not {self.checkpoint_segments}.")
         given = [n for n in ("module_size", "modules", "splits") if getattr(self, n) is not None]
         if len(given) > 1:
             bad(f"Give only one of --module-size, --modules and --splits (got {', '.join(given)}).")

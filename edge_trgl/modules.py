@@ -139,3 +139,61 @@ def autocast(cfg, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def forward_blocks(blocks, x, segments: int | None = None):
+    """x through the blocks: (output, summed kinetic energy). With `segments`, every segment but
+    the last runs under activation checkpointing (torch.utils.checkpoint, non-reentrant): only
+    its input is kept for backward, its inside is recomputed then. The recomputation leaves
+    BatchNorm's running statistics alone (they were updated by the forward pass once; in
+    training mode the normalisation itself uses the batch's statistics either way), so a
+    checkpointed step updates exactly what a plain one does."""
+    energy = x.new_zeros(())
+    if not segments or segments < 2:
+        for block in blocks:
+            x, e = block(x)
+            energy = energy + e
+        return x, energy
+    from torch.utils.checkpoint import checkpoint
+    from .segments import segment_bounds
+    bounds = segment_bounds(len(blocks), segments)
+    for lo, hi in bounds[:-1]:
+        x, e = checkpoint(_Segment(blocks[lo:hi]), x, use_reentrant=False)
+        energy = energy + e
+    for block in blocks[bounds[-1][0]:]:
+        x, e = block(x)
+        energy = energy + e
+    return x, energy
+
+
+class _Segment:
+    """One checkpointed segment; its second call is the recomputation in backward, which must
+    save the same tensors as the first call and leave BatchNorm's running statistics as the first
+    call left them: momentum 0 makes the update `running = 1 * running + 0 * batch` (the same
+    values), and the extra count of num_batches_tracked is taken back."""
+
+    def __init__(self, blocks):
+        self.blocks, self.calls = blocks, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        norms = [m for b in self.blocks for m in b.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        recomputing = self.calls > 1
+        momenta = [m.momentum for m in norms]
+        if recomputing:
+            for m in norms:
+                m.momentum = 0.0
+        try:
+            energy = x.new_zeros(())
+            for block in self.blocks:
+                x, e = block(x)
+                energy = energy + e
+            return x, energy
+        finally:
+            if recomputing:
+                for m, momentum in zip(norms, momenta):
+                    m.momentum = momentum
+                    if m.training and m.num_batches_tracked is not None:
+                        with torch.no_grad():
+                            m.num_batches_tracked.sub_(1)

@@ -10,10 +10,12 @@ from .backends.torch_backend import (check_budget, forward_module, load_scaler_s
                                      optimizer_step, scaler_state, step_figures, to_device)
 from .loop import train_epoch
 from .memory.measure import release_memory
-from .modules import (autocast, load_module, make_optimizer, module_parameters,
-                      optimizer_from_numpy, optimizer_to_numpy, save_module, to_numpy_state)
+from .modules import (autocast, forward_blocks, load_module,
+                      make_optimizer, module_parameters, optimizer_from_numpy, optimizer_to_numpy,
+                      save_module, to_numpy_state)
 from .prefetch import prefetched
 from .schedule import lr_at
+from .segments import checkpoint_segment_count
 from .sources import epoch_rng
 from .store import block_path, head_path, load_tensors, prefixed, save_tensors, unprefixed
 from .trgl import energy_weight, module_loss, module_weights
@@ -109,6 +111,7 @@ class ResidentEngine:
         if e2e:
             self.all_blocks = [b for blocks, _ in modules for b in blocks]
             self.final_head = modules[-1][1]
+            self.segments = checkpoint_segment_count(cfg, len(self.all_blocks))
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers:
@@ -126,7 +129,8 @@ class ResidentEngine:
         x, y = to_device(x_np, device), to_device(y_np, device)
         if self.e2e:
             with autocast(cfg, device):
-                _, logits, energy = forward_module(self.all_blocks, self.final_head, x)
+                out, energy = forward_blocks(self.all_blocks, x, self.segments)
+                logits = self.final_head(out)
                 loss, ce = module_loss(logits.float(), y, energy.float(), self.weights[0],
                                        cfg.label_smoothing)
             optimizer_step(self.optimizers[0], loss, self.scalers[0])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edge_trgl.config import TrainConfig
+from edge_trgl.config import LATER_FIELDS, TrainConfig
 from edge_trgl.errors import UserError
 from edge_trgl.schedule import lr_at
 
@@ -67,14 +67,14 @@ def test_a_config_from_before_schedules_reads_and_hashes_as_it_did():
     its config.json: it trains with a constant rate, and its identity hash (which --resume and
     export compare with the manifest's) is what that version computed."""
     old = TrainConfig().to_json()
-    for key in ("lr_schedule", "warmup_epochs"):
+    for key in LATER_FIELDS:  # lr_schedule, warmup_epochs, checkpoint_segments, ...
         old.pop(key)
     import hashlib
     kept = {k: v for k, v in old.items()
             if k not in ("out", "progress", "keep_cache", "threads", "module_peaks")}
     that_version = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
     cfg = TrainConfig.from_json(old)
-    assert (cfg.lr_schedule, cfg.warmup_epochs) == ("constant", 0.0)
+    assert (cfg.lr_schedule, cfg.warmup_epochs, cfg.checkpoint_segments) == ("constant", 0.0, None)
     assert cfg.identity_hash() == that_version
     changed = TrainConfig.from_json({**old, "lr_schedule": "cosine"})
     assert changed.identity_hash() != that_version

@@ -57,6 +57,19 @@ def honest_defaults(parser: argparse.ArgumentParser) -> None:
                 stack.extend(action.choices.values())
 
 
+def _segments(text: str) -> int:
+    """--checkpoint-segments: a positive number, or auto (stored as 0: chosen from the depth)."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of segments or 'auto', got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 segment (or 'auto'), got {value}")
+    return value
+
+
 def _splits(text: str) -> list[int]:
     try:
         return [int(p) for p in text.split(",") if p.strip()]
@@ -105,6 +118,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    help="varying: tau/2 for the first half of the modules; constant: tau for all; "
                    "adaptive: the authors' 1/l_k weight")
     g.add_argument("--e2e-energy", action="store_true", help="e2e: add the kinetic energy of all blocks")
+    g.add_argument("--checkpoint-segments", type=_segments, metavar="N|auto",
+                   help="e2e only: gradient (activation) checkpointing in N segments of blocks, "
+                   "recomputed in the backward pass: less memory, ~1/3 more compute; auto = "
+                   "ceil(sqrt(blocks)); the planner probes its real peak like any scheme's")
     g.add_argument("--laps", type=int, default=d.laps, metavar="N", help="multilap: number of laps")
     g.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help="epochs per module")
     g.add_argument("--epochs-growth", type=int, default=d.epochs_growth, metavar="N",

@@ -13,6 +13,7 @@ from ..errors import UserError
 from .estimate import BlockCosts, UNFIT_BYTES, data_bytes, data_total
 from .plan import Plan, fit_disk, resolve_splits
 from .probe_cache import ProbeOverBudget
+from ..segments import checkpoint_segment_count
 
 SAFETY = 0.95   # plan to 95% of the budget: allocator noise and the sampler's blind spots
 
@@ -115,8 +116,14 @@ def plan_budgeted(cfg, dataset, arch, model, description=None, progress=None) ->
 
     calibration = {"factor": 1.0}
 
+    # e2e with gradient checkpointing: the whole network's composition counts what it keeps
+    segments = checkpoint_segment_count(cfg, n)
+
+    def composition(lo: int, hi: int, batch: int) -> dict:
+        return costs.module_estimate(lo, hi, batch, segments if (lo, hi) == (0, n) else None)
+
     def total(lo: int, hi: int, batch: int) -> int:
-        composed = costs.module_estimate(lo, hi, batch)["module_bytes"] * calibration["factor"]
+        composed = composition(lo, hi, batch)["module_bytes"] * calibration["factor"]
         return int(composed) + data_cost(lo, batch, composed)
 
     # The parallel scheme keeps every module resident (weights, gradients, optimizer state) but
@@ -151,7 +158,7 @@ def plan_budgeted(cfg, dataset, arch, model, description=None, progress=None) ->
         estimates = []
         # (here cuda_acct is None, so a parallel plan is always the per-module one)
         for k, (lo, hi) in enumerate([(0, n)] if cfg.scheme == "e2e" else splits):
-            composed = costs.module_estimate(lo, hi, batch)
+            composed = composition(lo, hi, batch)
             try:
                 measured = model.probe_module(cfg, dataset.in_shape, dataset.num_classes, arch,
                                               lo, hi, [batch], threads)[batch]
@@ -212,9 +219,19 @@ def plan_budgeted(cfg, dataset, arch, model, description=None, progress=None) ->
             f"a smaller --train-fraction "
             f"or --batch-size. Nothing was written.")
     batch, splits, estimates, worst = plan
+    if segments:
+        notes.append(checkpoint_note(n, segments))
     if cuda_acct is not None:
         notes.append(cuda_acct.note(estimates))
     views, cache_dtype, aug_policy = fit_disk(cfg, dataset, arch, splits, notes)
     return Plan(splits=[tuple(s) for s in splits], batch_size=batch, views=views,
                 cache_dtype=cache_dtype, aug_policy=aug_policy, budget_bytes=budget_bytes,
                 estimated_peak_bytes=int(worst), module_estimates=estimates, notes=notes)
+
+
+def checkpoint_note(num_blocks: int, segments: int) -> str:
+    from ..segments import segment_bounds
+    ranges = ", ".join(f"{lo}-{hi - 1}" for lo, hi in segment_bounds(num_blocks, segments))
+    return (f"end-to-end with gradient checkpointing in {segments} segments (blocks {ranges}; the "
+            f"last one is not checkpointed): each segment's activations are recomputed in the "
+            f"backward pass; the estimate is a probe of exactly that")

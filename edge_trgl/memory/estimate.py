@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -48,6 +49,9 @@ def probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
              "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
              "in_shape": list(in_shape)}
+    if cfg.scheme == "e2e" and cfg.checkpoint_segments is not None:
+        # a whole-network probe trains checkpointed (probe.py); single blocks are the same
+        ident["checkpoint_segments"] = cfg.checkpoint_segments
     if cfg.device == "cuda":
         # A CUDA probe's figures (reserved, context, integrated) belong to one GPU: a changed
         # GPU selection must not reuse them.
@@ -175,16 +179,32 @@ class BlockCosts:
         a, c = self.fits[self.arch[i].signature()]
         return a + c * batch
 
-    def module_estimate(self, lo: int, hi: int, batch: int) -> dict:
-        """Composed estimate of training blocks lo..hi-1 (see the module docstring)."""
+    def module_estimate(self, lo: int, hi: int, batch: int, segments: int | None = None) -> dict:
+        """Composed estimate of training blocks lo..hi-1 (see the module docstring). With
+        gradient checkpointing in `segments` segments (e2e): what stays alive across the step is
+        each checkpointed segment's input (fp32), the last segment's saved activations, and,
+        while one segment is recomputed in backward, that segment's own."""
         peaks = [self.block_peak(i, batch) for i in range(lo, hi)]
         top = lo + max(range(len(peaks)), key=peaks.__getitem__)
         others_static = sum(self.static_bytes[i] for i in range(lo, hi) if i != top)
-        others_saved = sum(self.saved_per_sample[i] * batch for i in range(lo, hi) if i != top)
-        return {"largest_block": top, "largest_block_peak_bytes": int(peaks[top - lo]),
-                "other_blocks_static_bytes": int(others_static),
-                "other_blocks_saved_activation_bytes": int(others_saved),
-                "module_bytes": int(peaks[top - lo] + others_static + others_saved)}
+
+        def saved(a: int, b: int) -> int:
+            return sum(self.saved_per_sample[i] * batch for i in range(a, b) if i != top)
+        if segments:
+            from ..segments import segment_bounds
+            bounds = [(lo + a, lo + b) for a, b in segment_bounds(hi - lo, segments)]
+            inputs = sum(4 * math.prod(self.arch[a].in_shape) * batch for a, _ in bounds[:-1])
+            others_saved = (inputs + saved(*bounds[-1])
+                            + max([saved(a, b) for a, b in bounds[:-1]] or [0]))
+        else:
+            others_saved = saved(lo, hi)
+        out = {"largest_block": top, "largest_block_peak_bytes": int(peaks[top - lo]),
+               "other_blocks_static_bytes": int(others_static),
+               "other_blocks_saved_activation_bytes": int(others_saved),
+               "module_bytes": int(peaks[top - lo] + others_static + others_saved)}
+        if segments:
+            out["checkpoint_segments"] = int(segments)
+        return out
 
 
 def data_bytes(dataset, batch: int, baseline_bytes: int, allowance_bytes: int) -> dict:

@@ -19,6 +19,11 @@ def plan_run(cfg, dataset, arch, model) -> Plan:
         return plan_budgeted(cfg, dataset, arch, model)
     splits = resolve_splits(len(arch), cfg)
     notes: list[str] = []
+    from ..segments import checkpoint_segment_count
+    segments = checkpoint_segment_count(cfg, len(arch))
+    if segments:
+        from .budgeted import checkpoint_note
+        notes.append(checkpoint_note(len(arch), segments))
     views, cache_dtype, aug_policy = fit_disk(cfg, dataset, arch, splits, notes)
     return Plan(splits=splits, batch_size=cfg.batch_size, views=views, cache_dtype=cache_dtype,
                 aug_policy=aug_policy, notes=notes)

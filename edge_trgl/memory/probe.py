@@ -22,7 +22,9 @@ def main(argv: list[str]) -> int:
     from ..config import TrainConfig
     from ..models import make_head
     from ..models.blocks import init_weights, make_generator, materialize
-    from ..modules import architecture, autocast, make_optimizer, module_parameters
+    from ..modules import (architecture, autocast, forward_blocks, make_optimizer,
+                           module_parameters)
+    from ..segments import checkpoint_segment_count
     from ..trgl import module_loss
     from .measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes
 
@@ -33,6 +35,9 @@ def main(argv: list[str]) -> int:
     release_memory()
     baseline = rss_bytes()
     arch = architecture(cfg, tuple(spec["in_shape"]), spec["num_classes"])
+    # e2e with --checkpoint-segments: the whole network's probe trains as the trainer does
+    segments = (checkpoint_segment_count(cfg, len(arch))
+                if (spec["lo"], spec["hi"]) == (0, len(arch)) else None)
     # Initialised on the CPU (the seeded generator is a CPU one), then moved to the device.
     blocks = [materialize(arch[i], "cpu") for i in range(spec["lo"], spec["hi"])]
     del arch
@@ -79,12 +84,8 @@ def main(argv: list[str]) -> int:
                 continue
             x = torch.randn(size, *in_shape, device=device)
             y = torch.randint(0, spec["num_classes"], (size,), device=device)
-            energy = x.new_zeros(())
-            out = x
             with autocast(cfg, device):  # --amp: activations in half precision, as in training
-                for block in blocks:
-                    out, e = block(out)
-                    energy = energy + e
+                out, energy = forward_blocks(blocks, x, segments)
                 loss, _ = module_loss(head(out).float(), y, energy.float(), 0.5, 0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

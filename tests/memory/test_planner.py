@@ -41,7 +41,7 @@ class FakeCosts:
     def block_peak(self, i, batch):
         return 40 * MB + batch * MB
 
-    def module_estimate(self, lo, hi, batch):
+    def module_estimate(self, lo, hi, batch, segments=None):
         module = 40 * MB + batch * MB + (hi - lo - 1) * (10 * MB + batch * MB // 4)
         return {"module_bytes": module}
 
