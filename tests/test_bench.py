@@ -312,3 +312,12 @@ def test_result_difference_names_the_first_changed_figure():
                                                                 "val_acc": 0.25, "test_acc": 0.375}]}}
     assert "test_acc" in runner.first_result_difference(stored, other_test)
     assert "epoch records" in runner.first_result_difference(stored, {"metrics": [], "summary": {}})
+
+
+def test_a_rerun_keeps_the_recipe_of_a_row_recorded_before_an_option_existed():
+    """A row whose config.json predates --lr-schedule ran at a constant rate: its re-run says so
+    explicitly, whatever today's default is; a row that recorded the option is left alone."""
+    old = {"lr": 0.05, "epochs": 3}
+    assert runner.legacy_args(old) == ["--lr-schedule", "constant", "--warmup-epochs", "0.0"]
+    assert runner.legacy_args({**old, "lr_schedule": "cosine", "warmup_epochs": None,
+                               "checkpoint_segments": None}) == []

@@ -27,7 +27,7 @@ def record_lr(monkeypatch, module_obj, value=None):
 
 
 def test_constant_schedule_is_the_configured_rate():
-    cfg = TrainConfig(lr=0.07)
+    cfg = TrainConfig(lr=0.07, lr_schedule="constant", warmup_epochs=0)
     assert lr_at(cfg, module=3, epoch=2, step=11, epochs=5, steps_per_epoch=20) == 0.07
 
 

@@ -336,7 +336,7 @@ def rerun_check(result_path: str | os.PathLike, *, tolerance: float = 0.10,
     row = BenchRow(suite=stored["suite"], group=stored["group"], row_id=stored["row_id"],
                    method=stored.get("method"), seed=stored.get("seed", 0),
                    repeat=stored.get("repeat", 0), options=stored.get("options", {}),
-                   train_args=stored["train_args"])
+                   train_args=[*stored["train_args"], *legacy_args(stored.get("config") or {})])
     fresh = run_row(row, baseline=stored.get("baseline"), data_baseline=stored.get("data_baseline"),
                     timeout_s=stored.get("timeout_s", DEFAULT_TIMEOUT_S), work_dir=work_dir)
     if fresh["status"] != "ok":
@@ -358,6 +358,17 @@ def rerun_check(result_path: str | os.PathLike, *, tolerance: float = 0.10,
              "checked_at": timestamp(), "command_line": fresh["command_line"]}
     atomic_write_json(path.parent / "_checks" / f"{stored['row_id']}.json", check)
     return check
+
+
+def legacy_args(config: dict) -> list[str]:
+    """Options a row recorded before they existed ran at their old value (config.LATER_FIELDS):
+    say that value explicitly, so that a changed default does not change the re-run."""
+    from ..config import LATER_FIELDS
+    args = []
+    for key, earlier in LATER_FIELDS.items():
+        if config and key not in config and earlier is not None:
+            args += [f"--{key.replace('_', '-')}", str(earlier)]
+    return args
 
 
 # What a run's per-epoch log holds that depends on the machine's speed or memory, not on the

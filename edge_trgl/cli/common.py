@@ -135,7 +135,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    "(x0.1 at 50%% and 75%%). Over each module's epochs with --scheme sequential, "
                    "across all laps with multilap, over the whole run with e2e and parallel")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E",
-                   help="linear warm-up over the first E epochs (of each module, as the schedule)")
+                   help="linear warm-up over the first E epochs of the schedule's span (default: "
+                   "1 where the span has more than one epoch, else 0)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
                    help="weight decay")
