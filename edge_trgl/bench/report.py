@@ -277,6 +277,15 @@ class _Report:
                         lines.append(f"- {label} / end-to-end peak RSS at ResNet-56, batch 128 "
                                      f"({where}): **{a / b:.2f}** ({fmt_mb(a)} MB vs {fmt_mb(b)} MB"
                                      f"{above}); goal <= 0.40: {'met' if a / b <= 0.40 else 'not met'}.")
+                ckpt = methods.get("end-to-end, checkpointed")
+                for label, g in methods.items():
+                    if (("block-wise" in label or "K=" in label) and ckpt and model == "resnet56"
+                            and batch == 128):
+                        a, b = g.stat("peak_rss_bytes")["median"], ckpt.stat("peak_rss_bytes")["median"]
+                        lines.append(f"- {label} / end-to-end with gradient checkpointing (the "
+                                     f"alternative a user would pick to save memory) at ResNet-56, "
+                                     f"batch 128 ({where}): **{a / b:.2f}** ({fmt_mb(a)} MB vs "
+                                     f"{fmt_mb(b)} MB).")
             depth_lines = []
             by_method: dict[tuple, dict] = {}
             for (model, batch), methods in points.items():

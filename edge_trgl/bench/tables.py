@@ -29,7 +29,9 @@ def method_label(result: dict) -> str:
     cfg = run_config(result)
     scheme = cfg.get("scheme")
     if scheme == "e2e":
-        return "end-to-end" + (" + energy" if cfg.get("e2e_energy") else "")
+        segments = cfg.get("checkpoint_segments")
+        return ("end-to-end" + (" + energy" if cfg.get("e2e_energy") else "")
+                + ("" if segments is None else ", checkpointed" + (f" ({segments})" if segments else "")))
     splits = (result.get("plan") or {}).get("splits") or []
     tau = cfg.get("tau")
     greedy = tau is None or (isinstance(tau, float) and math.isinf(tau))
