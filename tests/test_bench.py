@@ -321,3 +321,31 @@ def test_a_rerun_keeps_the_recipe_of_a_row_recorded_before_an_option_existed():
     assert runner.legacy_args(old) == ["--lr-schedule", "constant", "--warmup-epochs", "0.0"]
     assert runner.legacy_args({**old, "lr_schedule": "cosine", "warmup_epochs": None,
                                "checkpoint_segments": None}) == []
+
+
+def test_time_to_accuracy_section_tables_each_method_by_epochs(tmp_path):
+    from edge_trgl.bench.tta import tta_section
+
+    class Collect:
+        plt = None
+
+        def __init__(self):
+            self.lines = []
+
+        def add(self, *lines):
+            self.lines.extend(lines)
+
+    def result(method, epochs, acc, wall, status="ok"):
+        return {"status": status, "method": method, "row_id": f"tta-resnet20-{method}-e{epochs}",
+                "config": {"model": "resnet20", "epochs": epochs, "scheme": "sequential"},
+                "measurements": {"wall_s": wall, "best_test_acc": acc, "tree_rss_peak_bytes": 9e8},
+                "summary": {"whole_command_peak_bytes": 4.5e8},
+                "plan": {"batch_size": 64, "splits": [[0, 5], [5, 10]]}}
+    out = Collect()
+    tta_section(out, "tta", [result("e2e", 2, 0.3, 100.0), result("trgl", 4, 0.5, 300.0),
+                             result("trgl", 2, 0.4, 150.0), result("e2e", 4, None, 0, "error")])
+    text = "\n".join(out.lines)
+    rows = [line for line in out.lines if line.startswith("| TRGL") or line.startswith("| end-to")]
+    assert rows[0].startswith("| TRGL module-wise | 2 |") and rows[1].startswith("| TRGL module-wise | 4 |")
+    assert "| 150 | 450 | 40.0 |" in rows[0] and rows[2].startswith("| end-to-end | 2 |")
+    assert "tta-resnet20-e2e-e4 (error)" in text

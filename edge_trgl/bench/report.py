@@ -486,6 +486,9 @@ class _Report:
                 self.memory_section(name, suite["results"])
             if "throughput" in sections:
                 self.throughput_section(name, suite["results"])
+            if "time_to_accuracy" in sections:
+                from .tta import tta_section
+                tta_section(self, name, suite["results"])
             self.all_runs(name, suite)
         if self.plot_note:
             self.add(f"_{self.plot_note}_", "")
