@@ -26,9 +26,9 @@ def store(run: Path) -> dict:
             for p in sorted((run / folder).glob("*")) for k, v in load_file(str(p)).items()}
 
 
-def test_segments_auto_is_the_square_root_rule_and_balanced():
+def test_segments_auto_is_twice_the_square_root_rule_and_balanced():
     cfg = TrainConfig(scheme="e2e", checkpoint_segments=0)
-    assert checkpoint_segment_count(cfg, 28) == 6 and checkpoint_segment_count(cfg, 10) == 4
+    assert checkpoint_segment_count(cfg, 28) == 11 and checkpoint_segment_count(cfg, 10) == 7
     assert checkpoint_segment_count(TrainConfig(scheme="e2e", checkpoint_segments=50), 10) == 10
     assert checkpoint_segment_count(TrainConfig(scheme="e2e"), 10) is None
     assert segment_bounds(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
@@ -105,5 +105,5 @@ def test_help_documents_checkpointing_and_the_comparison(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)
     flat = " ".join(capsys.readouterr().out.split())
-    assert "--checkpoint-segments N|auto" in flat and "ceil(sqrt(blocks))" in flat
+    assert "--checkpoint-segments N|auto" in flat and "ceil(2*sqrt(blocks))" in flat
     assert "--compare" in flat and "--lr-schedule" in flat

@@ -31,6 +31,7 @@ import os
 import sys
 from dataclasses import asdict
 
+from ..segments import checkpoint_segment_count
 from .probe_cache import (PROBE_LIMIT, ProbeOverBudget, load_cache,  # noqa: F401
                           machine_identity, run_json_child, store_cache)
 
@@ -49,9 +50,11 @@ def probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
              "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
              "in_shape": list(in_shape)}
-    if cfg.scheme == "e2e" and cfg.checkpoint_segments is not None:
-        # a whole-network probe trains checkpointed (probe.py); single blocks are the same
-        ident["checkpoint_segments"] = cfg.checkpoint_segments
+    segments = checkpoint_segment_count(cfg, len(signatures))
+    if segments:
+        # a whole-network probe trains checkpointed (probe.py): keyed by the number of segments
+        # it used (auto resolved), so a changed rule never reuses an old measurement
+        ident["checkpoint_segments"] = segments
     if cfg.device == "cuda":
         # A CUDA probe's figures (reserved, context, integrated) belong to one GPU: a changed
         # GPU selection must not reuse them.
