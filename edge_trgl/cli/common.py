@@ -121,7 +121,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-segments", type=_segments, metavar="N|auto",
                    help="e2e only: gradient (activation) checkpointing in N segments of blocks, "
                    "recomputed in the backward pass: less memory, ~1/3 more compute; auto = "
-                   "ceil(sqrt(blocks)); the planner probes its real peak like any scheme's")
+                   "ceil(2*sqrt(blocks)); the planner probes its real peak like any scheme's")
     g.add_argument("--laps", type=int, default=d.laps, metavar="N", help="multilap: number of laps")
     g.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help="epochs per module")
     g.add_argument("--epochs-growth", type=int, default=d.epochs_growth, metavar="N",
