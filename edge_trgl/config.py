@@ -22,7 +22,11 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 # Fields added after run directories were already being written, each with the value that does
 # what those runs did: a config.json without one is read with that value, and the field joins
 # the identity hash only when it differs from it, so the older runs keep resuming.
-LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "checkpoint_segments": None}
+LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "checkpoint_segments": None,
+                "image_size": None}
+# --image-size: the datasets whose loader resizes images (the others have a fixed size)
+RESIZABLE_DATA = ("folder",)
+IMAGE_SIZE_RANGE = (8, 512)  # pixels; every image is held in memory at this size
 
 
 @dataclass
@@ -35,6 +39,7 @@ class TrainConfig:
     test_fraction: float = 1.0
     synthetic_train: int = 4000
     synthetic_test: int = 1000
+    image_size: int | None = None    # folder: side of the square images; None: the median rule
     # model
     model: str = "resnet20"
     width: float = 1.0
@@ -134,6 +139,7 @@ class TrainConfig:
             if self.checkpoint_segments < 0 or isinstance(self.checkpoint_segments, bool):
                 bad(f"--checkpoint-segments must be a number of segments (at least 1) or 'auto', "
                     f"not {self.checkpoint_segments}.")
+        self._validate_data()
         given = [n for n in ("module_size", "modules", "splits") if getattr(self, n) is not None]
         if len(given) > 1:
             bad(f"Give only one of --module-size, --modules and --splits (got {', '.join(given)}).")
@@ -142,6 +148,26 @@ class TrainConfig:
         if self.modules is not None and self.modules < 1:
             bad(f"--modules must be at least 1, not {self.modules}.")
         return self
+
+    def _validate_data(self) -> None:
+        data = str(self.data).lower()
+        if data == "folder" and not self.data_dir:
+            raise UserError("--data folder trains on your own images: give --data-dir DIR, the "
+                            "folder that holds one sub-folder per class (DIR/cat/*.jpg, "
+                            "DIR/dog/*.png, ...) or train/ and test/ folders of such class "
+                            "folders.")
+        size = self.image_size
+        if size is None:
+            return
+        if data not in RESIZABLE_DATA:
+            raise UserError(f"--image-size resizes the images of --data "
+                            f"{' / '.join(RESIZABLE_DATA)}; the {self.data} dataset has images "
+                            f"of a fixed size. Leave --image-size out.")
+        lo, hi = IMAGE_SIZE_RANGE
+        if isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
+            raise UserError(f"--image-size must be a whole number of pixels from {lo} to {hi}, "
+                            f"not {size!r} (every image is held in memory at that size: 64 "
+                            f"takes 12 KB an image).")
 
     def module_epochs(self, k: int) -> int:
         return self.epochs + self.epochs_growth * k

@@ -337,7 +337,7 @@ def test_existing_export_is_kept_unless_force(work, capsys):
 
 KILLED_EXPORT = textwrap.dedent("""
     import os, signal, sys
-    import edge_trgl.export as export
+    import importlib; export = importlib.import_module("edge_trgl.export")
     where = sys.argv[1]
     if where == "publish":          # everything written, not yet renamed into place
         export.publish_export = lambda staging, out: os.kill(os.getpid(), signal.SIGKILL)

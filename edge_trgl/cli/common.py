@@ -86,9 +86,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = parser.add_argument_group("data")
     g.add_argument("--data", default=d.data, metavar="NAME",
-                   help="dataset: synthetic (built-in), cifar10 or mnist")
+                   help="dataset: synthetic (built-in), cifar10, mnist, or folder (your own "
+                   "images: one sub-folder per class, see --data-dir)")
     g.add_argument("--data-dir", metavar="DIR", help="directory of the dataset files (CIFAR-10 "
-                   "python batches, or MNIST IDX files)")
+                   "python batches, or MNIST IDX files); --data folder: DIR/<class>/* (20%% of "
+                   "each class, seeded, becomes the test set) or DIR/train/<class>/* and "
+                   "DIR/test/<class>/*, JPEG/PNG/WebP/BMP, loaded into memory as RGB")
+    g.add_argument("--image-size", type=int, metavar="N",
+                   help="--data folder: resize each image's shorter side to N pixels and "
+                   "centre-crop N x N (default: the median shorter side of the (training) images, "
+                   "rounded to a multiple of 8, at most 64)")
     g.add_argument("--train-fraction", type=float, default=d.train_fraction, metavar="F",
                    help="seeded class-balanced fraction of the train set to use")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, metavar="F",

@@ -27,16 +27,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import UserError
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise UserError(f"Exporting needs the onnx and onnxruntime packages ({exc.name} is "
-                        f"missing): `pip install onnx onnxruntime`, or the project's `ort` "
-                        f"extra.") from None
-    from ..export import export_run, format_report
-    report = export_run(args.run_dir, args.module, args.out, args.data_dir,
-                        log=lambda msg: print(msg, file=sys.stderr), force=args.force)
+    from ..api import export
+    from ..export import format_report
+    report = export(args.run_dir, args.module, args.out, args.data_dir, force=args.force,
+                    log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -25,27 +25,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    """Planned exactly as `edge-trgl train` plans (setup.plan_new): in this torch-free process,
-    each probe a child, inside the command's memory cgroup where one can be created."""
-    from ..driver import CommandBudget
-    from ..setup import check_new, plan_new
-    from ..targets import get_target
+    """Planned exactly as `edge-trgl train` plans (api.plan / api.compare: setup.plan_new in this
+    torch-free process, each probe a child, inside the command's memory cgroup where one can be
+    created)."""
+    from ..api import compare, plan
     cfg = config_from_args(args)
-    target = get_target(cfg)
-    budget = check_new(cfg, target, new_run=False)
     if args.compare:
-        if budget is None:
-            from ..errors import UserError
-            raise UserError("--compare chooses what fits a memory budget: give --mem-budget (or "
-                            "--profile).")
-        from ..choose import compare, format_comparison
-        with CommandBudget(target.host_limit(budget)):
-            result = compare(cfg, target, budget)
+        from ..choose import format_comparison
+        result = compare(cfg)
         print(json.dumps(result, indent=2) if args.json else format_comparison(result))
         return 0
-    with CommandBudget(target.host_limit(budget)) as guard:
-        plan, _ = plan_new(cfg, target, budget, show=False)
-        from ..memory.measure import peak_rss_bytes
-        plan["whole_command"] = guard.report(peak_rss_bytes(), 0)
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    result = plan(cfg)
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0

@@ -4,7 +4,6 @@ no torch) or a run directory (PyTorch)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 HELP = "predict the classes of image files (PNG/JPEG with Pillow, or .npy arrays)"
 
@@ -28,24 +27,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..deploy_runtime import check_image_paths, format_predictions, predict_files
-    from ..errors import UserError
-    from .evaluate import check_target, is_onnx_model
-    target = Path(args.model)
-    check_target(target, "predict")
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, not {args.top}.")
-    check_image_paths(args.images)  # before the model is loaded (a run directory takes seconds)
-    if is_onnx_model(target):
-        from ..deploy_runtime import OrtModel
-        if args.module is not None or args.data_dir is not None:
-            raise UserError(f"--{'module' if args.module is not None else 'data-dir'} applies to "
-                            f"run directories; an exported model is one module and needs no "
-                            f"dataset.")
-        model = OrtModel(target)
-    else:
-        from ..export import run_model
-        model = run_model(target, args.module, args.data_dir)[0]
-    results = predict_files(model, args.images, top=args.top)
+    from ..api import predict
+    from ..deploy_runtime import format_predictions
+    results = predict(args.model, args.images, top=args.top, module=args.module,
+                      data_dir=args.data_dir)
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))
     return 0

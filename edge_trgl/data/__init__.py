@@ -1,4 +1,4 @@
-"""Datasets as numpy arrays: the built-in synthetic set, CIFAR-10 and MNIST.
+"""Datasets as numpy arrays: the built-in synthetic set, CIFAR-10, MNIST and image folders.
 
 ``load_dataset`` picks a loader by name from the registry (data/registry.py: to add a dataset,
 write its module and add one ``register_dataset`` line there) and takes the seeded train / val /
@@ -93,6 +93,7 @@ def load_dataset(
     test_fraction: float = 1.0,
     synthetic_train: int = 4000,
     synthetic_test: int = 1000,
+    image_size: int | None = None,
 ) -> Dataset:
     """Load a dataset by name and split it into train / val / test.
 
@@ -103,7 +104,8 @@ def load_dataset(
     class-stratified subset of the test set (default: all of it; a smaller one makes quick runs
     and benchmarks cheaper, at the cost of a noisier test accuracy). The same ``seed`` always
     yields the same subsets; subsets for growing ``train_fraction`` (or ``test_fraction``) are
-    nested.
+    nested. ``image_size`` is passed to the loader only when given (the folder dataset's
+    --image-size; TrainConfig.validate refuses it for the datasets of a fixed size).
     """
     entry = dataset_entry(name.lower()) if isinstance(name, str) else None
     if entry is None:
@@ -127,8 +129,10 @@ def load_dataset(
             f"--data-dir pointing at the folder that holds the original '{entry.folder}' files (or "
             "its parent), or use --data synthetic, which needs no download."
         )
+    options = {} if image_size is None else {"image_size": image_size}
     full_train, test, class_names, mean, std, hflip = entry.load(
-        data_dir, seed=seed, synthetic_train=synthetic_train, synthetic_test=synthetic_test
+        data_dir, seed=seed, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
+        **options
     )
     class_names = list(class_names)
 
@@ -170,4 +174,5 @@ def load_dataset_for(cfg) -> Dataset:
     """The dataset a TrainConfig names, split as it says (every process of a run loads it so)."""
     return load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed, train_fraction=cfg.train_fraction,
                         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                        synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
+                        synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test,
+                        image_size=cfg.image_size)

@@ -78,9 +78,9 @@ class DatasetEntry:
         return getattr(importlib.import_module(module), attr)
 
     def load(self, data_dir: str | os.PathLike | None, *, seed: int, synthetic_train: int,
-             synthetic_test: int) -> RawData:
+             synthetic_test: int, **options) -> RawData:
         return RawData(*self.resolve()(data_dir, seed=seed, synthetic_train=synthetic_train,
-                                       synthetic_test=synthetic_test))
+                                       synthetic_test=synthetic_test, **options))
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
@@ -127,3 +127,4 @@ def dataset_names() -> tuple[str, ...]:
 register_dataset("synthetic", "edge_trgl.data.synthetic:synthetic_raw", needs_data_dir=False)
 register_dataset("cifar10", "edge_trgl.data.cifar:cifar10_raw", folder="cifar-10-batches-py")
 register_dataset("mnist", "edge_trgl.data.idx:mnist_raw", folder="mnist")
+register_dataset("folder", "edge_trgl.data.folder:folder_raw", folder="class folders")

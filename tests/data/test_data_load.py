@@ -21,7 +21,7 @@ def _rows(images):
 
 
 def test_public_api():
-    assert DATASETS == ("synthetic", "cifar10", "mnist")
+    assert DATASETS == ("synthetic", "cifar10", "mnist", "folder")
     for name in ("ArraySet", "Dataset", "load_dataset", "augment_batch", "normalize", "DATASETS"):
         assert name in data.__all__ and hasattr(data, name)
 

@@ -51,7 +51,7 @@ def _write_tiny_mnist(folder: Path, n_train: int = 40, n_test: int = 10) -> None
 
 def test_registry_lists_the_built_in_datasets_in_order():
     assert dataset_names()[:3] == ("synthetic", "cifar10", "mnist")
-    assert DATASETS == ("synthetic", "cifar10", "mnist")
+    assert DATASETS == ("synthetic", "cifar10", "mnist", "folder")
     assert "RawData" in data.__all__ and "register_dataset" in data.__all__
     assert dataset_entry("synthetic").needs_data_dir is False
     assert dataset_entry("cifar10").needs_data_dir and dataset_entry("cifar10").folder == "cifar-10-batches-py"
@@ -72,7 +72,7 @@ def test_a_registered_loader_is_loaded_by_name(fake_dataset, tmp_path):
     # the unknown-name message lists it while it is registered
     with pytest.raises(UserError) as info:
         load_dataset("imagenet")
-    assert "synthetic, cifar10, mnist, fake" in str(info.value)
+    assert "synthetic, cifar10, mnist, folder, fake" in str(info.value)
 
 
 def test_a_registered_disk_dataset_needs_a_data_dir(fake_dataset):
