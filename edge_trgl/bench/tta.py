@@ -23,7 +23,9 @@ def point(r: dict) -> dict:
             "model": run_config(r).get("model"), "epochs": run_config(r).get("epochs"),
             "wall_s": m.get("wall_s"), "test_acc": m.get("best_test_acc"),
             "peak_bytes": summary.get("whole_command_peak_bytes") or m.get("tree_rss_peak_bytes"),
-            "batch_size": plan.get("batch_size"), "modules": len(plan.get("splits") or [])}
+            "batch_size": plan.get("batch_size"),
+            # an end-to-end run is one module, whatever heads its plan lists
+            "modules": 1 if run_config(r).get("scheme") == "e2e" else len(plan.get("splits") or [])}
 
 
 def tta_section(report, name: str, results: list[dict]) -> None:
