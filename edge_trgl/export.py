@@ -436,7 +436,9 @@ def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by
         "output": {"name": "logits", "shape": ["batch", dataset.num_classes]},
         "dataset": {"name": cfg.data, "data_dir": data_dir or cfg.data_dir, "seed": cfg.seed,
                     "synthetic_train": cfg.synthetic_train, "synthetic_test": cfg.synthetic_test,
-                    "test_fraction": cfg.test_fraction},
+                    "test_fraction": cfg.test_fraction,
+                    # an image folder's size when it was given (else the loader's rule again)
+                    **({"image_size": cfg.image_size} if cfg.image_size is not None else {})},
         "files": {"onnx": "model.onnx", "safetensors": "model.safetensors", "pt": "model.pt"},
         "run_dir": str(fin.root.resolve()), "scheme": cfg.scheme, "tau": cfg.tau,
     }

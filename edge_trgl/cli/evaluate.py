@@ -46,7 +46,8 @@ def load_test_set(meta: dict, data: str | None, data_dir: str | None):
                            seed=ds.get("seed", 0) if same else 0,
                            synthetic_train=ds.get("synthetic_train", 4000) if same else 4000,
                            synthetic_test=ds.get("synthetic_test", 1000) if same else 1000,
-                           test_fraction=ds.get("test_fraction", 1.0) if same else 1.0)
+                           test_fraction=ds.get("test_fraction", 1.0) if same else 1.0,
+                           image_size=ds.get("image_size") if same else None)
     return dataset
 
 

@@ -335,6 +335,23 @@ def test_train_export_predict_a_folder_run(capsys, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_export_of_a_run_with_an_explicit_image_size_evaluates(capsys, tmp_path):
+    """model.json records --image-size, so `evaluate` on the export loads the test images at the
+    size the model was trained for (not the folder's default size)."""
+    pytest.importorskip("onnx", reason="export needs onnx (the ort extra)")
+    pytest.importorskip("onnxruntime", reason="export needs onnxruntime (the ort extra)")
+    from edge_trgl import export, train
+    data = write_classes(tmp_path / "imgs", 8, sizes=((60, 48), (48, 52), (49, 70)))
+    summary = train(tiny_folder_config(data, tmp_path / "run", image_size=24))
+    report = export(summary["run_dir"])
+    desc = json.loads((Path(report["out"]) / "model.json").read_text())
+    assert desc["in_shape"] == [3, 24, 24] and desc["dataset"]["image_size"] == 24
+    rc, out, err = cli(capsys, "evaluate", report["out"])
+    assert rc == 0, err
+    assert "%" in out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["vgg8", "vit2"])
 def test_other_model_families_take_64_px_folders(tmp_path, model):
     from edge_trgl import train
