@@ -139,7 +139,6 @@ def open_model(model: str | os.PathLike, *, module: int | None = None,
     torch-free, or a run directory's best module (or ``module``) in PyTorch. Both have
     ``in_shape`` (C, H, W), ``num_classes``, ``class_names`` and ``logits(images)`` (float32
     N x C x H x W pixel values 0..255 -> N x classes)."""
-    from .cli.evaluate import check_target, is_onnx_model
     target = Path(model)
     check_target(target, command)
     if is_onnx_model(target):
@@ -173,7 +172,6 @@ def predict(model, images: str | os.PathLike | Iterable[str | os.PathLike], *, t
     """
     from .deploy_runtime import check_image_paths, predict_files
     if isinstance(model, (str, os.PathLike)):
-        from .cli.evaluate import check_target
         check_target(Path(model), "predict")
     elif module is not None or data_dir is not None:
         raise UserError("module and data_dir choose what open_model loads; pass them to "
@@ -189,6 +187,30 @@ def predict(model, images: str | os.PathLike | Iterable[str | os.PathLike], *, t
     if isinstance(model, (str, os.PathLike)):
         model = open_model(model, module=module, data_dir=data_dir)
     return predict_files(model, paths, top=top)
+
+
+def is_onnx_model(path: Path) -> bool:
+    """model.onnx, or an export folder (a run directory has a manifest.json instead)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    return path.is_dir() and (path / "model.onnx").is_file() and not (path / "manifest.json").exists()
+
+
+def check_target(target: Path, command: str) -> None:
+    """The model argument of evaluate/predict: an existing .onnx file, export folder or run
+    directory, each named as what it is when it is not usable."""
+    if not target.exists():
+        raise UserError(f"{target} does not exist. Give a run directory, or the model.onnx (or "
+                        f"the folder) written by `edge-trgl export`.")
+    if target.is_dir() and not ((target / "model.onnx").exists()
+                                or (target / "manifest.json").exists()):
+        raise UserError(f"The folder {target} is neither an export folder (it has no model.onnx) "
+                        f"nor a run directory (it has no manifest.json). `edge-trgl {command}` "
+                        f"takes the model.onnx (or the folder) written by `edge-trgl export`, or "
+                        f"the --out directory of a finished `edge-trgl train`.")
+    if target.is_file() and target.suffix.lower() != ".onnx":
+        raise UserError(f"{target} is not an .onnx file; give the model.onnx (or the folder) "
+                        f"written by `edge-trgl export`, or a run directory.")
 
 
 def _copy(cfg: TrainConfig) -> TrainConfig:

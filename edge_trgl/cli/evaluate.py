@@ -25,13 +25,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def is_onnx_model(path: Path) -> bool:
-    """model.onnx, or an export folder (a run directory has a manifest.json instead)."""
-    if path.suffix.lower() == ".onnx":
-        return True
-    return path.is_dir() and (path / "model.onnx").is_file() and not (path / "manifest.json").exists()
-
-
 def load_test_set(meta: dict, data: str | None, data_dir: str | None):
     """The test split that a model's model.json names, with --data / --data-dir overrides."""
     from ..data import load_dataset
@@ -51,25 +44,8 @@ def load_test_set(meta: dict, data: str | None, data_dir: str | None):
     return dataset
 
 
-def check_target(target: Path, command: str) -> None:
-    """The model argument of evaluate/predict: an existing .onnx file, export folder or run
-    directory, each named as what it is when it is not usable."""
-    from ..errors import UserError
-    if not target.exists():
-        raise UserError(f"{target} does not exist. Give a run directory, or the model.onnx (or "
-                        f"the folder) written by `edge-trgl export`.")
-    if target.is_dir() and not ((target / "model.onnx").exists()
-                                or (target / "manifest.json").exists()):
-        raise UserError(f"The folder {target} is neither an export folder (it has no model.onnx) "
-                        f"nor a run directory (it has no manifest.json). `edge-trgl {command}` "
-                        f"takes the model.onnx (or the folder) written by `edge-trgl export`, or "
-                        f"the --out directory of a finished `edge-trgl train`.")
-    if target.is_file() and target.suffix.lower() != ".onnx":
-        raise UserError(f"{target} is not an .onnx file; give the model.onnx (or the folder) "
-                        f"written by `edge-trgl export`, or a run directory.")
-
-
 def run(args) -> int:
+    from ..api import check_target, is_onnx_model
     from ..errors import UserError
     target = Path(args.model)
     check_target(target, "evaluate")
