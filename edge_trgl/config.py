@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 
 from .errors import UserError
@@ -168,6 +169,10 @@ class TrainConfig:
             raise UserError(f"--image-size must be a whole number of pixels from {lo} to {hi}, "
                             f"not {size!r} (every image is held in memory at that size: 64 "
                             f"takes 12 KB an image).")
+
+    def thread_count(self) -> int:
+        """--threads, or every core of this machine: what torch, ONNX Runtime and the probes use."""
+        return int(self.threads or os.cpu_count() or 1)
 
     def module_epochs(self, k: int) -> int:
         return self.epochs + self.epochs_growth * k

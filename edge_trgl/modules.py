@@ -121,9 +121,7 @@ def set_threads(cfg) -> None:
     """torch's intra-op threads as the run asks (default: every CPU), and the collector told to
     leave torch's own objects alone."""
     import gc
-    import os
-    threads = cfg.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.thread_count())
     # The ~280k objects that importing torch creates are never garbage, yet every gc.collect()
     # (release_memory, at each phase boundary) walked them: 0.16 s a call on x86, ~1.2 s of a
     # small run. Freezing them moves them out of the collector's sight; they are still freed

@@ -9,7 +9,6 @@ All of it runs in the torch-free orchestrator: every measurement is a child proc
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +34,7 @@ def plan_lean(cfg, dataset, model, progress=_progress) -> dict:
     from .memory.budgeted import plan_budgeted, resolve_budget
     from .memory.describe import describe
     from .memory.probe_cache import ProbeOverBudget
-    threads = int(cfg.threads or os.cpu_count() or 1)
+    threads = cfg.thread_count()
     if not cfg.progress:
         progress = None
     try:
@@ -100,7 +99,7 @@ def plan_unbudgeted(cfg, dataset, model) -> dict:
     from .memory.describe import describe
     from .memory.planner import plan_run
     blocks = describe(cfg, dataset.in_shape, dataset.num_classes,
-                      int(cfg.threads or os.cpu_count() or 1))["blocks"]
+                      cfg.thread_count())["blocks"]
     return plan_run(cfg, dataset, blocks, model).to_json()
 
 

@@ -34,16 +34,12 @@ from .ort_common import (EXIT_INTERRUPTED, EXIT_OVER_BUDGET, artifact_dir, insta
                          require_ort, worker_command)
 
 
-def _threads(cfg) -> int:
-    return int(cfg.threads or os.cpu_count() or 1)
-
-
 def worker_env(cfg) -> dict:
     # A fixed mmap threshold: glibc otherwise raises it each time a large block is freed, after
     # which ORT's per-step activation buffers (arena off) come from the heap and fragment it --
     # measured on module 0 of ResNet-20 at batch 32: RSS crept from 150 MB to 200 MB over 100
     # steps; with the threshold fixed at 64 KiB it stays at 149 MB. Two malloc arenas at most.
-    return dict(os.environ, OMP_NUM_THREADS=str(_threads(cfg)), MALLOC_ARENA_MAX="2",
+    return dict(os.environ, OMP_NUM_THREADS=str(cfg.thread_count()), MALLOC_ARENA_MAX="2",
                 MALLOC_MMAP_THRESHOLD_="65536")
 
 
@@ -97,7 +93,7 @@ class OrtBackend:
                 "parent_pid": os.getpid(),
                 "task": task.to_json(), "splits": [list(s) for s in ctx.splits],
                 "batch_size": ctx.batch_size, "eval_batch_size": ctx.eval_batch_size,
-                "views": ctx.views, "threads": _threads(self.cfg),
+                "views": ctx.views, "threads": self.cfg.thread_count(),
                 # the trainer's share of the budget: what the orchestrator does not hold
                 "rss_limit_bytes": (budget - rss_bytes()) if budget else None,
                 "result_path": str(tmp / "result.json")}

@@ -5,7 +5,6 @@ even one block at batch 1 fits."""
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 from ..budget import format_size, parse_size
@@ -54,10 +53,6 @@ def dataset_array_bytes(dataset) -> int:
                    for a in (dataset.train, dataset.val, dataset.test)))
 
 
-def threads_of(cfg) -> int:
-    return int(cfg.threads or os.cpu_count() or 1)
-
-
 def resolve_budget(cfg, model) -> tuple[int, list[str]]:
     """The budget in bytes (--mem-budget, else what the target makes of --profile), and notes."""
     if cfg.mem_budget is not None:
@@ -75,7 +70,7 @@ def plan_budgeted(cfg, dataset, arch, model, description=None, progress=None) ->
     from .probe_cache import PROBE_LIMIT
     budget_bytes, notes = resolve_budget(cfg, model)
     usable = int(budget_bytes * SAFETY)
-    threads = threads_of(cfg)
+    threads = cfg.thread_count()
     n = len(arch)
     framework = model.framework_bytes(cfg, dataset, description)
     if model.limits_children(description):

@@ -41,12 +41,12 @@ class MemoryModel:
         torch trainer process after its imports + the dataset arrays that trainer loads, all
         measured in fresh processes. Without a `description` (an in-process caller: tests) this
         process is taken to be the trainer."""
-        from .budgeted import dataset_array_bytes, threads_of
+        from .budgeted import dataset_array_bytes
         if description is None:
             from .measure import rss_bytes
             return rss_bytes()
         from .describe import orchestrator_bytes
-        return (orchestrator_bytes(threads_of(cfg)) + description["trainer_baseline_bytes"]
+        return (orchestrator_bytes(cfg.thread_count()) + description["trainer_baseline_bytes"]
                 + dataset_array_bytes(dataset))
 
     def limits_children(self, description) -> bool:
@@ -78,10 +78,10 @@ class MemoryModel:
         if description is None:
             return None
         from ..budget import format_size
-        from .budgeted import dataset_array_bytes, threads_of
+        from .budgeted import dataset_array_bytes
         from .describe import orchestrator_bytes
         return (f"baseline = this command's torch-free process "
-                f"{format_size(orchestrator_bytes(threads_of(cfg)))} + a torch trainer process "
+                f"{format_size(orchestrator_bytes(cfg.thread_count()))} + a torch trainer process "
                 f"after its imports {format_size(description['trainer_baseline_bytes'])} + the "
                 f"dataset {format_size(dataset_array_bytes(dataset))}; the two processes are alive "
                 f"together (probes run one at a time, each as the only child)")

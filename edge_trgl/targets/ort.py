@@ -33,10 +33,6 @@ ORT_LOOP_ALLOWANCE_BYTES = 8 * 1000 * 1000
 
 
 
-def _threads(cfg) -> int:
-    return int(cfg.threads or os.cpu_count() or 1)
-
-
 # --- the planner's view of this target ------------------------------------------------------------
 
 ORT_PROBE_FORMAT = 3
@@ -72,12 +68,12 @@ def _ort_baselines(cfg) -> dict:
     cache, store = _probe_cache()
     from ..memory.probe_cache import machine_identity
     key = hashlib.sha256(json.dumps({"ort_baseline": ORT_PROBE_FORMAT, "ort": ort_version(),
-                                     **machine_identity(_threads(cfg))},
+                                     **machine_identity(cfg.thread_count())},
                                     sort_keys=True).encode()).hexdigest()[:24]
     if key not in cache:
         from ..memory.describe import orchestrator_bytes
-        orchestrator = orchestrator_bytes(_threads(cfg))
-        worker = _probe_worker(cfg, None, [], _threads(cfg))["baseline_bytes"]
+        orchestrator = orchestrator_bytes(cfg.thread_count())
+        worker = _probe_worker(cfg, None, [], cfg.thread_count())["baseline_bytes"]
         cache[key] = {"orchestrator_bytes": orchestrator, "worker_baseline_bytes": worker}
         store({key: cache[key]})
     return cache[key]
