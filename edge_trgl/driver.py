@@ -147,8 +147,8 @@ def run_command(cfg, target, *, resume=None, prepare_only: bool = False) -> dict
         return _finish(outcome, guard, time.time() - started)
 
 
-def drive_trainer_child(cfg, *, plan, fingerprint, resume, budget_bytes, guard,
-                        prepare_only: bool, rss_limited: bool) -> Outcome:
+def drive_trainer_child(cfg, *, plan, fingerprint, resume, host_limit_bytes, guard,
+                        prepare_only: bool) -> Outcome:
     """The torch targets' way: stage the planned run (config, plan, identity; not yet visible)
     and start one trainer child (trainer.py) that initialises, publishes and trains all of it."""
     from .run import Run
@@ -169,8 +169,7 @@ def drive_trainer_child(cfg, *, plan, fingerprint, resume, budget_bytes, guard,
     job["parent_pid"] = os.getpid()
     reset_peak()  # from here on, this process's VmHWM is its peak beside the trainer
     try:
-        status, result, child_peak = _run_trainer(job, budget_bytes if rss_limited else None,
-                                                  guard)
+        status, result, child_peak = _run_trainer(job, host_limit_bytes, guard)
     finally:
         if staging is not None and staging.root.exists():
             staging.discard()  # the trainer never published it (refused, killed): remove
@@ -180,7 +179,8 @@ def drive_trainer_child(cfg, *, plan, fingerprint, resume, budget_bytes, guard,
     return Outcome(result["summary"], run_dir, orchestrator_peak, child_peak)
 
 
-def _run_trainer(job: dict, budget: int | None, guard: CommandBudget) -> tuple[int, dict, int]:
+def _run_trainer(job: dict, host_limit_bytes: int | None,
+                 guard: CommandBudget) -> tuple[int, dict, int]:
     """The trainer child, in its own session: this process forwards Ctrl-C / SIGTERM to it once
     per signal (it stops at its next safe point; a second signal stops it now)."""
     child = {"pid": None}
@@ -204,8 +204,8 @@ def _run_trainer(job: dict, budget: int | None, guard: CommandBudget) -> tuple[i
     try:
         with job_dir("trainer") as tmp:
             tmp = Path(tmp)
-            if budget:  # the trainer's share: what this process does not hold
-                job["rss_limit_bytes"] = budget - rss_bytes()
+            if host_limit_bytes:  # the trainer's share: what this process does not hold
+                job["rss_limit_bytes"] = host_limit_bytes - rss_bytes()
             (tmp / "job.json").write_text(json.dumps(job))
             cmd = [sys.executable, "-m", "edge_trgl.trainer", str(tmp / "job.json"),
                    str(tmp / "result.json")]

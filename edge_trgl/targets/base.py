@@ -61,6 +61,5 @@ class Target:
         child for the whole of it (driver.run_trainer_child)."""
         from ..driver import drive_trainer_child
         return drive_trainer_child(cfg, plan=plan, fingerprint=fingerprint, resume=resume,
-                                   budget_bytes=budget_bytes,
-                                   guard=guard, prepare_only=prepare_only,
-                                   rss_limited=self.host_limit(1) is not None)
+                                   host_limit_bytes=self.host_limit(budget_bytes), guard=guard,
+                                   prepare_only=prepare_only)
