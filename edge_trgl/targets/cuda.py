@@ -8,6 +8,7 @@ trainer's watchdog samples, and the summary's CUDA figures."""
 from __future__ import annotations
 
 from ..envinfo import bf16_supported
+from ..memory.model import MemoryModel
 from .base import Target
 
 
@@ -36,37 +37,32 @@ def require_cuda(cfg) -> None:
             f"leave out --amp. Nothing was written.")
 
 
-def _memory_model_class():
-    from ..memory.model import MemoryModel
+class CudaMemoryModel(MemoryModel):
+    """Device memory (+ host RSS on unified memory), measured by the torch probe child on the
+    GPU (memory/cuda.py); the plan's fixed costs and rows come from its PlanAccounting."""
+    name = "cuda"
 
-    class CudaMemoryModel(MemoryModel):
-        """Device memory (+ host RSS on unified memory), measured by the torch probe child on the
-        GPU (memory/cuda.py); the plan's fixed costs and rows come from its PlanAccounting."""
-        name = "cuda"
+    def probe_module(self, cfg, in_shape, num_classes, arch, lo, hi, batches, threads):
+        from ..memory.cuda import probe_peaks, raw_probe
+        return probe_peaks(cfg, raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches,
+                                          threads))
 
-        def probe_module(self, cfg, in_shape, num_classes, arch, lo, hi, batches, threads):
-            from ..memory.cuda import probe_peaks, raw_probe
-            return probe_peaks(cfg, raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches,
-                                              threads))
+    def saved_bytes(self, cfg, in_shape, num_classes, arch, lo, hi, batches, threads):
+        from ..memory.cuda import raw_probe
+        return int(raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches,
+                             threads)["saved_bytes_per_sample"])
 
-        def saved_bytes(self, cfg, in_shape, num_classes, arch, lo, hi, batches, threads):
-            from ..memory.cuda import raw_probe
-            return int(raw_probe(cfg, in_shape, num_classes, arch, lo, hi, batches,
-                                 threads)["saved_bytes_per_sample"])
+    def limits_children(self, description) -> bool:
+        return False  # the budget is device memory: host RSS is only measured
 
-        def limits_children(self, description) -> bool:
-            return False  # the budget is device memory: host RSS is only measured
+    def profile_budget(self, cfg):
+        from ..memory.cuda import profile_budget
+        return profile_budget(cfg)
 
-        def profile_budget(self, cfg):
-            from ..memory.cuda import profile_budget
-            return profile_budget(cfg)
-
-        def accounting(self, cfg, dataset, arch, threads, framework_bytes):
-            from ..memory.cuda import PlanAccounting
-            require_cuda(cfg)
-            return PlanAccounting.for_plan(cfg, dataset, arch, threads, framework_bytes)
-
-    return CudaMemoryModel
+    def accounting(self, cfg, dataset, arch, threads, framework_bytes):
+        from ..memory.cuda import PlanAccounting
+        require_cuda(cfg)
+        return PlanAccounting.for_plan(cfg, dataset, arch, threads, framework_bytes)
 
 
 class CudaTarget(Target):
@@ -79,7 +75,7 @@ class CudaTarget(Target):
         return None  # --amp fp16 / bf16 belong here (bf16's hardware check: check_available)
 
     def memory_model(self):
-        return _memory_model_class()()
+        return CudaMemoryModel()
 
     def make_backend(self, cfg):
         require_cuda(cfg)  # a worker is never made where it could not run
