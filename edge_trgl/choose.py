@@ -24,7 +24,9 @@ CANDIDATES = (
 
 def compare(cfg, target, budget_bytes: int) -> dict:
     """Plan every candidate for `budget_bytes`; return {"candidates": [...], "pick", "why"}."""
-    from .setup import plan_new
+    from .setup import load_for_planning, plan_new
+    # the candidates differ in scheme only: one load of the data serves every plan
+    dataset = load_for_planning(cfg, target.host_limit(budget_bytes))
     rows = []
     for name, change in CANDIDATES:
         if name == "module-wise" and cfg.scheme not in ("sequential", "multilap"):
@@ -37,7 +39,7 @@ def compare(cfg, target, budget_bytes: int) -> dict:
         try:
             variant.validate()
             target.validate(variant)
-            plan, _ = plan_new(variant, target, budget_bytes, show=False)
+            plan, _ = plan_new(variant, target, budget_bytes, show=False, dataset=dataset)
         except UserError as exc:
             rows.append({"name": name, "fits": False, "why": str(exc)})
             continue

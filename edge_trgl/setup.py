@@ -122,18 +122,22 @@ def check_new(cfg, target, *, new_run: bool = True) -> int | None:
     return resolve_budget(cfg, target.memory_model())[0]
 
 
-def plan_new(cfg, target, budget: int | None, *, show: bool = True) -> tuple[dict, str]:
+def plan_new(cfg, target, budget: int | None, *, show: bool = True,
+             dataset=None) -> tuple[dict, str]:
     """The set-up sequence of every new run, whatever the target: the data (fingerprinted, then
     dropped to shapes), the plan against the target's memory model (or the grouping as given),
-    printed; cfg.out gets its default. Nothing is written. Returns (plan, data fingerprint)."""
-    dataset = load_for_planning(cfg, target.host_limit(budget))
+    printed; cfg.out gets its default. Nothing is written. Returns (plan, data fingerprint).
+    `dataset`: what load_for_planning already returned for these data options (plans of several
+    schemes for one dataset load it once)."""
+    if dataset is None:
+        dataset = load_for_planning(cfg, target.host_limit(budget))
     model = target.memory_model()
     plan = plan_lean(cfg, dataset, model) if budget else plan_unbudgeted(cfg, dataset, model)
     if show and cfg.progress and plan.get("module_estimates"):
         from .memory.planner import format_plan
         print(format_plan(plan), file=sys.stderr, flush=True)
     fingerprint = dataset.fingerprint()
-    del dataset
+    del dataset  # the caller's copy, if it passed one, stays its own
     release_memory()
     from .run import default_out
     cfg.out = str(Path(cfg.out) if cfg.out else default_out(cfg))
