@@ -376,6 +376,34 @@ def check_image_paths(paths) -> None:
         check_image_path(path)
 
 
+class ImageTooLarge(Exception):
+    """An image over MAX_IMAGE_PIXELS: `size` is its (width, height), or None when Pillow's own
+    decompression-bomb limit refused it before its size was known."""
+
+    def __init__(self, size: tuple[int, int] | None):
+        super().__init__(size)
+        self.size = size
+
+
+def open_image(Image, path: Path):
+    """`path` opened with Pillow's `Image` (only its header read so far), refused with
+    ImageTooLarge before anything is decoded when it claims more than MAX_IMAGE_PIXELS pixels.
+    Pillow's other errors (OSError, SyntaxError, ValueError, ...) pass through, for the caller
+    to word. Shared by predict (here) and the image-folder dataset (edge_trgl/data/folder.py)."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own limit (a warning, then an error, at ~89 / 179 megapixels) is above ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(None) from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise ImageTooLarge((width, height))
+    return img
+
+
 def load_image(path: str | Path, in_shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
     """One image as float32 (C, H, W) pixel values 0..255, and a note (e.g. that it was resized).
 
@@ -399,22 +427,19 @@ def load_image(path: str | Path, in_shape: tuple[int, int, int]) -> tuple[np.nda
                  f"takes hundreds of MB to decode, only to be shrunk to {w}x{h}). Resize it "
                  f"first, e.g. to {w}x{h}")
     try:
-        with warnings.catch_warnings():
-            # Pillow's own limit (a warning, then an error, at ~89 / 179 megapixels) is above ours
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except Image.DecompressionBombError:
-        raise UserError(f"{path} is too large (above Pillow's decompression-bomb limit); "
-                        f"{too_large}.") from None
+        img = open_image(Image, path)
+    except ImageTooLarge as exc:
+        if exc.size is None:
+            raise UserError(f"{path} is too large (above Pillow's decompression-bomb limit); "
+                            f"{too_large}.") from None
+        width, height = exc.size
+        raise UserError(f"{path} is {width}x{height} pixels "
+                        f"({width * height / 1e6:.0f} megapixels); {too_large}.") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
         raise UserError(f"{path} is not a readable image ({_first_line(exc)}). Give an intact "
                         f"PNG/JPEG file, or a .npy array of pixel values 0..255.") from None
     try:
         with img:
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise UserError(f"{path} is {width}x{height} pixels "
-                                f"({width * height / 1e6:.0f} megapixels); {too_large}.")
             img = img.convert("RGB" if c == 3 else "L")
             note = ""
             if img.size != (w, h):

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edge_trgl.data.arrays import ArraySet, per_channel_stats
 from edge_trgl.data.registry import RawData
+# one opener for training and predict: images of more decoded pixels than MAX_IMAGE_PIXELS are
+# refused before decoding (a small file can claim a huge size)
+from edge_trgl.deploy_runtime import MAX_IMAGE_PIXELS, ImageTooLarge, open_image
 from edge_trgl.errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "TEST_FRACTION", "MAX_DEFAULT_SIZE", "default_image_size",
@@ -44,9 +46,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TEST_FRACTION = 0.2        # the one-folder layout: this part of each class is the test set
 MAX_DEFAULT_SIZE = 64      # the default image size is at most this (memory: all images in RAM)
 SIZE_STEP = 8              # ... and a multiple of this
-# Images of more decoded pixels than this are refused before decoding (deploy_runtime's limit):
-# a small file can claim a huge size.
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 _TEST_STREAM = 0xF01DE5    # the RNG stream of the one-folder test split (data/__init__ has others)
 _KINDS = "JPEG, PNG, WebP or BMP"
 
@@ -162,18 +161,11 @@ def _open(Image, path: Path):
                           f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, which would take hundreds "
                           f"of MB to decode only to be shrunk). Resize it first, or remove it.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except Image.DecompressionBombError:
+        return open_image(Image, path)
+    except ImageTooLarge:
         raise too_large from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
         raise _unreadable(path, exc) from None
-    width, height = img.size
-    if width * height > MAX_IMAGE_PIXELS:
-        img.close()
-        raise too_large
-    return img
 
 
 def _unreadable(path: Path, exc: BaseException) -> UserError:
