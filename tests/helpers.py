@@ -104,6 +104,14 @@ def run_cli(*argv) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
+def python_child(code: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS...` in a fresh process with this checkout first on its path (what a
+    fresh process imports, e.g. whether torch got in), its output captured as text."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+
+
 def cli_child(*argv, kill: str | None = None) -> subprocess.CompletedProcess:
     """`edge-trgl ARGV` in a child process (text output captured, 300 s limit); `kill` sets the
     EDGE_TRGL_TEST_KILL_AT kill point (edge_trgl/killpoints.py), which is otherwise unset."""

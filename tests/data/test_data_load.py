@@ -1,18 +1,13 @@
 """load_dataset: names, fractions, seeded class-balanced subsets, Dataset.fingerprint, no torch."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import edge_trgl.data as data
 from edge_trgl.data import DATASETS, ArraySet, Dataset, load_dataset
 from edge_trgl.errors import UserError
+from helpers import python_child
 
-REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(synthetic_train=1000, synthetic_test=100)
 
 
@@ -179,7 +174,6 @@ def test_data_package_does_not_import_torch():
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "print('TORCH_MODULES', bad)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    out = python_child(code)
     assert out.returncode == 0, out.stderr
     assert "TORCH_MODULES []" in out.stdout

@@ -1,8 +1,5 @@
 """The registry of dataset loaders behind load_dataset, and Dataset.hflip."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +11,7 @@ from edge_trgl.data.idx import MNIST_MEAN, MNIST_STD, write_idx
 from edge_trgl.data.registry import (dataset_entry, dataset_names, register_dataset,
                                      unregister_dataset)
 from edge_trgl.errors import UserError
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers import python_child
 
 
 @pytest.fixture
@@ -144,8 +140,7 @@ def test_loading_one_dataset_imports_no_other_parser():
         "print('LOADED', sorted(m for m in ('edge_trgl.data.cifar', 'edge_trgl.data.idx', "
         "'edge_trgl.data.synthetic') if m in sys.modules))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    out = python_child(code)
     assert out.returncode == 0, out.stderr
     assert "LOADED ['edge_trgl.data.synthetic']" in out.stdout
 

@@ -1,9 +1,6 @@
 """edge_trgl.data.snapshot: a run's on-disk copy of its split arrays (ort/data/...)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +11,7 @@ from edge_trgl.data import ArraySet, Dataset, load_dataset
 from edge_trgl.data.snapshot import (SNAPSHOT_DIR, load_snapshot, save_snapshot, snapshot_files,
                                      snapshot_info)
 from edge_trgl.errors import UserError
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers import python_child
 
 
 class FakeRun:
@@ -146,8 +142,6 @@ def test_snapshot_works_with_torch_blocked(tmp_path):
         "save_snapshot(R(), ds)\n"
         "print('SAME', load_snapshot(R()).fingerprint() == ds.fingerprint())\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env,
-                         capture_output=True, text=True)
+    out = python_child(code, str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "SAME True" in out.stdout
