@@ -66,7 +66,19 @@ def plan_budgeted(cfg, dataset, arch, model, description=None, progress=None) ->
     orchestrator, which never imports torch: then `arch` is its list of BlockInfo and the
     baseline is the orchestrator + a torch trainer process + the data, all measured in fresh
     processes. Without it (in-process callers) `arch` is the meta-device model and this process
-    is taken to be the trainer. `progress(done, total)` is told how the block probes advance."""
+    is taken to be the trainer. `progress(done, total)` is told how the block probes advance.
+
+    The probes' share of the budget (probe_cache.PROBE_LIMIT) holds for this plan only: a later
+    plan or probe in the same process (the Python API, tests) starts from what it was before."""
+    from .probe_cache import PROBE_LIMIT
+    previous = PROBE_LIMIT["bytes"]
+    try:
+        return _plan_budgeted(cfg, dataset, arch, model, description, progress)
+    finally:
+        PROBE_LIMIT["bytes"] = previous
+
+
+def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
     from .probe_cache import PROBE_LIMIT
     budget_bytes, notes = resolve_budget(cfg, model)
     usable = int(budget_bytes * SAFETY)

@@ -159,3 +159,25 @@ def test_watchdog_records_exceeding_the_limit():
     with RssWatchdog(limit_bytes=1) as dog:
         np.ones(1000)
     assert dog.exceeded_bytes is not None and dog.max_seen_bytes > 0
+
+
+def test_the_probes_share_of_the_budget_holds_for_one_plan_only(fake_planner, monkeypatch):
+    """A budgeted plan gives its probes the budget less the orchestrator, and gives the share
+    back when it ends: a later plan or probe in the same process (the Python API, the tests) is
+    not limited by a budget it was never given."""
+    from edge_trgl.memory import describe, probe_cache
+    monkeypatch.setattr(describe, "orchestrator_bytes", lambda threads: 40 * MB)
+    monkeypatch.setitem(probe_cache.PROBE_LIMIT, "bytes", None)
+    seen = []
+
+    class Watched(FakeCosts):
+        def __init__(self, *args, **kwargs):
+            seen.append(probe_cache.PROBE_LIMIT["bytes"])
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(budgeted, "BlockCosts", Watched)
+    plan_for(fake_planner, "1GB", modules=3, backend="ort")   # ORT: its children always share
+    assert seen == [1000 * MB - 40 * MB]
+    assert probe_cache.PROBE_LIMIT["bytes"] is None
+    with pytest.raises(UserError):
+        plan_for(fake_planner, "90MB", backend="ort")             # refused: restored all the same
+    assert probe_cache.PROBE_LIMIT["bytes"] is None
