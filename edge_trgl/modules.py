@@ -61,7 +61,7 @@ def load_module(run, cfg, in_shape, num_classes, lo: int, hi: int, k: int,
         if from_store:
             state, _ = load_tensors(run.root, block_path(i), run.checksum(block_path(i)))
             load_numpy_state(block, state)
-        blocks.append(block)
+        blocks.append(to_layout(block, device))
     del arch
     with torch.device("meta"):
         head = make_head(cfg.head, tuple(blocks[-1].out_shape), num_classes)
@@ -69,7 +69,7 @@ def load_module(run, cfg, in_shape, num_classes, lo: int, hi: int, k: int,
     if from_store:
         state, _ = load_tensors(run.root, head_path(k), run.checksum(head_path(k)))
         load_numpy_state(head, state)
-    return blocks, head
+    return blocks, to_layout(head, device)
 
 
 def save_module(run, blocks, head, lo: int, k: int, optimizer=None) -> None:
@@ -128,6 +128,28 @@ def set_threads(cfg) -> None:
     # normally by reference counting.
     gc.collect()
     gc.freeze()
+
+
+# Activations and conv weights in NHWC on the CPU: oneDNN's convolutions run faster in it
+# (ResNet-56 at batch 128, one thread, torch 2.13: a training step 1.12 s against 1.51 s, an
+# eval forward 0.36 s against 0.41 s). Not applied on CUDA, where it has not been measured.
+# Changing it changes the probes' peaks: bump memory/probe_cache.PROBE_FORMAT.
+def memory_format(device: torch.device):
+    return torch.channels_last if device.type == "cpu" else torch.preserve_format
+
+
+def to_layout(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` with its 4-d weights in the device's layout (a no-op for other weights)."""
+    fmt = memory_format(device)
+    return module if fmt is torch.preserve_format else module.to(memory_format=fmt)
+
+
+def input_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of images or feature maps in the device's layout (other inputs as they are)."""
+    fmt = memory_format(device)
+    if x.dim() != 4 or fmt is torch.preserve_format:
+        return x
+    return x.contiguous(memory_format=fmt)
 
 
 def autocast(cfg, device: torch.device):

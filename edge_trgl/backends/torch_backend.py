@@ -10,7 +10,7 @@ import torch
 from ..cache import write_module_cache
 from ..errors import UserError
 from ..memory.measure import release_memory
-from ..modules import (autocast, load_module, make_optimizer, module_parameters, optimizer_from_numpy,
+from ..modules import (autocast, input_layout, load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
 from ..prefetch import prefetch_batches, prefetched
 from ..loop import resume_point, train_module
@@ -32,15 +32,15 @@ def forward_module(blocks, head, x):
 
 
 def to_device(array, device: torch.device) -> torch.Tensor:
-    """A host batch (numpy, or a tensor the prefetcher already pinned) on `device`. On CUDA the
-    copy is asynchronous from page-locked memory; the caching host allocator keeps the pinned
-    buffer alive until the copy has run."""
+    """A host batch (numpy, or a tensor the prefetcher already pinned) on `device`, in its
+    layout (modules.input_layout). On CUDA the copy is asynchronous from page-locked memory; the
+    caching host allocator keeps the pinned buffer alive until the copy has run."""
     tensor = array if torch.is_tensor(array) else torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cuda":
         if not tensor.is_pinned():
             tensor = tensor.pin_memory()
         return tensor.to(device, non_blocking=True)
-    return tensor
+    return input_layout(tensor, device)
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ def main(argv: list[str]) -> int:
     from ..config import TrainConfig
     from ..models import make_head
     from ..models.blocks import init_weights, make_generator, materialize
-    from ..modules import (architecture, autocast, forward_blocks, make_optimizer,
-                           module_parameters)
+    from ..modules import (architecture, autocast, forward_blocks, input_layout, make_optimizer,
+                           module_parameters, to_layout)
     from ..segments import checkpoint_segment_count
     from ..trgl import module_loss
     from .measure import peak_rss_bytes, release_memory, reset_peak, rss_bytes
@@ -44,8 +44,9 @@ def main(argv: list[str]) -> int:
     gen = make_generator(0)
     for b in blocks:
         init_weights(b, gen)
-    blocks = [b.to(device) for b in blocks]
-    head = make_head(cfg.head, tuple(blocks[-1].out_shape), spec["num_classes"]).to(device)
+    blocks = [to_layout(b.to(device), device) for b in blocks]
+    head = to_layout(make_head(cfg.head, tuple(blocks[-1].out_shape), spec["num_classes"]).to(device),
+                     device)
     optimizer = make_optimizer(cfg, module_parameters(blocks, head))
     in_shape = tuple(blocks[0].in_shape)
     results = []
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
                 with torch.no_grad():
                     for m in [*blocks, head]:
                         m.eval()
-                    out = torch.randn(batch, *in_shape, device=device)
+                    out = input_layout(torch.randn(batch, *in_shape, device=device), device)
                     with autocast(cfg, device):
                         for block in blocks:
                             out, _ = block(out)
@@ -82,7 +83,7 @@ def main(argv: list[str]) -> int:
                         m.train()
                     del out
                 continue
-            x = torch.randn(size, *in_shape, device=device)
+            x = input_layout(torch.randn(size, *in_shape, device=device), device)
             y = torch.randint(0, spec["num_classes"], (size,), device=device)
             with autocast(cfg, device):  # --amp: activations in half precision, as in training
                 out, energy = forward_blocks(blocks, x, segments)

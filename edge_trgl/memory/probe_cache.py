@@ -59,6 +59,11 @@ def store_cache(cache: dict) -> None:
         atomic_write_json(path, merged)
 
 
+# What the probes measure changed: 2 = the CPU trains in channels_last (modules.memory_format),
+# which changes the peaks, so entries measured before are not reused.
+PROBE_FORMAT = 2
+
+
 def machine_identity(threads: int) -> dict:
     """What a measurement depends on besides the model: this machine, its Python and torch, the
     thread count. A cache copied to another machine, or kept across an upgrade, is not reused."""
@@ -76,7 +81,7 @@ def machine_identity(threads: int) -> dict:
         pass
     return {"host": platform.node(), "machine": platform.machine(), "cpu": cpu,
             "python": platform.python_version(), "torch": dist_version("torch"),
-            "edge_trgl": __version__, "threads": int(threads)}
+            "edge_trgl": __version__, "threads": int(threads), "probe_format": PROBE_FORMAT}
 
 
 def cached_child_result(ident: dict, threads: int, cmd: list[str], what: str) -> dict:
