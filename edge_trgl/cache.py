@@ -218,20 +218,24 @@ class CacheReader:
         self.close()
 
 
-def write_module_cache(ctx, task, out_shape, batches, predict, check_budget) -> dict:
+def write_module_cache(ctx, task, out_shape, batches, predict, check_budget,
+                       kept: dict | None = None) -> dict:
     """Module k's pass over every split it feeds forward: write its outputs as module k+1's cache
     (not for the last module) and count its head's val/test accuracy. Shared by the torch backend
     and the torch-free ORT worker, so it stays numpy-only: `batches(source, aug_rng)` yields host
     (x, y) batches (closed here however the pass ends, which stops a read-ahead thread),
     `predict(x)` returns (features, logits) as numpy arrays, `check_budget(ctx)` stops a run over
-    its budget. Records the shards in the manifest and, once every split is
+    its budget. `kept`: train views module k's training already wrote (harvest.py), which
+    this pass does not redo. Records the shards in the manifest and, once every split is
     written, marks module k's cache complete and its progress done (one save)."""
     run, cfg = ctx.run, ctx.cfg
     rel_dir = cache_dir(task.k)
-    run.drop_cache(task.k)
+    kept = dict(kept or {}) if not task.is_last else {}
+    run.drop_cache(task.k, keep=kept)
     entry = {"dtype": cfg.cache_dtype, "shape": list(out_shape), "views": task.views,
-             "lap": task.lap, "complete": False, "splits": {}}
-    jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)]
+             "lap": task.lap, "complete": False, "splits": dict(kept)}
+    jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)
+            if f"train-v{v}" not in kept]
     jobs += [("val", ctx.cache_input(task.k, "val")), ("test", ctx.cache_input(task.k, "test"))]
     accuracy = {}
     write = not task.is_last

@@ -73,7 +73,7 @@ class Context:
             return self.source(k, split), None
         if k > 0:
             return self._cached(k - 1, f"train-v{view}", "train"), None
-        augmented = self.cfg.augment and self.cfg.aug_policy == "views"
+        augmented = self.cfg.augment and self.cfg.aug_policy in ("views", "training")
         return self.raw("train"), (view_rng(self.cfg.seed, view) if augmented else None)
 
     def close_readers(self, k: int | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Protocol
 
+from . import harvest
 from .schedule import lr_at
 from .sources import epoch_rng
 from .store import checkpoint_path, load_tensors, module_files, optim_path, prefixed, save_tensors
@@ -23,6 +24,7 @@ class Engine(Protocol):
 
     # a few fields the engine adds to every epoch's log record ({"backend": "ort"})
     log_fields: dict
+    out_shape: tuple  # one sample's output of the module
 
     def load_from_store(self, task) -> None:
         """The module's weights from the block store (before its first epoch of a lap)."""
@@ -48,9 +50,16 @@ class Engine(Protocol):
     def batches(self, batches):
         """A context manager over the host batches (the torch engine reads ahead onto its device)."""
 
-    def train_step(self, x, y, weight: float) -> tuple:
+    def train_step(self, x, y, weight: float, keep_features: bool = False) -> tuple:
         """One optimizer step; (loss, ce, energy, correct, n), the first four numbers or 0-d
-        tensors that EpochMeter sums without reading them back."""
+        tensors that EpochMeter sums without reading them back. `keep_features`: hold the
+        module's outputs of this step for `step_features`."""
+
+    def step_features(self):
+        """The last step's module outputs (numpy, before its weight update), then let go."""
+
+    def features(self, x):
+        """The module's outputs for host batch x in eval mode (numpy)."""
 
     def evaluate(self, source, batch_size: int) -> float | None: ...
 
@@ -63,23 +72,31 @@ def no_read_ahead(batches):
 
 
 def train_epoch(ctx, engine, source, order_rng, aug_rng, weight: float | None, adaptive,
-                desc: str, lr_of_step) -> dict:
+                desc: str, lr_of_step, harvest=None) -> dict:
     """One epoch over `source` (shuffled by order_rng, augmented by aug_rng): the learning rate
     from `lr_of_step(step)`, the energy weight fixed or adaptive, one engine step per batch.
     A final batch of one sample is dropped (BatchNorm cannot normalise it; the shuffled order
-    still shows every sample over the epochs)."""
+    still shows every sample over the epochs). With `harvest` (harvest.HarvestWriter), every
+    step's module outputs are written to it at their samples' indices."""
     from .meter import EpochMeter
     meter = EpochMeter()
-    with engine.batches(source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2)) as batches:
+    keep = harvest is not None
+    with engine.batches(source.batches(ctx.batch_size, order_rng, aug_rng, min_batch=2,
+                                       with_index=keep)) as batches:
         steps = ctx.progress_bar(batches, total=-(-source.count // ctx.batch_size), desc=desc)
-        for step, (x, y) in enumerate(steps):
+        for step, batch in enumerate(steps):
+            x, y = batch[0], batch[1]
             engine.set_lr(lr_of_step(step))
             w = adaptive.weight if adaptive is not None else weight
-            loss, ce, energy, correct, n = engine.train_step(x, y, w)
+            loss, ce, energy, correct, n = engine.train_step(x, y, w, keep_features=keep)
+            if keep:
+                harvest.write(batch[2], engine.step_features())
             if adaptive is not None:  # the only per-step read of a value (a GPU sync on CUDA)
                 adaptive.update(float(ce))
             meter.add(loss, ce, energy, correct, n)
             engine.check_budget(ctx)
+    if keep and len(missing := harvest.missing()):  # the dropped batch of one sample
+        harvest.write(missing, engine.features(source.take(missing)))
     return meter.stats()
 
 
@@ -114,6 +131,7 @@ def train_module(ctx, task, engine) -> dict:
             engine.load_optimizer(state)
     val_source = ctx.source(task.k, "val")
     last = {}
+    first_harvested = task.epochs - task.harvested
     for epoch in range(start_epoch, task.epochs):
         source, aug_rng = ctx.train_source(task.k, task.lap, epoch, task.input_views)
         steps_per_epoch = -(-source.count // ctx.batch_size)
@@ -122,10 +140,22 @@ def train_module(ctx, task, engine) -> dict:
             return lr_at(cfg, module=task.k, lap=task.lap, epoch=epoch, step=step,
                          epochs=task.epochs, steps_per_epoch=steps_per_epoch)
 
-        stats = train_epoch(ctx, engine, source, epoch_rng(cfg.seed, task.lap, task.k, epoch),
-                            aug_rng, task.energy_weight, adaptive,
-                            f"lap {task.lap} module {task.k} epoch {epoch + 1}/{task.epochs}",
-                            lr_of_step)
+        writer = None
+        if task.harvested and epoch >= first_harvested:
+            harvest.begin(run, task)
+            writer = harvest.HarvestWriter(run.root, task.k, epoch - first_harvested, source.count,
+                                           engine.out_shape, cfg.cache_dtype)
+        try:
+            stats = train_epoch(ctx, engine, source, epoch_rng(cfg.seed, task.lap, task.k, epoch),
+                                aug_rng, task.energy_weight, adaptive,
+                                f"lap {task.lap} module {task.k} epoch {epoch + 1}/{task.epochs}",
+                                lr_of_step, writer)
+            if writer is not None:
+                harvest.record(run, task, writer.name, writer.finish())
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         stats["val_acc"] = engine.evaluate(val_source, ctx.eval_batch_size)
         stats.update({"scheme": cfg.scheme, "lap": task.lap, "module": task.k, "epoch": epoch + 1,
                       "energy_weight": adaptive.weight if adaptive else task.energy_weight,

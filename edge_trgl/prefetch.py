@@ -116,8 +116,8 @@ def pin_inputs(batch):
     The labels stay numpy: evaluation compares them with numpy predictions."""
     import numpy as np
     import torch
-    x, y = batch
-    return torch.from_numpy(np.ascontiguousarray(x)).pin_memory(), y
+    x, *rest = batch  # (x, y) or, when training keeps its outputs, (x, y, indices)
+    return (torch.from_numpy(np.ascontiguousarray(x)).pin_memory(), *rest)
 
 
 def _closing(prefetcher: Prefetcher) -> Iterator:

@@ -124,7 +124,7 @@ class ResidentEngine:
                 m.train()
         return prefetched(batches, self.device)
 
-    def train_step(self, x_np, y_np, weight) -> tuple:
+    def train_step(self, x_np, y_np, weight, keep_features: bool = False) -> tuple:
         cfg, device = self.cfg, self.device
         x, y = to_device(x_np, device), to_device(y_np, device)
         if self.e2e:

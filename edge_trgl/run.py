@@ -613,15 +613,27 @@ class Run:
     def remove_tree(self, rel: str) -> None:
         shutil.rmtree(self.root / rel, ignore_errors=True)
 
-    def drop_cache(self, k: int) -> None:
+    def drop_cache(self, k: int, keep: dict | None = None) -> None:
         """Forget module k's feature cache in the manifest and save it first, then delete the
-        files: a crash in between leaves unlisted files, never a listed file that is gone."""
+        files: a crash in between leaves unlisted files, never a listed file that is gone.
+        `keep`: splits ({name: shard records}) that stay, listed in an unfinished entry."""
         from .cache import cache_dir
         rel = cache_dir(k)
-        self.forget_files(rel + "/")
-        self.manifest["caches"].pop(str(k), None)
+        kept = {s["file"] for shards in (keep or {}).values() for s in shards}
+        for f in [f for f in self.manifest["files"] if f.startswith(rel + "/") and f not in kept]:
+            del self.manifest["files"][f]
+        if keep:
+            self.manifest["caches"][str(k)] = {**self.manifest["caches"][str(k)],
+                                               "splits": dict(keep)}
+        else:
+            self.manifest["caches"].pop(str(k), None)
         self.save()
-        self.remove_tree(rel)
+        if not kept:
+            self.remove_tree(rel)
+            return
+        for path in _regular_files(self.root / rel):
+            if path.relative_to(self.root).as_posix() not in kept:
+                path.unlink(missing_ok=True)
 
 
 def _regular_files(folder: Path) -> list[Path]:

@@ -17,6 +17,7 @@ import sys
 from .atomic import sha256_file
 from .backends.base import ModuleTask
 from .context import Context
+from .harvest import harvested_views
 from .trgl import module_weights
 
 PHASES = {"train": 0, "cache": 1, "done": 2}
@@ -40,12 +41,21 @@ def run_modulewise(ctx: Context, backend) -> None:
     weights = module_weights(cfg, num_modules)
     laps = cfg.laps if cfg.scheme == "multilap" else 1
 
+    def harvested(k: int) -> int:
+        if not getattr(backend, "harvests", False) or k == num_modules - 1:
+            return 0
+        return harvested_views(cfg, lap_epochs(cfg, k), ctx.views)
+
+    def views(k: int) -> int:  # train views in module k's cache
+        return 0 if k == num_modules - 1 else (harvested(k) or ctx.views)
+
     def make_task(lap: int, k: int) -> ModuleTask:
         lo, hi = ctx.splits[k]
         return ModuleTask(k=k, lap=lap, lo=lo, hi=hi, num_modules=num_modules,
                           epochs=lap_epochs(cfg, k), energy_weight=weights[k],
-                          batch_size=ctx.batch_size,
-                          views=0 if k == num_modules - 1 else ctx.views, input_views=ctx.views)
+                          batch_size=ctx.batch_size, views=views(k),
+                          input_views=views(k - 1) if k > 0 else ctx.views,
+                          harvested=harvested(k))
 
     first = True
     for lap in range(laps):

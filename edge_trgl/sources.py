@@ -54,8 +54,9 @@ class RawSource:
         return len(self.labels)
 
     def batches(self, batch_size: int, order_rng: np.random.Generator | None = None,
-                aug_rng: np.random.Generator | None = None,
-                min_batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                aug_rng: np.random.Generator | None = None, min_batch: int = 1,
+                with_index: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
+        """(x, y) batches, or (x, y, sample indices) with `with_index`."""
         order = order_rng.permutation(self.count) if order_rng is not None else np.arange(self.count)
         for start in range(0, _usable(self.count, batch_size, min_batch), batch_size):
             idx = np.sort(order[start:start + batch_size]) if order_rng is None else order[start:start + batch_size]
@@ -63,7 +64,12 @@ class RawSource:
             if aug_rng is not None:
                 images = augment_batch(images, aug_rng, pad=4, flip=self.flip)
             kill_point("batch")
-            yield normalize(images, self.mean, self.std), self.labels[idx]
+            x = normalize(images, self.mean, self.std)
+            yield (x, self.labels[idx], idx) if with_index else (x, self.labels[idx])
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """The samples at `idx`, un-augmented."""
+        return normalize(self.images[idx], self.mean, self.std)
 
 
 @dataclass
@@ -77,10 +83,14 @@ class CachedSource:
         return self.reader.count
 
     def batches(self, batch_size: int, order_rng: np.random.Generator | None = None,
-                aug_rng: np.random.Generator | None = None,
-                min_batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                aug_rng: np.random.Generator | None = None, min_batch: int = 1,
+                with_index: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
         order = order_rng.permutation(self.count) if order_rng is not None else np.arange(self.count)
         for start in range(0, _usable(self.count, batch_size, min_batch), batch_size):
             idx = order[start:start + batch_size]
             kill_point("batch")
-            yield self.reader.read(idx), self.labels[idx]
+            x = self.reader.read(idx)
+            yield (x, self.labels[idx], idx) if with_index else (x, self.labels[idx])
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        return self.reader.read(idx)

@@ -192,12 +192,12 @@ def test_output_directory_that_is_not_a_run(capsys, tmp_path):
 @pytest.fixture
 def interrupted_run(tmp_path, capsys, monkeypatch):
     """A run stopped (Ctrl-C, in-process) during module 1's epoch: module 0 is finished and its
-    feature cache is complete. Batches: module 0's epoch 7 (6 train + 1 val), its cache 11 (one
-    train view for one epoch, val, test), then module 1."""
+    feature cache is complete. Batches: module 0's epoch 7 (6 train, which also write the one
+    train view, + 1 val), its cache 5 (val, test), then module 1."""
     import signal
 
     from edge_trgl import killpoints
-    monkeypatch.setattr(killpoints, "_TARGET", ("batch", 21, signal.SIGINT))
+    monkeypatch.setattr(killpoints, "_TARGET", ("batch", 15, signal.SIGINT))
     monkeypatch.setattr(killpoints, "_seen", 0)
     run = tmp_path / "run"
     rc, _, err = cli(capsys, "train", *TINY, "--out", str(run))
@@ -265,8 +265,12 @@ def test_disk_full_while_caching(capsys, tmp_path, monkeypatch):
                        f"edge-trgl train --resume {run}")
     # the run is not half-written: what the manifest lists is intact, nothing torn is left
     assert_listed_files_intact(run)
-    assert not list((run / "cache").rglob("*.npy")) or json.loads(
-        (run / "manifest.json").read_text())["caches"] == {}
+    # (the train view module 0's training wrote stays, listed in an unfinished cache entry)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(p.relative_to(run).as_posix() in manifest["files"]
+               for p in (run / "cache").rglob("*.npy"))
+    assert not list((run / "cache").rglob("*.tmp"))
+    assert not any(entry.get("complete") for entry in manifest["caches"].values())
     monkeypatch.undo()  # space freed
     rc, _, err = cli(capsys, "train", "--resume", str(run))
     assert rc == 0, err

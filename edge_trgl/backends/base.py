@@ -19,6 +19,7 @@ class ModuleTask:
     batch_size: int
     views: int                     # augmented train views cached for the next module (0 if last)
     input_views: int               # views available in the previous module's cache (k > 0)
+    harvested: int = 0             # of `views`, how many its last epochs of training write
 
     @property
     def is_last(self) -> bool:

@@ -362,7 +362,8 @@ class OrtEngine:
 
     batches = staticmethod(no_read_ahead)
 
-    def train_step(self, x, y, weight: float) -> tuple:
+    def train_step(self, x, y, weight: float, keep_features: bool = False) -> tuple:
+        # (the ORT target makes its views with an eval pass: keep_features is never asked)
         out = self.mod.train_step(x, y, weight, self.optimizer)
         return (out["loss"], out["ce"], out["energy"], (out["logits"].argmax(1) == y).sum(), len(y))
 

@@ -9,6 +9,7 @@ import torch
 
 from ..cache import write_module_cache
 from ..errors import UserError
+from ..harvest import intact_views
 from ..memory.measure import release_memory
 from ..modules import (autocast, input_layout, load_module, make_optimizer, module_parameters, optimizer_from_numpy,
                        optimizer_to_numpy, save_module, to_numpy_state)
@@ -122,6 +123,8 @@ class TorchEngine:
                                              task.lo, task.hi, task.k, device, from_store=from_store)
         self.optimizer = make_optimizer(ctx.cfg, module_parameters(self.blocks, self.head))
         self.scaler = make_scaler(ctx.cfg, device)
+        self.out_shape = tuple(self.blocks[-1].out_shape)
+        self._kept = None
 
     # state ---------------------------------------------------------------------------------------
     def load_from_store(self, task) -> None:
@@ -166,14 +169,29 @@ class TorchEngine:
             m.train()
         return prefetched(batches, self.device)
 
-    def train_step(self, x_np, y_np, weight: float) -> tuple:
+    def train_step(self, x_np, y_np, weight: float, keep_features: bool = False) -> tuple:
         x, y = to_device(x_np, self.device), to_device(y_np, self.device)
         with autocast(self.cfg, self.device):
-            _, logits, energy = forward_module(self.blocks, self.head, x)
+            out, logits, energy = forward_module(self.blocks, self.head, x)
             loss, ce = module_loss(logits.float(), y, energy.float(), weight,
                                    self.cfg.label_smoothing)
         optimizer_step(self.optimizer, loss, self.scaler)
+        self._kept = out.detach() if keep_features else None
         return step_figures(loss, ce, energy, logits, y, len(y_np))
+
+    def step_features(self):
+        kept, self._kept = self._kept, None
+        return kept.float().cpu().numpy()
+
+    @torch.no_grad()
+    def features(self, x_np):
+        for m in [*self.blocks, self.head]:
+            m.eval()
+        with autocast(self.cfg, self.device):
+            out, _, _ = forward_module(self.blocks, self.head, to_device(x_np, self.device))
+        for m in [*self.blocks, self.head]:
+            m.train()
+        return out.float().cpu().numpy()
 
     def evaluate(self, source, batch_size: int) -> float | None:
         return evaluate(self.blocks, self.head, source, batch_size, self.device, self.cfg)
@@ -184,6 +202,7 @@ class TorchEngine:
 
 class TorchBackend:
     name = "torch"
+    harvests = True  # its engine keeps a step's outputs: train views come from training
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -220,4 +239,4 @@ class TorchBackend:
             return feats.float().cpu().numpy(), logits.float().cpu().numpy()
 
         return write_module_cache(ctx, task, tuple(blocks[-1].out_shape), batches, predict,
-                                  check_budget)
+                                  check_budget, kept=intact_views(ctx.run, task))

@@ -152,8 +152,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no crop/flip augmentation (augmentation is on without this flag)")
     g.add_argument("--aug-policy", default=d.aug_policy, choices=AUG_POLICIES,
-                   help="views: cache augmented views for later modules; none: no augmentation "
-                   "after module 0")
+                   help="training (default): later modules read each module's outputs from its "
+                   "last epochs of training (up to V views, none from the first half of its "
+                   "epochs; no extra pass over the train set); views: an eval-mode pass of the "
+                   "trained module over V augmented views (the ORT target always does this); "
+                   "none: no augmentation after module 0")
     g.add_argument("--aug-views", type=int, metavar="V",
                    help="augmented train views to cache (default: the planner's choice)")
     g.add_argument("--cache-dtype", default=d.cache_dtype, choices=("fp16", "fp32"),

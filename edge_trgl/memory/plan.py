@@ -95,7 +95,10 @@ def fit_disk(cfg, dataset, arch, splits, notes: list[str]) -> tuple[int, str, st
             f"{format_size(disk_budget)}. {'Raise --disk-budget' if given else 'Free space'}, "
             f"or use a smaller --train-fraction. Nothing was written.")
     if views:
-        if aug_policy == "views":
+        if aug_policy == "training":
+            notes.append(f"later modules see up to {views} augmented view(s) of the train set, "
+                         f"each module's outputs during its last epochs of training")
+        elif aug_policy == "views":
             notes.append(f"later modules see {views} cached augmented view(s) of the train set")
         else:
             notes.append("later modules see no augmentation (aug policy none)")
