@@ -137,6 +137,7 @@ def seq_reference(seq_args, tmp_path_factory):
     from edge_trgl.cli.main import main
     base = tmp_path_factory.mktemp("seq")
     out = base / "reference"
+    seq_args = [*seq_args, "--aug-policy", "views"]  # an eval pass caches the train views
     killed(*seq_args, "--out", str(out), kill="setup:1")
     assert not out.exists()
     assert list(base.glob(".reference.staging-*")), "expected the killed set-up's staging folder"
@@ -149,6 +150,7 @@ def seq_reference(seq_args, tmp_path_factory):
 def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_reference, seq_args,
                                                                       tmp_path):
     run = tmp_path / "run"
+    seq_args = [*seq_args, "--aug-policy", "views"]  # an eval pass caches the train views
     # set-up writes 6 files, module 0 checkpoints epochs 1 and 2 (7, 8), writes back block 0
     # (9) and block 1 (10), and is killed with head 0 half written (11)
     killed(*seq_args, "--out", str(run), kill="save:11")
@@ -177,6 +179,44 @@ def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_refere
     proc = train("--resume", str(run))
     assert "rebuilding" in proc.stderr
     assert_same_result(run, seq_reference)
+
+
+def test_views_from_training_survive_kills_mid_epoch_and_mid_cache(seq_args, tmp_path):
+    """The default --aug-policy training: module 0 writes module 1's one train view during its
+    second (last) epoch. Killed in that epoch, the view is redone from the epoch-1 checkpoint;
+    killed while val/test are cached, the finished view is reused; the result is the
+    uninterrupted run's, bit for bit."""
+    reference = tmp_path / "reference"
+    train_here(*seq_args, "--out", str(reference))
+    run = tmp_path / "run"
+    # module 0: epoch 1 is batches 1-7 (6 train + 1 val), epoch 2's train batches 8-13
+    killed(*seq_args, "--out", str(run), kill="batch:11")
+    assert manifest(run)["progress"]["epoch_done"] == 1
+    assert list((run / "cache" / "module_00").glob(".train-v0-*.tmp")), "expected the torn view"
+    assert_listed_files_intact(run)
+    # resumed: epoch 2 again, then the cache pass writes val (cache event 1) and test (2-5)
+    killed("--resume", str(run), kill="cache:3")
+    entry = manifest(run)["caches"]["0"]
+    assert not entry["complete"] and list(entry["splits"]) == ["train-v0"]
+    assert_listed_files_intact(run)
+    train("--resume", str(run))
+    assert not list(run.rglob("*.tmp"))
+    assert_same_result(run, reference)
+
+
+def test_a_lost_view_from_training_is_remade_by_an_eval_pass(seq_args, tmp_path):
+    run = tmp_path / "run"
+    # killed in module 1's first epoch (module 0: 14 batches of training, 5 of its cache pass)
+    killed(*seq_args, "--out", str(run), "--keep-cache", kill="batch:22")
+    assert manifest(run)["progress"] == {"lap": 0, "module": 0, "phase": "done"}
+    shard = sorted((run / "cache" / "module_00").glob("train-v0-*.npy"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    proc = train("--resume", str(run))
+    assert "feature cache of module 0 is missing or damaged; rebuilding" in proc.stderr
+    assert_listed_files_intact(run)
+    assert manifest(run)["caches"]["0"]["complete"]
 
 
 def test_multilap_killed_during_second_lap_write_back(multilap_args, tmp_path):
