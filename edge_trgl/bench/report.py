@@ -400,7 +400,9 @@ class _Report:
                  "feature cache after every module, validation after every epoch, checkpoints and the "
                  "final test pass. *Between modules* is the time from one module's last epoch to the "
                  "next module's first (feature-cache writing, saving and loading modules, one "
-                 "validation pass).", "")
+                 "validation pass). *CPU s* is the whole command's CPU time (user + system, every "
+                 "process it waited for), the work a run did: on a shared machine other jobs' load "
+                 "stretches wall time but hardly CPU time.", "")
         groups = [g for g in group_results(results) if g.runs]
         settings: dict[tuple, list[Group]] = {}
         for g in groups:
@@ -412,6 +414,8 @@ class _Report:
             for g in gs:
                 per_epoch = g.stat("run_s_per_network_epoch")
                 ref = e2e.stat("run_s_per_network_epoch") if e2e else None
+                cpu = g.stat("cpu_s_per_network_epoch")
+                cpu_ref = e2e.stat("cpu_s_per_network_epoch") if e2e else None
                 loads = [x for r in g.runs for x in (r.get("loadavg_start") or [None])[:1] if x is not None]
                 rows.append([g.label,
                              fmt_stat(g.stat("train_samples_per_s"), lambda v: f"{v:.0f}"),
@@ -419,6 +423,8 @@ class _Report:
                              fmt_stat(g.stat("train_loop_s_per_network_epoch"), lambda v: f"{v:.1f}"),
                              fmt_stat(per_epoch, lambda v: f"{v:.1f}"),
                              f"{per_epoch['median'] / ref['median']:.2f}" if (per_epoch and ref) else "-",
+                             fmt_stat(cpu, lambda v: f"{v:.1f}"),
+                             f"{cpu['median'] / cpu_ref['median']:.2f}" if (cpu and cpu_ref) else "-",
                              fmt_stat(g.stat("between_modules_s"), lambda v: f"{v:.1f}"),
                              fmt_stat(g.stat("network_epochs"), lambda v: f"{v:.0f}", spread=False),
                              f"{min(loads):.1f}–{max(loads):.1f}" if loads else "-",
@@ -426,7 +432,8 @@ class _Report:
             self.add(f"Setting: {setting_text(_TPUT_KEYS, setting)}.", "", *md_table(
                 ["method", "samples/s (training loops)", "samples/s (whole run)",
                  "s per network epoch (loops)", "s per network epoch (whole run)",
-                 "whole-run time / end-to-end", "between modules s", "network epochs",
+                 "whole-run time / end-to-end", "CPU s per network epoch",
+                 "CPU time / end-to-end", "between modules s", "network epochs",
                  "load avg at start", "runs"], rows), "")
 
     # everything ------------------------------------------------------------------------------

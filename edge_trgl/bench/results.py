@@ -173,6 +173,7 @@ def measurements_from_run(out: Path, watched: dict) -> dict:
          "tree_rss_peak_bytes": watched["tree_rss_peak_bytes"],
          "descendant_peak_rss_bytes": watched["descendant_peak_rss_bytes"],
          "wall_s": watched["wall_s"],
+         "cpu_s": watched.get("cpu_s"),
          "self_reported_peak_rss_bytes": own,
          "module_phase_peak_rss_bytes": [mod.get("measured_peak_bytes") for mod in modules],
          "training_phase_peak_rss_bytes": max(phase_peaks) if phase_peaks else None,
@@ -185,6 +186,8 @@ def measurements_from_run(out: Path, watched: dict) -> dict:
          "torch_threads": (summary.get("environment") or {}).get("torch_threads"),
          "cuda": cuda, "backend_figures": backend}
     m.update(throughput(metrics, summary.get("seconds")))
+    if m.get("network_epochs") and m["cpu_s"]:
+        m["cpu_s_per_network_epoch"] = m["cpu_s"] / m["network_epochs"]
     return {"measurements": m, "summary": summary, "metrics": metrics,
             "config": read_json(out / "config.json"), "plan": read_json(out / "plan.json")}
 

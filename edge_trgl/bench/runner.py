@@ -111,7 +111,7 @@ def _run_watched(cmd: list[str], *, env: dict | None = None, stdout=None, stderr
             "ru_maxrss_bytes": detail["tree_peak_rss_bytes"],
             "tree_rss_peak_bytes": sampler.tree_peak,
             "descendant_peak_rss_bytes": sampler.descendant_hwm or None,
-            "wall_s": wall_s}
+            "wall_s": wall_s, "cpu_s": detail.get("cpu_s")}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -96,6 +96,9 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | None = N
         self_peak = tree_peak
     if detail is not None:
         detail.update({"self_peak_rss_bytes": self_peak, "tree_peak_rss_bytes": tree_peak,
+                       # CPU seconds of the child and every descendant it waited for: on a
+                       # shared machine, the work a run did, which other jobs' load hardly changes
+                       "cpu_s": usage.ru_utime + usage.ru_stime,
                        "method": "child's VmHWM polled every 20 ms from /proc/<pid>/status; "
                                  "tree = wait4 ru_maxrss (child + waited descendants)"})
     return proc.returncode, self_peak, time.perf_counter() - start

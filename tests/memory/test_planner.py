@@ -154,6 +154,16 @@ def test_child_peak_is_its_own_not_its_descendants():
     assert self_peak < 100 * MB                           # the child itself stayed small
 
 
+def test_cpu_time_counts_the_waited_for_descendants_and_not_sleep():
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 0.4: pass')"
+    detail = {}
+    code, _, wall_s = run_measured(
+        [sys.executable, "-c", f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', "
+                               f"{burn!r}]); time.sleep(0.5)"], detail=detail)
+    assert code == 0
+    assert 0.4 <= detail["cpu_s"] < wall_s - 0.3   # the grandchild's 0.4 s counted, the sleep not
+
+
 def test_watchdog_records_exceeding_the_limit():
     import numpy as np
     with RssWatchdog(limit_bytes=1) as dog:
