@@ -44,6 +44,8 @@ def method_label(result: dict) -> str:
         name += f" {scheme}"
     if not greedy and (cfg.get("tau_mode") != "varying" or tau != 1.0):
         name += f" (tau {tau:g} {cfg.get('tau_mode')})" if cfg.get("tau_mode") != "adaptive" else " (adaptive tau)"
+    if cfg.get("aug_policy") == "training" and cfg.get("augment", True) and len(splits) > 1:
+        name += ", views from training"
     return name
 
 
