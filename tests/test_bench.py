@@ -154,7 +154,7 @@ def fake_result(suite, model, batch, scheme, peak_mb, *, module_size=None, seed=
         "row_id": f"{group}-s{seed}", "method": method, "seed": seed, "repeat": 0,
         "status": "ok", "returncode": 0, "command_line": "python -m edge_trgl.cli.main train ...",
         "options": {"model": model, "batch_size": batch, "scheme": scheme, "tau": tau,
-                    "module_size": module_size, "data": "cifar10"},
+                    "module_size": module_size, "data": "cifar10", "aug_policy": "views"},
         "config": None, "plan": {"splits": splits},
         "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [1.5, 1.0, 1.0],
         "host": {"cpu_model": "Test CPU", "cpu_count": 2, "packages": {"torch": "x"}},
@@ -349,3 +349,15 @@ def test_time_to_accuracy_section_tables_each_method_by_epochs(tmp_path):
     assert rows[0].startswith("| TRGL module-wise | 2 |") and rows[1].startswith("| TRGL module-wise | 4 |")
     assert "| 150 | 450 | 40.0 |" in rows[0] and rows[2].startswith("| end-to-end | 2 |")
     assert "tta-resnet20-e2e-e4 (error)" in text
+
+
+def test_labels_tell_the_view_policies_apart():
+    from edge_trgl.bench.tables import method_label
+    views = fake_result("s", "resnet20", 64, "sequential", 400)
+    training = fake_result("s", "resnet20", 64, "sequential", 400)
+    training["options"]["aug_policy"] = "training"
+    e2e = fake_result("s", "resnet20", 64, "e2e", 400)
+    e2e["options"]["aug_policy"] = "training"   # no later modules: nothing to say
+    assert method_label(views) == "TRGL K=4"
+    assert method_label(training) == "TRGL K=4, views from training"
+    assert method_label(e2e) == "end-to-end"
