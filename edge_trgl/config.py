@@ -17,7 +17,7 @@ TAU_MODES = ("varying", "constant", "adaptive")
 OPTIMIZERS = ("sgd", "adamw")
 BACKENDS = ("torch", "ort")
 DEVICES = ("cpu", "cuda")
-AUG_POLICIES = ("training", "views", "none")
+AUG_POLICIES = ("views", "training", "none")
 LR_SCHEDULES = ("constant", "cosine", "step")
 
 # Fields added after run directories were already being written, each with the value that does
@@ -25,9 +25,6 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 # the identity hash only when it differs from it, so the older runs keep resuming.
 LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "checkpoint_segments": None,
                 "image_size": None}
-# Options whose default changed: a stored run that used the earlier default says it explicitly
-# (bench rerun passes it, so a re-run computes what the row did).
-EARLIER_DEFAULTS = {"aug_policy": "views"}
 # --image-size: the datasets whose loader resizes images (the others have a fixed size)
 RESIZABLE_DATA = ("folder",)
 IMAGE_SIZE_RANGE = (8, 512)  # pixels; every image is held in memory at this size
@@ -73,7 +70,7 @@ class TrainConfig:
     weight_decay: float = 2e-4
     label_smoothing: float = 0.1
     augment: bool = True
-    aug_policy: str = "training"     # later modules' augmented views: from training (harvest.py), an eval pass, or none
+    aug_policy: str = "views"        # later modules' augmented views: an eval pass, from training (harvest.py), or none
     aug_views: int | None = None     # None: the planner picks
     cache_dtype: str = "fp16"
     seed: int = 0

@@ -192,12 +192,12 @@ def test_output_directory_that_is_not_a_run(capsys, tmp_path):
 @pytest.fixture
 def interrupted_run(tmp_path, capsys, monkeypatch):
     """A run stopped (Ctrl-C, in-process) during module 1's epoch: module 0 is finished and its
-    feature cache is complete. Batches: module 0's epoch 7 (6 train, which also write the one
-    train view, + 1 val), its cache 5 (val, test), then module 1."""
+    feature cache is complete. Batches: module 0's epoch 7 (6 train + 1 val), its cache 11 (one
+    train view for one epoch, val, test), then module 1."""
     import signal
 
     from edge_trgl import killpoints
-    monkeypatch.setattr(killpoints, "_TARGET", ("batch", 15, signal.SIGINT))
+    monkeypatch.setattr(killpoints, "_TARGET", ("batch", 21, signal.SIGINT))
     monkeypatch.setattr(killpoints, "_seen", 0)
     run = tmp_path / "run"
     rc, _, err = cli(capsys, "train", *TINY, "--out", str(run))

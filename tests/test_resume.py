@@ -182,10 +182,11 @@ def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_refere
 
 
 def test_views_from_training_survive_kills_mid_epoch_and_mid_cache(seq_args, tmp_path):
-    """The default --aug-policy training: module 0 writes module 1's one train view during its
+    """--aug-policy training: module 0 writes module 1's one train view during its
     second (last) epoch. Killed in that epoch, the view is redone from the epoch-1 checkpoint;
     killed while val/test are cached, the finished view is reused; the result is the
     uninterrupted run's, bit for bit."""
+    seq_args = [*seq_args, "--aug-policy", "training"]
     reference = tmp_path / "reference"
     train_here(*seq_args, "--out", str(reference))
     run = tmp_path / "run"
@@ -205,6 +206,7 @@ def test_views_from_training_survive_kills_mid_epoch_and_mid_cache(seq_args, tmp
 
 
 def test_a_lost_view_from_training_is_remade_by_an_eval_pass(seq_args, tmp_path):
+    seq_args = [*seq_args, "--aug-policy", "training"]
     run = tmp_path / "run"
     # killed in module 1's first epoch (module 0: 14 batches of training, 5 of its cache pass)
     killed(*seq_args, "--out", str(run), "--keep-cache", kill="batch:22")

@@ -363,13 +363,10 @@ def rerun_check(result_path: str | os.PathLike, *, tolerance: float = 0.10,
 def legacy_args(config: dict) -> list[str]:
     """Options a row recorded before they existed ran at their old value (config.LATER_FIELDS):
     say that value explicitly, so that a changed default does not change the re-run."""
-    from ..config import EARLIER_DEFAULTS, LATER_FIELDS
+    from ..config import LATER_FIELDS
     args = []
     for key, earlier in LATER_FIELDS.items():
         if config and key not in config and earlier is not None:
-            args += [f"--{key.replace('_', '-')}", str(earlier)]
-    for key, earlier in EARLIER_DEFAULTS.items():
-        if config.get(key) == earlier:
             args += [f"--{key.replace('_', '-')}", str(earlier)]
     return args
 
