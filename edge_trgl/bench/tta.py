@@ -21,7 +21,7 @@ def point(r: dict) -> dict:
     plan = r.get("plan") or {}
     return {"method": r.get("method") or run_config(r).get("scheme"),
             "model": run_config(r).get("model"), "epochs": run_config(r).get("epochs"),
-            "wall_s": m.get("wall_s"), "test_acc": m.get("best_test_acc"),
+            "wall_s": m.get("wall_s"), "cpu_s": m.get("cpu_s"), "test_acc": m.get("best_test_acc"),
             "peak_bytes": summary.get("whole_command_peak_bytes") or m.get("tree_rss_peak_bytes"),
             "batch_size": plan.get("batch_size"),
             # an end-to-end run is one module, whatever heads its plan lists
@@ -34,17 +34,20 @@ def tta_section(report, name: str, results: list[dict]) -> None:
     report.add(f"### Time to accuracy ({name})", "",
                "Test accuracy of the module chosen on validation, against the whole command's wall "
                "time (planning included) and its peak memory (every process together, as its memory "
-               "cgroup counted it). A method missing at a depth did not fit the budget at any batch "
-               "size, or its rows have not run yet.", "")
+               "cgroup counted it). *CPU s* is its CPU time (every process it waited for; recorded "
+               "by later rows): on a shared machine other jobs stretch wall time, hardly CPU time. "
+               "A method missing at a depth did not fit the budget at any batch size, or its rows "
+               "have not run yet.", "")
     for model in sorted({p["model"] for p in ok}, key=lambda m: int(re.sub(r"\D", "", m) or 0)):
         pts = sorted((p for p in ok if p["model"] == model),
                      key=lambda p: (ORDER.index(p["method"]) if p["method"] in ORDER else 9,
                                     p["epochs"] or 0))
         rows = [[NAMES.get(p["method"], p["method"]), str(p["epochs"]), str(p["batch_size"]),
-                 str(p["modules"]), f"{p['wall_s']:.0f}", fmt_mb(p["peak_bytes"]),
+                 str(p["modules"]), f"{p['wall_s']:.0f}",
+                 "-" if p["cpu_s"] is None else f"{p['cpu_s']:.0f}", fmt_mb(p["peak_bytes"]),
                  fmt_pct(p["test_acc"])] for p in pts]
         report.add(f"{model}:", "", *md_table(
-            ["method", "epochs", "batch", "modules", "wall s", "peak MB (whole command)",
+            ["method", "epochs", "batch", "modules", "wall s", "CPU s", "peak MB (whole command)",
              "test %"], rows), "")
         if report.plt is not None:
             plot(report, name, model, pts)
