@@ -338,7 +338,8 @@ def test_time_to_accuracy_section_tables_each_method_by_epochs(tmp_path):
     def result(method, epochs, acc, wall, status="ok"):
         return {"status": status, "method": method, "row_id": f"tta-resnet20-{method}-e{epochs}",
                 "config": {"model": "resnet20", "epochs": epochs, "scheme": "sequential"},
-                "measurements": {"wall_s": wall, "best_test_acc": acc, "tree_rss_peak_bytes": 9e8},
+                "measurements": {"wall_s": wall, "best_test_acc": acc, "tree_rss_peak_bytes": 9e8,
+                                 **({"cpu_s": wall / 3} if method == "trgl" else {})},
                 "summary": {"whole_command_peak_bytes": 4.5e8},
                 "plan": {"batch_size": 64, "splits": [[0, 5], [5, 10]]}}
     out = Collect()
@@ -347,7 +348,8 @@ def test_time_to_accuracy_section_tables_each_method_by_epochs(tmp_path):
     text = "\n".join(out.lines)
     rows = [line for line in out.lines if line.startswith("| TRGL") or line.startswith("| end-to")]
     assert rows[0].startswith("| TRGL module-wise | 2 |") and rows[1].startswith("| TRGL module-wise | 4 |")
-    assert "| 150 | 450 | 40.0 |" in rows[0] and rows[2].startswith("| end-to-end | 2 |")
+    assert "| 150 | 50 | 450 | 40.0 |" in rows[0] and rows[2].startswith("| end-to-end | 2 |")
+    assert "| 100 | - | 450 | 30.0 |" in rows[2]      # a row from before CPU time was recorded
     assert "tta-resnet20-e2e-e4 (error)" in text
 
 
