@@ -59,9 +59,9 @@ def store_cache(cache: dict) -> None:
         atomic_write_json(path, merged)
 
 
-# What the probes measure changed: 2 = the CPU trains in channels_last (modules.memory_format),
-# which changes the peaks, so entries measured before are not reused.
-PROBE_FORMAT = 2
+# What the probes measure changed, so entries measured before are not reused: 2 = the CPU
+# trained in channels_last, 3 = contiguous again (modules.CPU_MEMORY_FORMAT).
+PROBE_FORMAT = 3
 
 
 def machine_identity(threads: int) -> dict:
