@@ -60,6 +60,8 @@ def _disk_full(root: Path, rel_dir: str) -> UserError:
 class CacheWriter:
     """Streams `total` samples of shape `sample_shape` into shards under root/rel_dir."""
 
+    kill_event = "cache"  # (the data store's writer, data/ondisk.py, counts as "convert")
+
     def __init__(self, root: Path, rel_dir: str, name: str, total: int,
                  sample_shape: tuple[int, ...], dtype: str, shard_bytes: int = SHARD_BYTES):
         self.root, self.rel_dir, self.name = Path(root), rel_dir, name
@@ -125,7 +127,7 @@ class CacheWriter:
                 self._open_shard()
             take = min(len(batch) - start, self._shard_count - self._in_shard)
             self._write_raw(batch[start:start + take].tobytes())
-            kill_point("cache")
+            kill_point(self.kill_event)
             start += take
             self._in_shard += take
             self.written += take

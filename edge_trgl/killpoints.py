@@ -17,6 +17,7 @@ Events (each named where it fires):
             file holds the first half of the bytes (store.py -> atomic.py)
   manifest  the run manifest is half written (run.py -> atomic.py)
   setup     the run directory is staged but not yet published (train.py)
+  convert   rows of the dataset were written into a data-store shard's temp file (data/ondisk.py)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import signal
 
 ENV = "EDGE_TRGL_TEST_KILL_AT"
-EVENTS = ("batch", "cache", "save", "manifest", "setup")
+EVENTS = ("batch", "cache", "save", "manifest", "setup", "convert")
 
 
 def _parse(text: str | None) -> tuple[str, int, int] | None:

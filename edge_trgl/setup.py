@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from .errors import UserError
 from .killpoints import kill_point
@@ -57,36 +56,21 @@ def plan_lean(cfg, dataset, model, progress=_progress) -> dict:
 
 
 def load_for_planning(cfg, budget: int | None):
-    """The dataset as this process needs it: its fingerprint, shapes and sizes. The images are
-    dropped once fingerprinted (zero-stride stand-ins of the same shape and byte count remain,
-    holding no memory), so every child runs beside a process of ~40 MB, not ~40 MB + the data;
-    the trainer and set-up children load the data themselves."""
-    import numpy as np
-
-    from .data import load_dataset_for
-    dataset = load_dataset_for(cfg)
+    """The dataset as this process needs it: names, shapes and every split's labels, with
+    stand-ins for the images that hold no memory (data/stream.py: scan_for). No image is decoded
+    here: the process that sets the run up converts the data into the run (rundata.py), so every
+    child runs beside a process of ~40 MB whatever the dataset's size. Its `fingerprint()` is a
+    digest of what was planned, which the conversion checks."""
+    from .data.stream import scan_for
+    dataset = scan_for(cfg)
     check_orchestrator_fits(budget)
-    fingerprint = dataset.fingerprint()
-    splits = {}
-    for name in ("train", "val", "test"):
-        arrays = getattr(dataset, name)
-        shape = arrays.images.shape
-        splits[name] = SimpleNamespace(
-            images=np.broadcast_to(np.zeros((1, *shape[1:]), np.uint8), shape),
-            labels=np.array(arrays.labels))
-    hollow = SimpleNamespace(name=dataset.name, num_classes=dataset.num_classes,
-                             mean=dataset.mean, std=dataset.std,
-                             class_names=list(dataset.class_names), hflip=dataset.hflip,
-                             in_shape=dataset.in_shape,
-                             fingerprint=lambda: fingerprint, **splits)
-    del dataset, arrays
     release_memory()
-    return hollow
+    return dataset
 
 
 def check_orchestrator_fits(budget: int | None) -> None:
-    """The dataset is loaded in this process (numpy) before any child: if that alone is over
-    the budget, nothing else can fit."""
+    """The dataset's labels are read in this process (numpy) before any child (CIFAR-10 parses
+    each batch file for them): if that alone is over the budget, nothing else can fit."""
     now = rss_bytes()
     if budget and now >= budget:
         from .budget import format_size

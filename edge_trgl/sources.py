@@ -42,7 +42,10 @@ def _usable(count: int, batch_size: int, min_batch: int) -> int:
 
 @dataclass
 class RawSource:
-    """Raw uint8 images; normalised (and optionally augmented) per batch."""
+    """Raw uint8 images; normalised (and optionally augmented) per batch. `images` is the run's
+    on-disk copy (data/stream.py StreamedImages: `images[idx]` reads those rows with pread, so
+    a process holds one batch, never the dataset) or an in-memory array (export, tests): both
+    give the same bytes, so training is the same to the bit."""
     images: np.ndarray
     labels: np.ndarray
     mean: tuple[float, ...]

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from .config import TrainConfig
-from .errors import UserError
 from .memory.measure import release_memory
 from .setup import initialise_and_publish
 
@@ -51,8 +50,9 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
     driver already staged (config, plan, data fingerprint) for this process to initialise,
     publish and train; `rss_limit_bytes` is this process's share of the budget."""
     from .context import Context
-    from .data import load_dataset_for
+    from .data.stream import scan_for
     from .run import Run
+    from .rundata import materialize_run_data, open_run_data
     from .schemes import run_modulewise, run_resident
     from .summary import summarize
     from .targets import get_target
@@ -66,9 +66,7 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
         plan = run.read_json("plan.json")
         try:
             target.check_available(cfg)
-            dataset = load_dataset_for(cfg)
-            if dataset.fingerprint() != run.manifest.get("data_fingerprint"):
-                raise UserError("The dataset changed while the run was being planned; start again.")
+            dataset = materialize_run_data(run, cfg)  # streamed into the run, before torch
             release_memory()
             set_threads(cfg)  # imports torch: only after the data
         except BaseException:
@@ -78,25 +76,25 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
         if staged.get("prepare_only"):
             return {"run_dir": str(run.root), "plan": plan}
     elif resume is not None:
-        from .resume import check_data, open_for_resume
+        from .resume import open_for_resume
         run, cfg, plan = open_for_resume(resume, cfg, clean=False)
         target = get_target(cfg)
         target.check_available(cfg)
-        dataset = load_dataset_for(cfg)
-        set_threads(cfg)  # imports torch: only after the data
-        check_data(run, dataset)
-        run.clean_torn_files(cfg)  # only now: a resume refused above changed nothing
-        if run.manifest.get("status") == "complete":
+        if run.manifest.get("status") == "complete":  # nothing to train: the data not needed
+            run.clean_torn_files(cfg)
             return run.read_json("summary.json")
+        dataset = open_run_data(run, cfg)  # verified; rebuilt from the source if damaged
+        set_threads(cfg)  # imports torch: only after the data
+        run.clean_torn_files(cfg)  # only now: a resume refused above changed nothing
     else:
         from .memory.planner import plan_run
         from .run import default_out
         from .setup import check_new
         target = get_target(cfg)
         check_new(cfg, target)  # the options, the target, --out: before the (slow) data loading
-        # Data first, torch second: loading CIFAR briefly holds every batch file, and that
-        # transient should not stack on top of torch's ~220 MB.
-        dataset = load_dataset_for(cfg)
+        # Data first, torch second: reading the labels parses CIFAR's batch files one by one,
+        # and that transient should not stack on top of torch's ~220 MB.
+        dataset = scan_for(cfg)  # labels and shapes; the images are converted once staged
         release_memory()
         set_threads(cfg)  # imports torch: only after the data
         from .modules import architecture
@@ -105,6 +103,11 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
         out = Path(cfg.out) if cfg.out else default_out(cfg)
         cfg.out = str(out)
         run = Run.stage_new(out, cfg, plan, dataset.fingerprint())
+        try:
+            dataset = materialize_run_data(run, cfg)
+        except BaseException:
+            run.discard()
+            raise
         initialise_and_publish(run, cfg, dataset, plan)
     splits = [tuple(s) for s in plan["splits"]]
     budget = plan.get("budget_bytes")

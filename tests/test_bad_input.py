@@ -257,8 +257,10 @@ def test_disk_full_while_caching(capsys, tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.fh, name)
 
-    monkeypatch.setattr(cache, "open", lambda *a, **k: FillingDisk(real_open(*a, **k)),
-                        raising=False)
+    # (the feature cache's files only: the run's copy of its data is written with the same
+    # writer before training, tests/data/test_data_ondisk.py fills the disk there)
+    monkeypatch.setattr(cache, "open", lambda *a, **k: FillingDisk(real_open(*a, **k))
+                        if "/cache/" in str(a[0]) else real_open(*a, **k), raising=False)
     run = tmp_path / "run"
     rc, _, err = cli(capsys, "train", *TINY, "--out", str(run))
     assert_clean_error(rc, err, "The disk filled up while writing the feature cache",
@@ -283,7 +285,7 @@ def _tiny_tmpfs(tmp_path):
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
     probe = subprocess.run(["unshare", "-rm", "sh", "-c",
-                            f"mount -t tmpfs -o size=600k tmpfs {shlex.quote(str(mnt))}"],
+                            f"mount -t tmpfs -o size=1500k tmpfs {shlex.quote(str(mnt))}"],
                            capture_output=True)
     if probe.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (no user namespaces)")
@@ -295,7 +297,7 @@ def test_too_little_free_disk_is_refused_before_anything_is_written(tmp_path):
     run's weights and feature caches, so it refuses before writing anything."""
     mnt = _tiny_tmpfs(tmp_path)
     run = mnt / "run"
-    cmd = (f"mount -t tmpfs -o size=600k tmpfs {shlex.quote(str(mnt))} && "
+    cmd = (f"mount -t tmpfs -o size=1500k tmpfs {shlex.quote(str(mnt))} && "
            f"{shlex.quote(sys.executable)} -m edge_trgl.cli.main train "
            f"{' '.join(TINY)} --out {shlex.quote(str(run))}; rc=$?; ls -a {shlex.quote(str(mnt))}; "
            f"exit $rc")
@@ -307,12 +309,13 @@ def test_too_little_free_disk_is_refused_before_anything_is_written(tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_on_a_real_tiny_filesystem(tmp_path):
-    """A 600 kB tmpfs holds the run's set-up but not module 0's feature cache (~3 MB). The
+    """A 1.5 MB tmpfs holds the run's set-up (its copy of the data included, 0.9 MB) but not
+    module 0's feature cache (~3 MB). The
     planner is told a larger --disk-budget (as when another process fills the disk meanwhile),
     so the run starts and the disk fills while the cache is written."""
     mnt = _tiny_tmpfs(tmp_path)
     run = mnt / "run"
-    cmd = (f"mount -t tmpfs -o size=600k tmpfs {shlex.quote(str(mnt))} && "
+    cmd = (f"mount -t tmpfs -o size=1500k tmpfs {shlex.quote(str(mnt))} && "
            f"{shlex.quote(sys.executable)} -m edge_trgl.cli.main train "
            f"{' '.join(TINY)} --disk-budget 1GB --out {shlex.quote(str(run))}; rc=$?; "
            f"test -f {shlex.quote(str(run))}/manifest.json && echo PUBLISHED; "

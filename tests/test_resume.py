@@ -269,8 +269,8 @@ def test_resume_refuses_changed_config_or_options(seq_reference, tmp_path, capsy
     assert "was changed after the run started" in err
 
 
-def test_resume_refuses_changed_data_but_accepts_moved_data(seq_reference, fake_cifar, tmp_path,
-                                                            capsys):
+def test_resume_refuses_changed_data_but_accepts_moved_data(seq_reference, seq_args, fake_cifar,
+                                                            tmp_path, capsys):
     import shutil
 
     from edge_trgl.cli.main import main
@@ -279,6 +279,11 @@ def test_resume_refuses_changed_data_but_accepts_moved_data(seq_reference, fake_
     assert main(["train", "--resume", str(seq_reference), "--data-dir", str(moved)]) == 0
     capsys.readouterr()
     write_fake_cifar(moved, 40, test=101, learnable=True)   # other data under the same names
-    assert main(["train", "--resume", str(seq_reference), "--data-dir", str(moved)]) == 2
+    # A run trains on its own copy of the data (RUN/data); only when that copy is lost does a
+    # resume go back to the source, which must then be the data the run started with.
+    run = tmp_path / "stopped"
+    killed(*seq_args, "--out", str(run), kill="batch:3")
+    shutil.rmtree(run / "data")
+    assert main(["train", "--resume", str(run), "--data-dir", str(moved)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "The dataset differs" in err and "Traceback" not in err

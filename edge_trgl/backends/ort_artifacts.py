@@ -223,29 +223,28 @@ def record_artifacts(run, modules) -> None:
 
 def prepare_new_run(spec: dict) -> dict:
     """The torch part of setting up a new ORT run, in a child of the torch-free orchestrator
-    (which planned it): stage the run directory, write the initial weights, the data snapshot
-    and every module's torch export. The orchestrator then finishes the artifacts in a
+    (which planned it): stage the run directory, convert the data into it (RUN/data), write the
+    initial weights and every module's torch export. The orchestrator then finishes the artifacts in a
     torch-free child and publishes the run (ort_backend._prepare_run)."""
     from ..config import TrainConfig
     from ..memory.measure import release_memory
     from ..run import Run
-    from ..data import load_dataset_for as load_data
-    from ..data.snapshot import save_snapshot
+    from ..rundata import materialize_run_data
     cfg = TrainConfig.from_json(spec["config"]).validate()
     out = Path(cfg.out)
     Run.check_new_root(out)
-    # Data first, torch second (as train.py): loading CIFAR briefly holds every batch file, and
-    # that transient should not stack on top of torch's ~220 MB.
-    dataset = load_data(cfg)
-    release_memory()
-    from ..modules import init_store, set_threads  # imports torch: only after the data
-    set_threads(cfg)
     plan = spec["plan"]  # made by the torch-free orchestrator (ort_backend._plan_in_orchestrator)
-    run = Run.stage_new(out, cfg, plan, dataset.fingerprint())
+    # Data first, torch second (as train.py): the data are converted into the run's own
+    # on-disk copy (RUN/data, which the torch-free trainers stream from) a chunk at a time,
+    # before torch's ~220 MB are loaded.
+    run = Run.stage_new(out, cfg, plan, spec.get("fingerprint") or "pending")
     try:
+        dataset = materialize_run_data(run, cfg)
+        release_memory()
+        from ..modules import init_store, set_threads  # imports torch: only after the data
+        set_threads(cfg)
         splits = [tuple(s) for s in plan["splits"]]
         init_store(run, cfg, dataset.in_shape, dataset.num_classes, splits)
-        save_snapshot(run, dataset)
         todo = export_run_modules(run, cfg, dataset.in_shape, dataset.num_classes, splits)
         run.save()
     except BaseException:
@@ -258,10 +257,10 @@ def export_for_rebuild(spec: dict) -> dict:
     """The torch half of rebuilding the artifacts of the given modules of an existing run."""
     from ..config import TrainConfig
     from ..run import Run
-    from ..data.snapshot import snapshot_info
+    from ..rundata import run_data_info
     cfg = TrainConfig.from_json(spec["config"])
     run = Run(Path(spec["run_dir"]), json.loads((Path(spec["run_dir"]) / "manifest.json").read_text()))
-    info = snapshot_info(run)
+    info = run_data_info(run)
     plan = run.read_json("plan.json")
     splits = [tuple(s) for s in plan["splits"]]
     todo = export_run_modules(run, cfg, info["in_shape"], info["num_classes"], splits,

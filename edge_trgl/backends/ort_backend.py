@@ -244,9 +244,9 @@ def run_ort(cfg, *, plan: dict | None, resume, prepare_only: bool = False, make_
     run, backend, orchestrator peak bytes); `backend` is None when nothing was trained (a
     prepared or an already complete run)."""
     from ..context import Context
-    from ..data.snapshot import load_snapshot, snapshot_info
     from ..memory.measure import RssWatchdog, peak_rss_bytes, release_memory, reset_peak
     from ..run import Run
+    from ..rundata import open_run_data
     from ..schemes import run_modulewise
     from ..summary import summarize
 
@@ -255,12 +255,13 @@ def run_ort(cfg, *, plan: dict | None, resume, prepare_only: bool = False, make_
         from ..resume import open_for_resume
         run, cfg, plan = open_for_resume(resume, cfg, clean=False)
         require_ort(need_onnx=False)
-        if snapshot_info(run).get("fingerprint") != run.manifest.get("data_fingerprint"):
-            raise UserError(f"The data snapshot of the run in {run.root} does not match the data "
-                            f"the run started with; the run is damaged. Start a new run.")
-        run.clean_torn_files(cfg)  # only now: a resume refused above changed nothing
-        if run.manifest.get("status") == "complete":
+        if run.manifest.get("status") == "complete":  # nothing to train: the data not needed
+            run.clean_torn_files(cfg)
             return run.read_json("summary.json"), run, None, peak_rss_bytes()
+        # the run's data copy verified, images too (rebuilt from the source if damaged: the
+        # workers only read it), the labels kept here
+        dataset = open_run_data(run, cfg, images=False, verify_images=True)
+        run.clean_torn_files(cfg)  # only now: a resume refused above changed nothing
     else:
         out = Path(cfg.out)
         result, prep_peaks, prep_seconds = _prepare_run(cfg, plan, out)
@@ -281,7 +282,8 @@ def run_ort(cfg, *, plan: dict | None, resume, prepare_only: bool = False, make_
         if prepare_only:
             return {"run_dir": str(run.root), "plan": plan}, run, None, peak_rss_bytes()
     splits = [tuple(s) for s in plan["splits"]]
-    dataset = load_snapshot(run, images=False)  # labels only: the trainers read the images
+    if resume is None:  # labels only: the trainers stream the images from RUN/data
+        dataset = open_run_data(run, cfg, images=False, rebuild=False)
     release_memory()
     # From here this process's VmHWM is its peak beside the trainers (loading and fingerprinting
     # the data for planning peaked higher, with no child beside it: that is in whole_command).

@@ -44,7 +44,7 @@ from onnxruntime.capi import _pybind_state as C
 from ..atomic import atomic_write_json, sha256_file
 from ..cache import write_module_cache
 from ..config import TrainConfig
-from ..data.snapshot import load_snapshot
+from ..rundata import open_run_data
 from ..errors import UserError
 from ..jobdirs import die_with_parent
 from ..loop import no_read_ahead, train_module
@@ -428,7 +428,9 @@ def probe(job: dict) -> dict:
 # --- entry point -------------------------------------------------------------------------------------
 
 def _context(job: dict, run: Run, cfg, task: ModuleTask):
-    dataset = load_snapshot(run, images=task.k == 0)
+    # module 0 streams the images from RUN/data (its orchestrator verified or rebuilt it); a
+    # later module reads the feature cache and needs the labels only
+    dataset = open_run_data(run, images=task.k == 0, rebuild=False)
     limit = job.get("rss_limit_bytes")
     watchdog = RssWatchdog(limit_bytes=limit) if limit else None
     ctx = Context(run, cfg, dataset, dataset.in_shape, dataset.num_classes,

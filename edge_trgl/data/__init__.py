@@ -2,7 +2,10 @@
 
 ``load_dataset`` picks a loader by name from the registry (data/registry.py: to add a dataset,
 write its module and add one ``register_dataset`` line there) and takes the seeded train / val /
-test subsets. data/snapshot.py owns a run's on-disk copy of the split arrays.
+test subsets, in memory (export, evaluate, tests). A run never holds them: data/stream.py reads a
+dataset as a stream (labels first, images a chunk at a time) and data/ondisk.py converts it into
+the run's on-disk arrays, which every trainer reads with pread (rundata.py). data/snapshot.py is
+the in-memory copy that ONNX Runtime runs made before that, still read when resuming them.
 
 This package must never import torch: it is also imported by a torch-free worker process.
 """
@@ -83,6 +86,61 @@ def _check_fraction(name: str, value, lo_open: bool, hi_open: bool, option: str)
     return v
 
 
+def check_options(name, data_dir, seed, train_fraction, val_fraction, test_fraction):
+    """(registry entry, seed, (train, val, test fractions)) of load_dataset's arguments, checked;
+    shared with the streaming path (data/stream.py)."""
+    entry = dataset_entry(name.lower()) if isinstance(name, str) else None
+    if entry is None:
+        raise UserError(
+            f"Unknown dataset {name!r}. Choose one of: {', '.join(dataset_names())} (e.g. --data "
+            "synthetic, which needs no download)."
+        )
+    name = entry.name
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(
+            f"The data seed must be a non-negative integer, got {seed!r}. Pass e.g. --seed 0."
+        )
+    seed = int(seed)
+    train_fraction = _check_fraction("train_fraction", train_fraction, True, False, "--train-fraction")
+    val_fraction = _check_fraction("val_fraction", val_fraction, False, True, "--val-fraction")
+    test_fraction = _check_fraction("test_fraction", test_fraction, True, False, "--test-fraction")
+
+    if entry.needs_data_dir and data_dir is None:
+        raise UserError(
+            f"The {name} dataset is read from disk, but no data directory was given. Pass "
+            f"--data-dir pointing at the folder that holds the original '{entry.folder}' files (or "
+            "its parent), or use --data synthetic, which needs no download."
+        )
+    return entry, seed, (train_fraction, val_fraction, test_fraction)
+
+
+def split_indices(train_labels, test_labels, seed: int, train_fraction: float,
+                  val_fraction: float, test_fraction: float):
+    """(train, val, test) indices, each sorted: train and val into the original train set, test
+    into the original test set (see load_dataset for the rules). Labels are all it needs, so the
+    streaming path (data/stream.py) chooses exactly the images load_dataset keeps, in the same
+    order, before decoding any."""
+    train_labels = np.asarray(train_labels)
+    pool = np.arange(len(train_labels), dtype=np.int64)
+    if train_fraction < 1.0:
+        rng = np.random.default_rng([seed, _SUBSET_STREAM])
+        keep, _ = class_balanced_split(train_labels, train_fraction, rng, keep_one=True)
+        pool = pool[keep]
+    if val_fraction > 0.0:
+        rng = np.random.default_rng([seed, _VAL_STREAM])
+        val_idx, train_idx = class_balanced_split(train_labels[pool], val_fraction, rng,
+                                                  keep_one=False)
+        train_idx, val_idx = pool[train_idx], pool[val_idx]
+    else:
+        train_idx, val_idx = pool, np.zeros(0, np.int64)
+    test_idx = np.arange(len(test_labels), dtype=np.int64)
+    if test_fraction < 1.0:
+        rng = np.random.default_rng([seed, _TEST_STREAM])
+        test_idx, _ = class_balanced_split(np.asarray(test_labels), test_fraction, rng,
+                                           keep_one=True)
+    return train_idx, val_idx, test_idx
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -107,28 +165,9 @@ def load_dataset(
     nested. ``image_size`` is passed to the loader only when given (the folder dataset's
     --image-size; TrainConfig.validate refuses it for the datasets of a fixed size).
     """
-    entry = dataset_entry(name.lower()) if isinstance(name, str) else None
-    if entry is None:
-        raise UserError(
-            f"Unknown dataset {name!r}. Choose one of: {', '.join(dataset_names())} (e.g. --data "
-            "synthetic, which needs no download)."
-        )
+    entry, seed, (train_fraction, val_fraction, test_fraction) = check_options(
+        name, data_dir, seed, train_fraction, val_fraction, test_fraction)
     name = entry.name
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(
-            f"The data seed must be a non-negative integer, got {seed!r}. Pass e.g. --seed 0."
-        )
-    seed = int(seed)
-    train_fraction = _check_fraction("train_fraction", train_fraction, True, False, "--train-fraction")
-    val_fraction = _check_fraction("val_fraction", val_fraction, False, True, "--val-fraction")
-    test_fraction = _check_fraction("test_fraction", test_fraction, True, False, "--test-fraction")
-
-    if entry.needs_data_dir and data_dir is None:
-        raise UserError(
-            f"The {name} dataset is read from disk, but no data directory was given. Pass "
-            f"--data-dir pointing at the folder that holds the original '{entry.folder}' files (or "
-            "its parent), or use --data synthetic, which needs no download."
-        )
     options = {} if image_size is None else {"image_size": image_size}
     full_train, test, class_names, mean, std, hflip = entry.load(
         data_dir, seed=seed, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
@@ -137,26 +176,11 @@ def load_dataset(
     class_names = list(class_names)
 
     num_classes = len(class_names)
-    if train_fraction < 1.0:
-        rng = np.random.default_rng([seed, _SUBSET_STREAM])
-        keep, _ = class_balanced_split(full_train.labels, train_fraction, rng, keep_one=True)
-        pool = full_train.subset(keep)
-    else:
-        pool = full_train
-    if val_fraction > 0.0:
-        rng = np.random.default_rng([seed, _VAL_STREAM])
-        val_idx, train_idx = class_balanced_split(pool.labels, val_fraction, rng, keep_one=False)
-        train, val = pool.subset(train_idx), pool.subset(val_idx)
-    else:
-        train = pool
-        val = ArraySet(
-            images=np.zeros((0, *pool.images.shape[1:]), dtype=np.uint8),
-            labels=np.zeros((0,), dtype=np.int64),
-        )
-    if test_fraction < 1.0:
-        rng = np.random.default_rng([seed, _TEST_STREAM])
-        keep, _ = class_balanced_split(test.labels, test_fraction, rng, keep_one=True)
-        test = test.subset(keep)
+    train_idx, val_idx, test_idx = split_indices(full_train.labels, test.labels, seed,
+                                                 train_fraction, val_fraction, test_fraction)
+    # (all of a set, in order, is the set itself: no copy)
+    take = lambda arrays, idx: arrays if len(idx) == len(arrays) else arrays.subset(idx)  # noqa: E731
+    train, val, test = take(full_train, train_idx), full_train.subset(val_idx), take(test, test_idx)
     return Dataset(
         name=name,
         train=train,

@@ -8,22 +8,48 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ArraySet", "Dataset", "per_channel_stats"]
+__all__ = ["ArraySet", "Dataset", "per_channel_stats", "channel_histograms",
+           "stats_from_histograms", "fingerprint_header", "array_tag"]
+
+
+def channel_histograms(images: np.ndarray) -> np.ndarray:
+    """(C, 256) int64 counts of each pixel value per channel of uint8 (N, C, H, W) ``images``:
+    summed over chunks, they give the statistics of a dataset streamed a chunk at a time."""
+    return np.stack([np.bincount(images[:, ch].reshape(-1), minlength=256)
+                     for ch in range(images.shape[1])]).astype(np.int64)
+
+
+def stats_from_histograms(counts: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of ``images / 255`` from channel_histograms, rounded to 4 decimals."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for row in np.asarray(counts):
+        row = row.astype(np.float64)
+        total = row.sum()
+        m = float(row @ values / total)
+        var = float(row @ (values - m) ** 2 / total)
+        means.append(round(m, 4))
+        stds.append(round(math.sqrt(var), 4))
+    return tuple(means), tuple(stds)
 
 
 def per_channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean/std of ``images / 255`` (via a histogram, so no float copies),
     rounded to 4 decimals. ``images`` is uint8 (N, C, H, W)."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    means, stds = [], []
-    for ch in range(images.shape[1]):
-        counts = np.bincount(images[:, ch].reshape(-1), minlength=256).astype(np.float64)
-        total = counts.sum()
-        m = float(counts @ values / total)
-        var = float(counts @ (values - m) ** 2 / total)
-        means.append(round(m, 4))
-        stds.append(round(math.sqrt(var), 4))
-    return tuple(means), tuple(stds)
+    return stats_from_histograms(channel_histograms(images))
+
+
+def fingerprint_header(name, num_classes, mean, std, class_names) -> bytes:
+    """What Dataset.fingerprint hashes first (the data store, data/ondisk.py, hashes the same
+    bytes from disk, so a streamed dataset and an in-memory one have the same fingerprint)."""
+    return (f"edge_trgl.Dataset/v1|name={name}|num_classes={num_classes}"
+            f"|mean={tuple(float(m) for m in mean)!r}|std={tuple(float(s) for s in std)!r}"
+            f"|classes={list(class_names)!r}").encode("utf-8")
+
+
+def array_tag(split: str, name: str, dtype, shape) -> bytes:
+    """What Dataset.fingerprint hashes before each array's bytes."""
+    return f"|{split}.{name}:{np.dtype(dtype).str}:{tuple(int(n) for n in shape)}|".encode("utf-8")
 
 
 @dataclass
@@ -99,18 +125,12 @@ class Dataset:
         splits, class names and statistics, so a resumed run can detect changed data.
         """
         h = hashlib.sha256()
-        header = (
-            f"edge_trgl.Dataset/v1|name={self.name}|num_classes={self.num_classes}"
-            f"|mean={tuple(float(m) for m in self.mean)!r}|std={tuple(float(s) for s in self.std)!r}"
-            f"|classes={list(self.class_names)!r}"
-        )
-        h.update(header.encode("utf-8"))
+        h.update(fingerprint_header(self.name, self.num_classes, self.mean, self.std,
+                                    self.class_names))
         for split_name in ("train", "val", "test"):
             split: ArraySet = getattr(self, split_name)
             for arr_name, arr in (("images", split.images), ("labels", split.labels)):
                 arr = np.ascontiguousarray(arr)
-                h.update(
-                    f"|{split_name}.{arr_name}:{arr.dtype.str}:{tuple(arr.shape)}|".encode("utf-8")
-                )
+                h.update(array_tag(split_name, arr_name, arr.dtype, arr.shape))
                 h.update(arr.reshape(-1).view(np.uint8))
         return h.hexdigest()

@@ -29,6 +29,7 @@ __all__ = [
     "find_cifar10_dir",
     "load_cifar10",
     "cifar10_raw",
+    "cifar10_stream",
 ]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -272,3 +273,22 @@ def cifar10_raw(data_dir: str | os.PathLike, **_) -> RawData:
     """The registry's loader: CIFAR-10 with its usual statistics; flipped images are valid."""
     train, test, class_names = load_cifar10(data_dir)
     return RawData(train, test, class_names, CIFAR10_MEAN, CIFAR10_STD, hflip=True)
+
+
+def cifar10_stream(data_dir: str | os.PathLike, **_):
+    """The registry's streaming loader: one batch file parsed at a time (its labels first, for
+    the split selection; its images again while converting), never the five together."""
+    from .stream import RawStream
+    root = find_cifar10_dir(data_dir)
+    class_names = _read_meta(root / CIFAR10_META_FILE)
+    files = {"train": CIFAR10_TRAIN_FILES, "test": (CIFAR10_TEST_FILE,)}
+    labels = {split: np.concatenate([_read_batch(root / f)[1] for f in names])
+              for split, names in files.items()}
+
+    def chunks(split: str):
+        for f in files[split]:
+            images, batch_labels = _read_batch(root / f)
+            yield images, batch_labels
+            del images
+    return RawStream(labels["train"], labels["test"], (3, 32, 32), class_names, chunks,
+                     CIFAR10_MEAN, CIFAR10_STD, hflip=True)

@@ -17,9 +17,11 @@ dataset always has 3 channels, transparency is dropped), then resized so that th
 in the one-folder layout) rounded to a multiple of 8, at least 8 and at most 64
 (``default_image_size``).
 
-Everything is decoded into memory once per process, like CIFAR-10 (uint8, 3 x S x S bytes an
-image: 10,000 images at 64 px take 123 MB); streaming from disk is not implemented yet. Mean/std
-are measured on the training images; a horizontal flip is a valid augmentation.
+A run decodes every image once, a few at a time, into its on-disk arrays (``folder_stream``,
+data/ondisk.py) and its trainers read batches from there: no process holds the decoded folder
+(3 x S x S bytes an image: 20,000 images at 96 px are 553 MB). ``load_folder`` (in memory) is
+what export and evaluate use. Mean/std are measured on the training images; a horizontal flip is
+a valid augmentation.
 
 Numpy and Pillow only: this module must never import torch.
 """
@@ -40,14 +42,15 @@ from edge_trgl.deploy_runtime import MAX_IMAGE_PIXELS, ImageTooLarge, open_image
 from edge_trgl.errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "TEST_FRACTION", "MAX_DEFAULT_SIZE", "default_image_size",
-           "find_layout", "load_folder", "folder_raw"]
+           "find_layout", "load_folder", "folder_raw", "folder_stream"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TEST_FRACTION = 0.2        # the one-folder layout: this part of each class is the test set
-MAX_DEFAULT_SIZE = 64      # the default image size is at most this (memory: all images in RAM)
+MAX_DEFAULT_SIZE = 64      # the default image size is at most this (time and disk per image)
 SIZE_STEP = 8              # ... and a multiple of this
 _TEST_STREAM = 0xF01DE5    # the RNG stream of the one-folder test split (data/__init__ has others)
 _KINDS = "JPEG, PNG, WebP or BMP"
+CHUNK_IMAGES = 64          # images decoded at a time while converting (64 x 3 x 128^2: 3 MB)
 
 
 def require_pillow():
@@ -258,3 +261,49 @@ def folder_raw(data_dir, *, seed: int = 0, image_size: int | None = None, **_) -
     mean, std = per_channel_stats(train.images)
     std = tuple(s if s > 0 else 1.0 for s in std)  # a constant channel: nothing to scale
     return RawData(train, test, names, mean, std, hflip=True)
+
+
+def folder_stream(data_dir, *, seed: int = 0, image_size: int | None = None, **_):
+    """The registry's streaming loader: the layout and labels from the folder names (and, for
+    the default size, the images' headers), then each image decoded as the conversion reaches
+    it, CHUNK_IMAGES at a time; mean/std measured on the training images as they stream past.
+    Chooses the same images, sizes and test split as load_folder."""
+    from .stream import RawStream
+    Image, ImageOps = require_pillow()
+    names, train_classes, test_classes = find_layout(data_dir)
+    if image_size is None:
+        image_size = default_image_size(_shorter_sides(
+            Image, [f for _, files in train_classes for f in files]))
+
+    def flat(classes):
+        files = [path for _, paths in classes for path in paths]
+        labels = np.array([k for k, (_, paths) in enumerate(classes) for _ in paths], np.int64)
+        return files, labels
+    train_files, train_labels = flat(train_classes)
+    if test_classes is not None:
+        test_files, test_labels = flat(test_classes)
+    else:
+        from edge_trgl.data import class_balanced_split
+        rng = np.random.default_rng([int(seed), _TEST_STREAM])
+        test_idx, train_idx = class_balanced_split(train_labels, TEST_FRACTION, rng,
+                                                   keep_one=False)
+        if len(test_idx) == 0:
+            raise UserError(f"The image folder {data_dir} is too small for a test split: "
+                            f"{TEST_FRACTION:.0%} of each class is held out for testing, which "
+                            f"rounds to no image for classes of 1 or 2 images, as all of yours "
+                            f"are. Add images (3 or more in a class), or give train/ and test/ "
+                            f"folders.")
+        test_files, test_labels = [train_files[i] for i in test_idx], train_labels[test_idx]
+        train_files, train_labels = [train_files[i] for i in train_idx], train_labels[train_idx]
+    files = {"train": (train_files, train_labels), "test": (test_files, test_labels)}
+
+    def chunks(split: str):
+        paths, labels = files[split]
+        for start in range(0, len(paths), CHUNK_IMAGES):
+            part = paths[start:start + CHUNK_IMAGES]
+            images = np.empty((len(part), 3, image_size, image_size), np.uint8)
+            for i, path in enumerate(part):
+                images[i] = _decode(Image, ImageOps, path, image_size)
+            yield images, labels[start:start + len(part)]
+    return RawStream(train_labels, test_labels, (3, image_size, image_size), names, chunks,
+                     hflip=True, zero_std_to_one=True)

@@ -29,6 +29,7 @@ __all__ = [
     "find_mnist_dir",
     "load_mnist",
     "mnist_raw",
+    "mnist_stream",
 ]
 
 MNIST_MEAN = (0.1307,)
@@ -204,3 +205,84 @@ def mnist_raw(data_dir: str | os.PathLike, **_) -> RawData:
     digit is not a digit (a flipped 2 or 7 is not a 2 or 7)."""
     train, test, class_names = load_mnist(data_dir)
     return RawData(train, test, class_names, MNIST_MEAN, MNIST_STD, hflip=False)
+
+
+def _open_idx(path: Path):
+    """(file object, dims) of an IDX file of uint8 images, its header read and checked; raw or
+    gzipped. The caller reads the rows and closes it."""
+    try:
+        fh = gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+        head = fh.read(4)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _bad(path, f"it cannot be read ({type(exc).__name__}: {exc})") from None
+    if len(head) < 4:
+        fh.close()
+        raise _bad(path, f"it has {len(head)} bytes, fewer than the 4-byte IDX magic number")
+    zero, code, ndim = struct.unpack(">HBB", head)
+    if zero != 0 or code != 0x08 or ndim != 3:
+        fh.close()
+        raise _bad(path, f"expected uint8 images of shape (N, H, W) (magic 0x00000803), found "
+                         f"magic 0x{zero:04x}{code:02x}{ndim:02x}")
+    dims = struct.unpack(">3I", fh.read(12).ljust(12, b"\0"))
+    if dims[0] == 0:
+        fh.close()
+        raise _bad(path, "it holds no images")
+    return fh, dims
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def _image_chunks(path: Path, rows: int = 2048):
+    """(n, 1, H, W) uint8 images of an IDX file, `rows` at a time (a few MB), checked for
+    truncation and trailing bytes as parse_idx checks the whole file."""
+    fh, (n, h, w) = _open_idx(path)
+    try:
+        done = 0
+        while done < n:
+            take = min(rows, n - done)
+            data = fh.read(take * h * w)
+            if len(data) != take * h * w:
+                raise _bad(path, f"it ends after {done + len(data) // (h * w)} of the {n} images "
+                                 f"its header declares")
+            yield np.frombuffer(data, np.uint8).reshape(take, 1, h, w)
+            done += take
+        if fh.read(1):
+            raise _bad(path, f"it has more bytes than the {n} images its header declares")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _bad(path, f"it is not a complete gzip stream ({type(exc).__name__}: {exc})") from None
+    finally:
+        fh.close()
+
+
+def mnist_stream(data_dir: str | os.PathLike, **_):
+    """The registry's streaming loader: the labels files at once (small), the image files read
+    a few MB at a time while converting."""
+    from .stream import RawStream
+    files = find_mnist_dir(data_dir)
+    stems = {"train": (MNIST_TRAIN_IMAGES, MNIST_TRAIN_LABELS),
+             "test": (MNIST_TEST_IMAGES, MNIST_TEST_LABELS)}
+    shapes, labels = {}, {}
+    for split, (img_stem, lab_stem) in stems.items():
+        fh, dims = _open_idx(files[img_stem])
+        fh.close()
+        shapes[split] = (1, dims[1], dims[2])
+        labels[split] = _labels(files[lab_stem], dims[0], files[img_stem])
+    if shapes["train"] != shapes["test"]:
+        raise UserError(
+            f"The MNIST train images ({files[MNIST_TRAIN_IMAGES]}) have shape "
+            f"{shapes['train']} but the test images ({files[MNIST_TEST_IMAGES]}) have "
+            f"{shapes['test']}; both must have the same image size. Replace the files with "
+            "a consistent copy of the dataset."
+        )
+
+    def chunks(split: str):
+        done = 0
+        for images in _image_chunks(files[stems[split][0]]):
+            yield images, labels[split][done:done + len(images)]
+            done += len(images)
+    return RawStream(labels["train"], labels["test"], shapes["train"],
+                     [str(i) for i in range(_NUM_CLASSES)], chunks, MNIST_MEAN, MNIST_STD,
+                     hflip=False)

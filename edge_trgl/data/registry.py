@@ -70,11 +70,16 @@ class DatasetEntry:
     loader: Union[Loader, str]
     needs_data_dir: bool = True
     folder: str | None = None
+    # (data_dir, *, seed, synthetic_train, synthetic_test, ...) -> data.stream.RawStream: the
+    # same data, decoded a chunk at a time (the run's on-disk copy is written from it); None: the
+    # conversion wraps `loader`, which holds the whole dataset while it converts
+    stream: Union[Callable, str, None] = None
 
-    def resolve(self) -> Loader:
-        if callable(self.loader):
-            return self.loader
-        module, _, attr = self.loader.partition(":")
+    def resolve(self, which: str = "loader"):
+        target = getattr(self, which)
+        if callable(target):
+            return target
+        module, _, attr = target.partition(":")
         return getattr(importlib.import_module(module), attr)
 
     def load(self, data_dir: str | os.PathLike | None, *, seed: int, synthetic_train: int,
@@ -87,7 +92,8 @@ _REGISTRY: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, loader: Union[Loader, str], *, needs_data_dir: bool = True,
-                     folder: str | None = None, replace: bool = False) -> DatasetEntry:
+                     folder: str | None = None, replace: bool = False,
+                     stream: Union[Callable, str, None] = None) -> DatasetEntry:
     """Register ``loader`` under ``name`` (lower case). ``folder`` defaults to the name. A name
     that is already registered is refused unless ``replace``."""
     if not isinstance(name, str) or not name or name != name.lower():
@@ -103,7 +109,7 @@ def register_dataset(name: str, loader: Union[Loader, str], *, needs_data_dir: b
     if name in _REGISTRY and not replace:
         raise ValueError(f"The dataset {name!r} is already registered")
     entry = DatasetEntry(name=name, loader=loader, needs_data_dir=bool(needs_data_dir),
-                         folder=folder if folder is not None else name)
+                         folder=folder if folder is not None else name, stream=stream)
     _REGISTRY[name] = entry
     return entry
 
@@ -124,7 +130,11 @@ def dataset_names() -> tuple[str, ...]:
 
 
 # --- the built-in datasets (in the order the command line lists them) ---------------------------
-register_dataset("synthetic", "edge_trgl.data.synthetic:synthetic_raw", needs_data_dir=False)
-register_dataset("cifar10", "edge_trgl.data.cifar:cifar10_raw", folder="cifar-10-batches-py")
-register_dataset("mnist", "edge_trgl.data.idx:mnist_raw", folder="mnist")
-register_dataset("folder", "edge_trgl.data.folder:folder_raw", folder="class folders")
+register_dataset("synthetic", "edge_trgl.data.synthetic:synthetic_raw", needs_data_dir=False,
+                 stream="edge_trgl.data.synthetic:synthetic_stream")
+register_dataset("cifar10", "edge_trgl.data.cifar:cifar10_raw", folder="cifar-10-batches-py",
+                 stream="edge_trgl.data.cifar:cifar10_stream")
+register_dataset("mnist", "edge_trgl.data.idx:mnist_raw", folder="mnist",
+                 stream="edge_trgl.data.idx:mnist_stream")
+register_dataset("folder", "edge_trgl.data.folder:folder_raw", folder="class folders",
+                 stream="edge_trgl.data.folder:folder_stream")

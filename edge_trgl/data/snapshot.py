@@ -1,5 +1,7 @@
-"""A run's on-disk copy of its dataset splits (numpy only; must never import torch: a torch-free
-ONNX Runtime worker, started with ``sys.modules['torch'] = None``, imports it).
+"""A run's on-disk copy of its dataset splits as ONNX Runtime runs made it before the data store
+(data/ondisk.py, rundata.py) replaced it: new runs no longer write it; runs that have one keep
+reading it (loaded into memory) when resumed. numpy only; must never import torch: a torch-free
+ONNX Runtime worker, started with ``sys.modules['torch'] = None``, imports it.
 
 The trainer processes read the run's exact split arrays from plain .npy files instead of
 re-parsing the dataset: loading CIFAR-10 from its pickled batches peaks far above the arrays it

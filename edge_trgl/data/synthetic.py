@@ -30,7 +30,7 @@ from edge_trgl.data.arrays import ArraySet, per_channel_stats
 from edge_trgl.data.registry import RawData
 from edge_trgl.errors import UserError
 
-__all__ = ["make_synthetic", "synthetic_raw", "SYNTHETIC_CLASS_NAMES", "SYNTHETIC_NUM_CLASSES",
+__all__ = ["make_synthetic", "synthetic_raw", "synthetic_stream", "SYNTHETIC_CLASS_NAMES", "SYNTHETIC_NUM_CLASSES",
            "SYNTHETIC_SHAPE"]
 
 SYNTHETIC_NUM_CLASSES = 10
@@ -189,25 +189,37 @@ def _render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
+def _chunk_labels(seed: int, split: int, chunk: int) -> tuple[np.ndarray, np.random.Generator]:
+    """A chunk's labels (its generator's first draw) and the generator, ready to render it."""
+    rng = np.random.default_rng([seed, split, chunk])
+    return rng.permutation(np.arange(_CHUNK) % SYNTHETIC_NUM_CLASSES), rng
+
+
+def _split_labels(seed: int, split: int, n: int) -> np.ndarray:
+    """The labels of the first n images of a split, without rendering any image."""
+    return np.concatenate([_chunk_labels(seed, split, c)[0] for c in range(-(-n // _CHUNK))]
+                          )[:n].astype(np.int64)
+
+
+def _split_chunks(seed: int, split: int, n: int):
+    """(images, labels) of a split, _CHUNK images at a time (one chunk's float work at once)."""
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        # Always render a full chunk (and keep its prefix) so that image i never depends on n.
+        chunk_labels, rng = _chunk_labels(seed, split, start // _CHUNK)
+        yield _render(chunk_labels, rng)[: stop - start], chunk_labels[: stop - start]
+
+
 def _make_split(seed: int, split: int, n: int) -> ArraySet:
     images = np.empty((n, *SYNTHETIC_SHAPE), dtype=np.uint8)
     labels = np.empty((n,), dtype=np.int64)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        rng = np.random.default_rng([seed, split, start // _CHUNK])
-        # Always render a full chunk (and keep its prefix) so that image i never depends on n.
-        chunk_labels = rng.permutation(np.arange(_CHUNK) % SYNTHETIC_NUM_CLASSES)
-        labels[start:stop] = chunk_labels[: stop - start]
-        images[start:stop] = _render(chunk_labels, rng)[: stop - start]
+    for start, (chunk, chunk_labels) in zip(range(0, n, _CHUNK), _split_chunks(seed, split, n)):
+        images[start:start + len(chunk)] = chunk
+        labels[start:start + len(chunk)] = chunk_labels
     return ArraySet(images=images, labels=labels)
 
 
-def make_synthetic(seed: int, n_train: int = 4000, n_test: int = 1000) -> tuple[ArraySet, ArraySet]:
-    """Generate the built-in dataset: ``(train, test)`` ArraySets of 3x32x32 uint8 images.
-
-    Deterministic: the same ``seed`` gives byte-identical arrays. Train and test come from
-    independent random streams. Each full block of 1000 images holds exactly 100 per class.
-    """
+def _check_args(seed, n_train, n_test) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(
             f"The synthetic dataset seed must be a non-negative integer, got {seed!r}. "
@@ -219,6 +231,15 @@ def make_synthetic(seed: int, n_train: int = 4000, n_test: int = 1000) -> tuple[
                 f"The synthetic dataset size {what} must be a positive integer, got {n!r}. "
                 "Ask for at least one image (the defaults are 4000 train and 1000 test images)."
             )
+
+
+def make_synthetic(seed: int, n_train: int = 4000, n_test: int = 1000) -> tuple[ArraySet, ArraySet]:
+    """Generate the built-in dataset: ``(train, test)`` ArraySets of 3x32x32 uint8 images.
+
+    Deterministic: the same ``seed`` gives byte-identical arrays. Train and test come from
+    independent random streams. Each full block of 1000 images holds exactly 100 per class.
+    """
+    _check_args(seed, n_train, n_test)
     seed = int(seed)
     return _make_split(seed, _SPLIT_TRAIN, int(n_train)), _make_split(seed, _SPLIT_TEST, int(n_test))
 
@@ -230,3 +251,20 @@ def synthetic_raw(data_dir=None, *, seed: int = 0, synthetic_train: int = 4000,
     train, test = make_synthetic(seed, n_train=synthetic_train, n_test=synthetic_test)
     mean, std = per_channel_stats(train.images)
     return RawData(train, test, list(SYNTHETIC_CLASS_NAMES), mean, std, hflip=True)
+
+
+def synthetic_stream(data_dir=None, *, seed: int = 0, synthetic_train: int = 4000,
+                     synthetic_test: int = 1000, **_):
+    """The registry's streaming loader: labels at once (each chunk's first draw), images
+    rendered a chunk of 1000 at a time while converting; mean/std measured on the train images
+    as they stream past (the same figures as synthetic_raw's)."""
+    from .stream import RawStream
+    _check_args(seed, synthetic_train, synthetic_test)
+    sizes = {_SPLIT_TRAIN: int(synthetic_train), _SPLIT_TEST: int(synthetic_test)}
+
+    def chunks(split: str):
+        which = _SPLIT_TEST if split == "test" else _SPLIT_TRAIN
+        return _split_chunks(int(seed), which, sizes[which])
+    return RawStream(_split_labels(int(seed), _SPLIT_TRAIN, sizes[_SPLIT_TRAIN]),
+                     _split_labels(int(seed), _SPLIT_TEST, sizes[_SPLIT_TEST]), SYNTHETIC_SHAPE,
+                     list(SYNTHETIC_CLASS_NAMES), chunks, hflip=True)

@@ -49,6 +49,10 @@ def minimax_splits(n: int, k: int, cost) -> tuple[float, list[tuple[int, int]]]:
 
 
 def dataset_array_bytes(dataset) -> int:
+    """What a training process holds of the dataset in memory: the labels of every split (the
+    planner's dataset, data/stream.py, has images that hold no memory: every trainer streams
+    them from the run's on-disk copy, a batch at a time, counted as stream buffers in
+    estimate.data_bytes); a dataset held in memory counts whole."""
     return int(sum(a.images.nbytes + a.labels.nbytes
                    for a in (dataset.train, dataset.val, dataset.test)))
 
@@ -109,17 +113,23 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
     # what a later module's trainer does not hold (ORT: the images; see the target's model)
     image_bytes = model.later_module_image_bytes(cfg, dataset)
 
-    def parts_for(lo: int, batch: int, module_bytes: float) -> dict:
-        parts = data_bytes(dataset, batch, baseline_bytes, model.loop_allowance_bytes(cfg, module_bytes))
+    def parts_for(lo: int, hi: int, batch: int, module_bytes: float) -> dict:
+        # the stream buffers of this module's own input and output (a later module reads
+        # feature maps, often larger than the images, and every module writes its outputs)
+        parts = data_bytes(dataset, batch, baseline_bytes,
+                           model.loop_allowance_bytes(cfg, module_bytes),
+                           input_shape=None if lo == 0 else arch[lo].in_shape,
+                           output_shape=arch[hi - 1].out_shape,
+                           cache_itemsize=2 if cfg.cache_dtype == "fp16" else 4)
         if lo > 0 and image_bytes:
             parts["process_baseline_bytes"] -= image_bytes
             parts["dataset_bytes"] -= image_bytes
         return parts
 
-    def data_cost(lo: int, batch: int, module_bytes: float) -> int:
+    def data_cost(lo: int, hi: int, batch: int, module_bytes: float) -> int:
         if cuda_acct is not None:
             return cuda_acct.fixed_bytes(batch, lo)
-        return data_total(parts_for(lo, batch, module_bytes))
+        return data_total(parts_for(lo, hi, batch, module_bytes))
 
     calibration = {"factor": 1.0}
 
@@ -131,7 +141,7 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
 
     def total(lo: int, hi: int, batch: int) -> int:
         composed = composition(lo, hi, batch)["module_bytes"] * calibration["factor"]
-        return int(composed) + data_cost(lo, batch, composed)
+        return int(composed) + data_cost(lo, hi, batch, composed)
 
     # The parallel scheme keeps every module resident (weights, gradients, optimizer state) but
     # steps them one at a time on a detached input, so only one module's activations and kernel
@@ -173,7 +183,7 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
                 # stopped at the child's share of the budget: it needs at least that much more
                 measured = max(int(exc.bytes_seen or 0), int(composed["module_bytes"] * 1.1),
                                PROBE_LIMIT["bytes"] or 0)
-            parts = parts_for(lo, batch, measured)
+            parts = parts_for(lo, hi, batch, measured)
             resident = others_static(splits, k) if parallel else 0
             row = {"blocks": [lo, hi], "batch_size": batch,
                    "measured_probe_bytes": measured, "composed": composed,

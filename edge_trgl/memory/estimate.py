@@ -11,8 +11,9 @@ tensors misses, so the estimate is built from measurements:
    block adds what stays alive across the whole step: parameters, gradients, optimizer state
    (4 x parameter bytes with SGD momentum, 5 x with AdamW) and its saved activations, which are
    counted exactly with saved-tensor hooks on a small real forward pass;
-3. the training process's own baseline is added, measured in that very process once its data is
-   loaded (interpreter, torch, dataset arrays), plus the batch buffers of the data path.
+3. the training process's own baseline is added (interpreter and torch, measured in a fresh
+   process, plus the dataset's labels: the images are streamed from disk), plus the stream
+   buffers of the data path (a batch read with pread and its copies).
 
 The planner then verifies each chosen module by probing it directly (`probe_module`), so the
 number it reports is a measurement of that exact module, and the composition's error against
@@ -210,17 +211,29 @@ class BlockCosts:
         return out
 
 
-def data_bytes(dataset, batch: int, baseline_bytes: int, allowance_bytes: int) -> dict:
+def data_bytes(dataset, batch: int, baseline_bytes: int, allowance_bytes: int, *,
+               input_shape=None, output_shape=None, cache_itemsize: int = 2) -> dict:
     """Memory the training process holds besides the module being trained: its own baseline
-    (measured: interpreter, torch, the dataset arrays; `dataset_bytes` says how much of it is
-    data) and the batch buffers of the data path (a uint8 batch, its augmented copy, its float32
-    normalised copy, and the cache writer's fp32 + fp16 output batch), plus what the training
-    loop holds beyond a probe (`allowance_bytes`, see loop_allowance_bytes)."""
-    arrays = sum(a.images.nbytes + a.labels.nbytes
-                 for a in (dataset.train, dataset.val, dataset.test))
-    c, h, w = dataset.in_shape
-    batch_buffers = batch * c * h * w * (1 + 1 + 4 + 4)
-    return {"process_baseline_bytes": int(baseline_bytes), "dataset_bytes": int(arrays),
+    (measured: interpreter, torch; plus what it holds of the dataset, `dataset_bytes`: the
+    labels, 8 bytes an image, since the images stay in the run's on-disk copy, rundata.py) and the
+    stream buffers of the data path, per batch: module 0's input (`input_shape` None) is a batch
+    of images as read from disk with pread, its copy, its augmented copy and its float32
+    normalised copy; a later module's is a feature-cache batch as read (`cache_itemsize` bytes a
+    value) and its float32 copy, at its own shape (at 96 px a ResNet's first feature maps are 5x
+    the image); and every module's output batch (`output_shape`, default the image's) as the
+    cache writer holds it, fp32 + fp16. Plus what the training loop holds beyond a probe
+    (`allowance_bytes`, see loop_allowance_bytes). A dataset held in memory (an in-process
+    caller's) counts whole: its images' `nbytes` are real; the streamed ones' are 0
+    (data/stream.py: StreamedImages)."""
+    held = sum(a.images.nbytes + a.labels.nbytes
+               for a in (dataset.train, dataset.val, dataset.test))
+    if input_shape is None:
+        inputs = math.prod(dataset.in_shape) * (1 + 1 + 1 + 4)
+    else:
+        inputs = math.prod(input_shape) * (cache_itemsize + 4)
+    outputs = math.prod(output_shape or dataset.in_shape) * (4 + 2)
+    batch_buffers = batch * (inputs + outputs)
+    return {"process_baseline_bytes": int(baseline_bytes), "dataset_bytes": int(held),
             "batch_buffer_bytes": int(batch_buffers),
             "loop_allowance_bytes": int(allowance_bytes)}
 

@@ -83,7 +83,8 @@ class MemoryModel:
         return (f"baseline = this command's torch-free process "
                 f"{format_size(orchestrator_bytes(cfg.thread_count()))} + a torch trainer process "
                 f"after its imports {format_size(description['trainer_baseline_bytes'])} + the "
-                f"dataset {format_size(dataset_array_bytes(dataset))}; the two processes are alive "
+                f"dataset's labels {format_size(dataset_array_bytes(dataset))} (the images are "
+                f"streamed from the run's copy on disk); the two processes are alive "
                 f"together (probes run one at a time, each as the only child)")
 
     # --- budgets -------------------------------------------------------------------------------

@@ -74,7 +74,10 @@ def fit_disk(cfg, dataset, arch, splits, notes: list[str]) -> tuple[int, str, st
         while not os.path.exists(where):  # --out's parents may not exist yet
             where = os.path.dirname(where)
         disk_budget = shutil.disk_usage(where).free
-    store = store_disk_bytes(cfg, arch)
+    # + the run's own copy of its dataset (rundata.py): uint8 images and int64 labels
+    store = store_disk_bytes(cfg, arch) + sum(
+        math.prod(a.images.shape) + 8 * len(a.labels)
+        for a in (dataset.train, dataset.val, dataset.test))
     biggest = 0
     if views and len(splits) > 1:
         biggest = max(int(math.prod(arch[hi - 1].out_shape)) for lo, hi in splits[:-1])
@@ -89,7 +92,7 @@ def fit_disk(cfg, dataset, arch, splits, notes: list[str]) -> tuple[int, str, st
     if disk(views, cache_dtype) > disk_budget:
         raise UserError(
             f"The run needs about {format_size(disk(views, cache_dtype))} of disk (weights, "
-            f"optimizer state and checkpoints {format_size(store)}"
+            f"optimizer state, checkpoints and its copy of the data {format_size(store)}"
             + (", and two modules' feature caches at once" if biggest else "")
             + f") but the {'disk budget (--disk-budget)' if given else 'free disk space'} is "
             f"{format_size(disk_budget)}. {'Raise --disk-budget' if given else 'Free space'}, "

@@ -57,9 +57,9 @@ def format_plan(plan: dict) -> str:
             low, high = min(allowances), max(allowances)
             allowance = format_size(low) if low == high else f"{format_size(low)}-{format_size(high)}"
             lines.append("baseline: what the training process(es) hold before any module (interpreter, "
-                         "framework, the dataset's arrays (data); for --backend ort see the note); "
+                         "framework, the dataset's labels (data: the images are streamed from disk); "
                          "module: a few training steps of that module (+ head, optimizer) measured in "
-                         "a fresh process, above its own baseline; buffers: data-path batches; "
+                         "a fresh process, above its own baseline; buffers: the data path's stream buffers; "
                          f"estimate: baseline + module + buffers + a loop allowance ({allowance}; "
                          "measured: what a real training loop holds beyond a probe); "
                          "composed: the per-block composition's error against the module measurement")

@@ -72,10 +72,10 @@ def test_train_crash_resume_and_the_run_directory(ort_available, tmp_path):
     from edge_trgl.modules import load_module
     from edge_trgl.run import Run
     from edge_trgl.sources import RawSource
-    from edge_trgl.data.snapshot import load_snapshot
+    from edge_trgl.rundata import open_run_data
     run = Run(out, manifest)
     cfg = TrainConfig.from_json(json.loads((out / "config.json").read_text()))
-    data = load_snapshot(run)
+    data = open_run_data(run, rebuild=False)   # the run's own copy of its data (RUN/data)
     blocks, head = load_module(run, cfg, data.in_shape, data.num_classes, 0, 2, 0, torch.device("cpu"))
     test = RawSource(data.test.images, data.test.labels, data.mean, data.std)
     acc = evaluate(blocks, head, test, 64, torch.device("cpu"), cfg)

@@ -306,7 +306,8 @@ def tiny_folder_config(data_dir, out, **extra) -> TrainConfig:
 @pytest.mark.slow
 def test_train_export_predict_a_folder_run(capsys, tmp_path):
     """A 48 px folder run trains; its export carries the folder names as class names, and
-    predict (library and CLI) answers with them; a changed image refuses the resume."""
+    predict (library and CLI) answers with them; a changed image refuses the rebuild of the
+    run's lost data copy on resume."""
     from edge_trgl import export, predict, train
     data = write_classes(tmp_path / "imgs", 8, sizes=((60, 48), (48, 52), (49, 70)))
     summary = train(tiny_folder_config(data, tmp_path / "run"))
@@ -328,10 +329,16 @@ def test_train_export_predict_a_folder_run(capsys, tmp_path):
         [r["class"] for r in results]
     rc, out, err = cli(capsys, "predict", summary["run_dir"], images[0])  # PyTorch, run dir
     assert rc == 0 and out.split(": ")[1].split(" ")[0] in CLASSES, err
-    # the resume checks the decoded pixels: one changed image refuses it
+    # the run trains on its own copy of the decoded images (RUN/data); when that copy is lost
+    # and must be rebuilt from the folder (as a resume does), one changed image refuses it
     write_image(data / "owl" / "003.bmp", (49, 70), (0, 0, 0))
+    import shutil
+
+    from edge_trgl.run import Run
+    from edge_trgl.rundata import open_run_data
+    shutil.rmtree(Path(summary["run_dir"]) / "data")
     with pytest.raises(UserError, match="fingerprint changed"):
-        train(tiny_folder_config(data, tmp_path / "run"), resume=summary["run_dir"])
+        open_run_data(Run.open(Path(summary["run_dir"])), tiny_folder_config(data, tmp_path / "x"))
 
 
 @pytest.mark.slow
