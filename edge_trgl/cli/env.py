@@ -13,9 +13,31 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def ort_training_status(info: dict) -> dict:
+    """Whether ONNX Runtime's training API (--backend ort) is here, and if not, why: on Linux
+    arm64 (Raspberry Pi, Jetson) no build of it exists, which "install the extra" would hide."""
+    from ..envinfo import dist_version
+    from ..targets.ort import no_training_build
+    if info["backends"].get("ort"):
+        return {"available": True, "note": None}
+    reason = no_training_build()
+    inference = dist_version("onnxruntime")
+    if reason is not None:
+        note = f"not available: {reason}; --backend torch trains here"
+    else:
+        note = ("not installed: `pip install -e \".[ort]\"` installs onnxruntime-training-cpu==1.19.2 "
+                "and onnx==1.17.0")
+    if inference:
+        note += (f" (onnxruntime {inference} is installed: inference only, enough for export, "
+                 f"evaluate and predict)")
+    return {"available": False, "no_build_reason": reason, "onnxruntime_inference": inference,
+            "note": note}
+
+
 def run(args) -> int:
     from ..envinfo import report
     info = report()
+    info["ort_training"] = ort_training_status(info)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -23,6 +45,8 @@ def run(args) -> int:
     print(f"torch {info['torch']} ({info['torch_threads']} threads)")
     for name, ok in info["backends"].items():
         print(f"  backend {name:<10} {'available' if ok else 'not available'}")
+    if info["ort_training"]["note"]:
+        print(f"  ONNX Runtime training (--backend ort): {info['ort_training']['note']}")
     print(f"  devices: {', '.join(info['devices'])}")
     if info["cuda"]:
         c = info["cuda"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..backends.ort_backend import export_and_finish, run_child, worker_env
 from ..backends.ort_common import ort_version, require_ort, worker_command
+from ..errors import UserError
 from ..jobdirs import job_dir
 from ..memory.model import MemoryModel
 from .base import Target
@@ -31,6 +32,35 @@ from .base import Target
 # a margin over that.
 ORT_LOOP_ALLOWANCE_BYTES = 8 * 1000 * 1000
 
+
+
+# --- where ONNX Runtime's training API exists at all ---------------------------------------------
+
+# What PyPI holds for onnxruntime-training(-cpu) 1.19.2, its last release (checked with `pip
+# download --platform ...`): CPython 3.10-3.12 wheels for Linux x86_64, Windows amd64 and macOS
+# (universal2). Nothing for Linux aarch64, and Debian's python3-onnxruntime (arm64 included) is the
+# inference-only build. pyproject's `ort` extra carries the same condition as a marker.
+ORT_TRAINING_PYTHONS = ((3, 10), (3, 12))
+NO_ARM64_BUILD = ("ONNX Runtime's training API (onnxruntime-training 1.19.2, its last release) "
+                  "has no Linux arm64 build, neither on PyPI nor in Debian / Raspberry Pi OS, "
+                  "whose python3-onnxruntime is the inference-only build")
+
+
+def no_training_build(machine: str | None = None, system: str | None = None,
+                      version: tuple[int, int] | None = None) -> str | None:
+    """Why no build of ONNX Runtime's training API can be installed on this machine (a sentence
+    without its final full stop), or None where a wheel exists (it may still be missing)."""
+    machine = machine if machine is not None else platform.machine()
+    system = system if system is not None else sys.platform
+    version = version if version is not None else sys.version_info[:2]
+    if system == "linux" and machine not in ("x86_64", "AMD64"):
+        return f"this is Linux {machine}, and {NO_ARM64_BUILD}"
+    lo, hi = ORT_TRAINING_PYTHONS
+    if not lo <= tuple(version) <= hi:
+        return (f"this is Python {version[0]}.{version[1]}, and ONNX Runtime's training API "
+                f"(onnxruntime-training 1.19.2, its last release) has wheels for Python "
+                f"{lo[0]}.{lo[1]}-{hi[0]}.{hi[1]} only")
+    return None
 
 
 # --- the planner's view of this target ------------------------------------------------------------
@@ -258,7 +288,18 @@ class OrtTarget(Target):
     always_driven = True
 
     def check_available(self, cfg, *, setup: bool = False) -> None:
-        require_ort(need_onnx=setup)  # the set-up children also need onnx
+        try:
+            require_ort(need_onnx=setup)  # the set-up children also need onnx
+        except UserError:
+            reason = no_training_build()
+            if reason is None:
+                raise  # installable here: require_ort's message says how
+            # Where no build exists, "install the extra" would send the user in a circle.
+            raise UserError(f"--backend ort cannot train on this machine: {reason}. Use "
+                            f"--backend torch (the default), which trains the same module-wise "
+                            f"schemes here; its run directories are the ones --backend ort writes, "
+                            f"and `edge-trgl export` / `evaluate` / `predict` need only the "
+                            f"inference build of onnxruntime.") from None
 
     def validate(self, cfg) -> None:
         from ..errors import UserError
