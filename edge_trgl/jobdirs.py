@@ -21,6 +21,21 @@ EXIT_ORPHANED = 77
 _NAME = re.compile(r"^edge-trgl-[a-z-]+?-(\d+)-")
 
 
+def remove_dead_folders(parent: Path, prefix: str) -> None:
+    """Delete the folders `parent/<prefix><pid>` whose process <pid> is gone (killed while it
+    built them); a live one (another process at work now) is left alone."""
+    for path in Path(parent).glob(f"{prefix}*"):
+        pid = path.name[len(prefix):]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
 def remove_dead_job_dirs() -> None:
     for path in Path(tempfile.gettempdir()).glob("edge-trgl-*"):
         match = _NAME.match(path.name)

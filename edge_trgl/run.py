@@ -668,16 +668,8 @@ def _not_writable(path: Path) -> str | None:
 def remove_dead_staging(final_root: Path) -> None:
     """Delete staging folders of earlier set-ups of the same --out whose process is gone (killed
     during set-up); a live one (another process setting up now) is left alone."""
-    for path in final_root.parent.glob(f".{final_root.name}.staging-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass
+    from .jobdirs import remove_dead_folders
+    remove_dead_folders(final_root.parent, f".{final_root.name}.staging-")
 
 
 def default_out(cfg) -> Path:

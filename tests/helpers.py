@@ -148,3 +148,15 @@ def assert_one_paragraph_error(rc: int, err: str, *phrases: str) -> None:
     text = " ".join(err.split())
     for phrase in phrases:
         assert phrase in text, (phrase, text)
+
+
+def run_weights(run: Path) -> dict[str, bytes]:
+    """Every stored weight of a run (blocks and heads), as bytes: equal dicts = bit-identical."""
+    from safetensors.numpy import load_file
+    out = {}
+    for folder in ("blocks", "heads"):
+        for path in sorted((run / folder).glob("*.safetensors")):
+            for name, arr in load_file(str(path)).items():
+                out[f"{folder}/{path.stem}/{name}"] = np.ascontiguousarray(arr).tobytes()
+    assert out, f"no stored weights under {run}"
+    return out

@@ -20,10 +20,9 @@ import json
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from helpers import cli_child, write_fake_cifar
+from helpers import cli_child, run_weights, write_fake_cifar
 
 pytestmark = pytest.mark.slow   # 10 real training processes, ~25 s in all
 
@@ -100,14 +99,6 @@ def assert_listed_files_intact(run: Path) -> None:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha, f"{rel} is corrupt"
 
 
-def weights(run: Path) -> dict[str, bytes]:
-    from safetensors.numpy import load_file
-    out = {}
-    for folder in ("blocks", "heads"):
-        for path in sorted((run / folder).glob("*.safetensors")):
-            for name, arr in load_file(str(path)).items():
-                out[f"{folder}/{path.stem}/{name}"] = np.ascontiguousarray(arr).tobytes()
-    return out
 
 
 def metrics(run: Path) -> list[dict]:
@@ -123,7 +114,7 @@ def accuracies(run: Path) -> list:
 def assert_same_result(run: Path, reference: Path) -> None:
     assert manifest(run)["status"] == "complete"
     assert_listed_files_intact(run)
-    assert weights(run) == weights(reference)           # bit-exact, every block and head
+    assert run_weights(run) == run_weights(reference)           # bit-exact, every block and head
     assert accuracies(run) == accuracies(reference)
     assert metrics(run) == metrics(reference)            # every epoch once, same losses
     assert not list(run.rglob(".*.tmp*")), "temp files left behind"

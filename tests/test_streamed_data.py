@@ -15,10 +15,9 @@ import shutil
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from helpers import cli_child, write_fake_cifar
+from helpers import cli_child, run_weights, write_fake_cifar
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +37,6 @@ def train_here(*args) -> None:
     assert main(["train", "--quiet", *map(str, args)]) == 0
 
 
-def weights(run: Path) -> dict[str, bytes]:
-    from safetensors.numpy import load_file
-    out = {}
-    for folder in ("blocks", "heads"):
-        for path in sorted((run / folder).glob("*.safetensors")):
-            for name, arr in load_file(str(path)).items():
-                out[f"{folder}/{path.stem}/{name}"] = np.ascontiguousarray(arr).tobytes()
-    assert out
-    return out
 
 
 def metrics(run: Path) -> list[dict]:
@@ -60,7 +50,7 @@ def accuracies(run: Path) -> list:
 
 
 def assert_same_training(a: Path, b: Path) -> None:
-    assert weights(a) == weights(b)
+    assert run_weights(a) == run_weights(b)
     assert metrics(a) == metrics(b)
     assert accuracies(a) == accuracies(b)
 

@@ -241,16 +241,8 @@ def _skip_npy_header(fh) -> None:
 
 def _remove_dead_builds(dest: Path) -> None:
     """Remove half-built stores of `dest` whose builder process is gone (killed)."""
-    for path in dest.parent.glob(f".{dest.name}.building-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass
+    from ..jobdirs import remove_dead_folders
+    remove_dead_folders(dest.parent, f".{dest.name}.building-")
 
 
 # --- reading ------------------------------------------------------------------------------------
