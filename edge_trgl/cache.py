@@ -57,6 +57,27 @@ def _disk_full(root: Path, rel_dir: str) -> UserError:
         f"--train-fraction, or a --disk-budget).")
 
 
+def samples_per_shard(sample_bytes: int, shard_bytes: int = SHARD_BYTES) -> int:
+    return max(1, shard_bytes // max(1, sample_bytes))
+
+
+def shard_paths(root: Path, rel_dir: str, name: str, index: int) -> tuple[Path, Path]:
+    """(final path, temp path) of shard `index` of split `name`: written under the temp name,
+    renamed when complete, so a listed shard is never a torn one."""
+    final = Path(root) / rel_dir / f"{name}-{index:05d}.npy"
+    return final, final.with_name(f".{final.name}.tmp")
+
+
+def shard_header(dtype: np.dtype, count: int, sample_shape: tuple[int, ...]) -> bytes:
+    """The `.npy` header of a shard of `count` samples (a plain array file, no pickle)."""
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                               "fortran_order": False,
+                                               "shape": (count, *sample_shape)})
+    return buf.getvalue()
+
+
 class CacheWriter:
     """Streams `total` samples of shape `sample_shape` into shards under root/rel_dir."""
 
@@ -68,7 +89,7 @@ class CacheWriter:
         self.total, self.sample_shape = total, tuple(sample_shape)
         self.dtype = np.dtype(DTYPES[dtype])
         sample_bytes = int(np.prod(self.sample_shape)) * self.dtype.itemsize
-        self.per_shard = max(1, shard_bytes // max(1, sample_bytes))
+        self.per_shard = samples_per_shard(sample_bytes, shard_bytes)
         self.shards: list[Shard] = []
         self.written = 0
         self._fh = None
@@ -81,13 +102,10 @@ class CacheWriter:
     def _open_shard(self) -> None:
         index = len(self.shards)
         self._shard_count = min(self.per_shard, self.total - self.written)
-        final = self.root / self.rel_dir / f"{self.name}-{index:05d}.npy"
-        self._tmp = final.with_name(f".{final.name}.tmp")
+        _, self._tmp = shard_paths(self.root, self.rel_dir, self.name, index)
         self._fh = open(self._tmp, "wb")
         self._digest = hashlib.sha256()
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self._shard_count, *self.sample_shape)}
-        self._write_raw(_header_bytes(header))
+        self._write_raw(shard_header(self.dtype, self._shard_count, self.sample_shape))
         self._in_shard = 0
 
     def _write_raw(self, data: bytes) -> None:
@@ -148,13 +166,6 @@ class CacheWriter:
             self._fh = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
-
-
-def _header_bytes(header: dict) -> bytes:
-    import io
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_2_0(buf, header)
-    return buf.getvalue()
 
 
 class CacheReader:

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import commit_file, sha256_file
-from .cache import DTYPES, SHARD_BYTES, Shard, _disk_full, _header_bytes, cache_dir
+from .cache import (DTYPES, SHARD_BYTES, Shard, _disk_full, cache_dir, samples_per_shard,
+                    shard_header, shard_paths)
 
 
 def harvested_views(cfg, epochs: int, views: int) -> int:
@@ -56,18 +57,15 @@ class HarvestWriter:
         self.total, self.sample_shape = total, tuple(sample_shape)
         self.dtype = np.dtype(DTYPES[dtype])
         self.sample_bytes = int(np.prod(self.sample_shape)) * self.dtype.itemsize
-        self.per_shard = max(1, shard_bytes // max(1, self.sample_bytes))
+        self.per_shard = samples_per_shard(self.sample_bytes, shard_bytes)
         self.seen = np.zeros(total, dtype=bool)
         self._files = []  # (fd, tmp path, final path, data offset, count)
         (self.root / self.rel_dir).mkdir(parents=True, exist_ok=True)
         try:
             for index, start in enumerate(range(0, total, self.per_shard)):
                 count = min(self.per_shard, total - start)
-                final = self.root / self.rel_dir / f"{self.name}-{index:05d}.npy"
-                tmp = final.with_name(f".{final.name}.tmp")
-                header = _header_bytes({"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                        "fortran_order": False,
-                                        "shape": (count, *self.sample_shape)})
+                final, tmp = shard_paths(self.root, self.rel_dir, self.name, index)
+                header = shard_header(self.dtype, count, self.sample_shape)
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                 self._files.append((fd, tmp, final, len(header), count))
                 os.pwrite(fd, header, 0)
