@@ -160,3 +160,31 @@ def run_weights(run: Path) -> dict[str, bytes]:
                 out[f"{folder}/{path.stem}/{name}"] = np.ascontiguousarray(arr).tobytes()
     assert out, f"no stored weights under {run}"
     return out
+
+
+def fill_disk_after(monkeypatch, module, free_bytes: int, only: str | None = None) -> None:
+    """Every file `module` opens (`only`: whose path contains that text) refuses writes with
+    ENOSPC once `free_bytes` have been written to such files, as a full disk does to the first
+    writer that needs space; other files are written normally."""
+    import builtins
+    import errno
+    left = {"bytes": free_bytes}
+    real_open = builtins.open
+
+    class FillingDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            left["bytes"] -= len(data)
+            if left["bytes"] < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def filling_open(*args, **kwargs):
+        fh = real_open(*args, **kwargs)
+        return FillingDisk(fh) if only is None or only in str(args[0]) else fh
+    monkeypatch.setattr(module, "open", filling_open, raising=False)

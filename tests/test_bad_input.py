@@ -5,7 +5,6 @@ message that names the problem, no traceback, and no run directory (or half-writ
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import TINY, assert_clean_error, cli, write_fake_cifar
+from helpers import TINY, assert_clean_error, cli, fill_disk_after, write_fake_cifar
 
 
 def assert_no_run(out: Path) -> None:
@@ -241,33 +240,17 @@ def test_disk_full_while_caching(capsys, tmp_path, monkeypatch):
     a full disk does to the first writer that needs space. The real thing, on a tiny tmpfs, is the
     next test (where the machine allows mounting one)."""
     from edge_trgl import cache
-    budget = {"bytes": 64_000}
-    real_open = open
-
-    class FillingDisk:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def write(self, data):
-            budget["bytes"] -= len(data)
-            if budget["bytes"] < 0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.fh.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
     # (the feature cache's files only: the run's copy of its data is written with the same
     # writer before training, tests/data/test_data_ondisk.py fills the disk there)
-    monkeypatch.setattr(cache, "open", lambda *a, **k: FillingDisk(real_open(*a, **k))
-                        if "/cache/" in str(a[0]) else real_open(*a, **k), raising=False)
+    fill_disk_after(monkeypatch, cache, 64_000, only="/cache/")
     run = tmp_path / "run"
     rc, _, err = cli(capsys, "train", *TINY, "--out", str(run))
     assert_clean_error(rc, err, "The disk filled up while writing the feature cache",
                        f"edge-trgl train --resume {run}")
     # the run is not half-written: what the manifest lists is intact, nothing torn is left
     assert_listed_files_intact(run)
-    # (the train view module 0's training wrote stays, listed in an unfinished cache entry)
+    # (with --aug-policy training, a view module 0's training wrote would stay, listed in an
+    # unfinished cache entry: every shard left must be listed, none complete)
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(p.relative_to(run).as_posix() in manifest["files"]
                for p in (run / "cache").rglob("*.npy"))

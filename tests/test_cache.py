@@ -1,10 +1,10 @@
-import errno
-
 import numpy as np
 import pytest
 
 from edge_trgl.cache import CacheReader, CacheWriter
 from edge_trgl.errors import UserError
+
+from helpers import fill_disk_after
 
 
 def write(tmp_path, x, dtype="fp32", shard_bytes=1000):
@@ -49,19 +49,8 @@ def test_disk_full_gives_clear_error_and_no_partial_shard(tmp_path, monkeypatch)
     x = np.zeros((40, 8), np.float32)
     w = CacheWriter(tmp_path, "cache/module_00", "val", 40, (8,), "fp32", shard_bytes=320)
     w.write(x[:10])   # one complete shard
-    real_open = open
-
-    class Full:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-    monkeypatch.setattr("builtins.open", lambda *a, **k: Full(real_open(*a, **k)))
+    import builtins
+    fill_disk_after(monkeypatch, builtins, 0)
     with pytest.raises(UserError, match="disk filled up"):
         w.write(x[10:])
     monkeypatch.undo()

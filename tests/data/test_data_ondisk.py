@@ -189,28 +189,9 @@ def test_a_full_disk_while_converting_is_a_clear_error_and_leaves_no_run(capsys,
                                                                           monkeypatch):
     """Every shard file of the data store refuses writes with ENOSPC after 64 kB: exit 2, one
     paragraph saying what filled up, and neither a run directory nor a half-built store."""
-    import errno
-
     from edge_trgl import cache
-    from helpers import TINY, assert_clean_error, cli
-    left = {"bytes": 64_000}
-    real_open = open
-
-    class FillingDisk:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def write(self, data):
-            left["bytes"] -= len(data)
-            if left["bytes"] < 0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.fh.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-    monkeypatch.setattr(cache, "open", lambda *a, **k: FillingDisk(real_open(*a, **k)),
-                        raising=False)
+    from helpers import TINY, assert_clean_error, cli, fill_disk_after
+    fill_disk_after(monkeypatch, cache, 64_000)
     rc, _, err = cli(capsys, "train", *TINY, "--out", str(tmp_path / "run"))
     assert_clean_error(rc, err, "The disk filled up while writing the run's copy of its dataset")
     assert list(tmp_path.iterdir()) == []

@@ -143,23 +143,27 @@ def test_parallel_plans_one_modules_activations_plus_every_modules_weights(fake_
     assert parallel.estimated_peak_bytes < e2e.estimated_peak_bytes
 
 
-def test_child_peak_is_its_own_not_its_descendants():
-    grandchild = "import numpy as np; a = np.ones(40_000_000); a += 1"
+def _measure_child_of(grandchild: str, then_sleep_s: float) -> tuple[int, int, float, dict]:
+    """run_measured on a child that runs python -c `grandchild`, waits for it, then sleeps."""
     detail = {}
-    code, self_peak, _ = run_measured(
+    code, self_peak, wall_s = run_measured(
         [sys.executable, "-c", f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', "
-                               f"{grandchild!r}]); time.sleep(0.3)"], detail=detail)
+                               f"{grandchild!r}]); time.sleep({then_sleep_s})"], detail=detail)
+    return code, self_peak, wall_s, detail
+
+
+def test_child_peak_is_its_own_not_its_descendants():
+    code, self_peak, _, detail = _measure_child_of(
+        "import numpy as np; a = np.ones(40_000_000); a += 1", 0.3)
     assert code == 0
     assert detail["tree_peak_rss_bytes"] > 300 * MB      # wait4 charges the grandchild's 320 MB
     assert self_peak < 100 * MB                           # the child itself stayed small
 
 
 def test_cpu_time_counts_the_waited_for_descendants_and_not_sleep():
-    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 0.4: pass')"
-    detail = {}
-    code, _, wall_s = run_measured(
-        [sys.executable, "-c", f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', "
-                               f"{burn!r}]); time.sleep(0.5)"], detail=detail)
+    code, _, wall_s, detail = _measure_child_of(
+        "import time; t = time.process_time(); exec('while time.process_time() - t < 0.4: pass')",
+        0.5)
     assert code == 0
     assert 0.4 <= detail["cpu_s"] < wall_s - 0.3   # the grandchild's 0.4 s counted, the sleep not
 
