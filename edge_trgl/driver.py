@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from dataclasses import dataclass
 
-from .errors import Stopped, UserError
+from .errors import UserError, recorded_error
 from .jobdirs import job_dir
 from .memory.cgroup import CommandCgroup, enclosing_limit_bytes, watchdog_report
 from .memory.measure import peak_rss_bytes, reset_peak, rss_bytes, run_measured
@@ -228,10 +228,8 @@ def _run_trainer(job: dict, host_limit_bytes: int | None,
 def _check_status(status: int, result: dict, run_dir: Path, guard: CommandBudget) -> None:
     if status == 0 and "summary" in result:
         return
-    if status == EXIT_STOPPED and "error" in result:
-        raise Stopped(result["error"])
     if "error" in result:
-        raise UserError(result["error"])
+        raise recorded_error(result)
     if status < 0:
         raise UserError(oom_message(status, run_dir, guard))
     raise RuntimeError(f"the training process failed with exit status {status}; its error is "

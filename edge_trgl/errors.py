@@ -14,3 +14,24 @@ class Stopped(UserError):
     message says how to continue. The CLI exits with 130, the shell's code for SIGINT."""
 
     exit_code = 130
+
+
+class Diverged(UserError):
+    """Training produced non-finite weights (NaN or inf). The run keeps its last good checkpoint;
+    resuming it would diverge again (a resumed run is bit-identical), so the message says what
+    to change. Exit status 3, so scripts can tell it from bad input (2)."""
+
+    exit_code = 3
+
+
+def error_record(exc: UserError) -> dict:
+    """What a child process writes to its result file so that its parent raises the same kind of
+    error (and the command exits with the same status)."""
+    return {"error": str(exc), "exit_code": getattr(exc, "exit_code", 2)}
+
+
+def recorded_error(result: dict) -> UserError:
+    """The error a child recorded with `error_record`."""
+    kind = {Stopped.exit_code: Stopped, Diverged.exit_code: Diverged}.get(result.get("exit_code"),
+                                                                          UserError)
+    return kind(result["error"])

@@ -16,8 +16,11 @@ module's validation accuracy at 56.3 % with the eval pass, 54.4 % with views fro
 53.4 % when BatchNorm used batch statistics in those epochs (test: 52.1, 51.6, 51.4 %), for about
 a fifth less wall time. It is there for a user who would rather have the time.
 
-How many: H = min(V, max(1, E // 2)) views for a module trained E epochs with V planned views, so
-no view comes from the first half of a module's training (its warm-up included).
+How many: H = min(V, E // 2) views for a module trained E epochs with V planned views, so no view
+comes from the first half of a module's training (its warm-up included), and none at all when a
+module trains fewer than MIN_EPOCHS epochs (an eval pass makes its views): with BatchNorm held at
+running statistics while the learning rate is still near its peak, ResNet-56 (K=4, batch 128,
+2 epochs a module) diverged to NaN in module 1's second epoch.
 
 Crash safety: each view is written in place into preallocated `.npy` shards (temp names),
 fsynced and renamed at the end of its epoch, then listed in the manifest as part of module k's
@@ -39,12 +42,15 @@ from .cache import (DTYPES, SHARD_BYTES, Shard, _disk_full, cache_dir, samples_p
                     shard_header, shard_paths)
 
 
+MIN_EPOCHS = 4
+
+
 def harvested_views(cfg, epochs: int, views: int) -> int:
     """How many of a module's `views` its last training epochs provide (0: none; an eval pass
     makes them all)."""
-    if views < 1 or not cfg.augment or cfg.aug_policy != "training":
+    if views < 1 or not cfg.augment or cfg.aug_policy != "training" or epochs < MIN_EPOCHS:
         return 0
-    return min(views, max(1, epochs // 2))
+    return min(views, epochs // 2)
 
 
 class HarvestWriter:

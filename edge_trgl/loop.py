@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 from typing import Protocol
 
+import numpy as np
+
 from . import harvest
+from .errors import Diverged
 from .schedule import lr_at
 from .sources import epoch_rng
 from .store import checkpoint_path, load_tensors, module_files, optim_path, prefixed, save_tensors
@@ -161,7 +164,7 @@ def train_module(ctx, task, engine) -> dict:
                       "energy_weight": adaptive.weight if adaptive else task.energy_weight,
                       "rss_bytes": ctx.rss_now(), **engine.log_fields})
         ctx.log_epoch(stats)
-        save_checkpoint(run, task, epoch + 1, engine, adaptive)
+        save_checkpoint(run, cfg, task, epoch + 1, engine, adaptive)
         last = stats
         ctx.check_interrupt()
     run.commit_module(module_files(task), lambda: engine.save_to_store(task),
@@ -169,10 +172,29 @@ def train_module(ctx, task, engine) -> dict:
     return last
 
 
-def save_checkpoint(run, task, epoch_done: int, engine, adaptive) -> None:
+def check_finite(run, cfg, weights: dict, where: str) -> None:
+    """Stop before a checkpoint would save NaN or inf weights. Without this check a diverged
+    module went on to feed NaN to every later module, and the run finished "successfully" at
+    chance accuracy (ResNet-56, K=4, 2 epochs, --aug-policy training: module 1 diverged in its
+    second epoch and modules 1-3 reported 10 %)."""
+    bad = [name for name, value in weights.items()
+           if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all()]
+    if bad:
+        raise Diverged(
+            f"Training diverged: {where} ended with NaN/inf weights ({len(bad)} tensors, e.g. "
+            f"{bad[0]}), so it was not saved. The run {run.root} keeps what was saved before that epoch, "
+            f"but resuming it would diverge the same way. Start a new run with a smaller "
+            f"learning rate (--lr {cfg.lr / 2:g} instead of {cfg.lr:g}) or a longer warm-up "
+            f"(--warmup-epochs); the per-epoch losses are in {run.root / 'metrics.jsonl'}.")
+
+
+def save_checkpoint(run, cfg, task, epoch_done: int, engine, adaptive) -> None:
     """The epoch checkpoint: every weight of the module ('block<i>.', 'head.'), the optimizer
     state ('optim.'), the epoch, the adaptive weight and the engine's own metadata."""
     weights, optimizer = engine.checkpoint_tensors(task)
+    check_finite(run, cfg, weights,
+                 f"lap {task.lap} module {task.k}, epoch {epoch_done}" if task.lap else
+                 f"module {task.k}, epoch {epoch_done}")
     tensors = dict(weights)
     tensors.update(prefixed(optimizer, "optim."))
     meta = {"epoch_done": epoch_done, "adaptive": adaptive.state() if adaptive else None,

@@ -8,7 +8,7 @@ import torch
 
 from .backends.torch_backend import (check_budget, forward_module, load_scaler_state, make_scaler,
                                      optimizer_step, scaler_state, step_figures, to_device)
-from .loop import train_epoch
+from .loop import check_finite, train_epoch
 from .memory.measure import release_memory
 from .modules import (autocast, forward_blocks, load_module,
                       make_optimizer, module_parameters, optimizer_from_numpy, optimizer_to_numpy,
@@ -175,6 +175,7 @@ def _checkpoint(ctx, epoch_done, modules, optimizers, scalers) -> None:
         for offset, block in enumerate(blocks):
             tensors.update(prefixed(to_numpy_state(block), f"block{lo + offset}."))
         tensors.update(prefixed(to_numpy_state(head), f"head{k}."))
+    check_finite(run, ctx.cfg, tensors, f"{ctx.cfg.scheme} training, epoch {epoch_done}")
     for i, opt in enumerate(optimizers):
         tensors.update(prefixed(optimizer_to_numpy(opt), f"optim{i}."))
     rel = CKPT.format(epoch_done)

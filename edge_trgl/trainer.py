@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
     job_path, result_path = argv
     from .atomic import atomic_write_json
     from .config import TrainConfig
-    from .errors import Stopped, UserError
+    from .errors import UserError, error_record
     from .train import train_in_process
     job = json.loads(Path(job_path).read_text())
     from .jobdirs import die_with_parent
@@ -28,12 +28,10 @@ def main(argv: list[str]) -> int:
         else:
             summary = train_in_process(cfg, resume=job["run_dir"],
                                        rss_limit_bytes=job.get("rss_limit_bytes"))
-    except Stopped as exc:
-        atomic_write_json(result_path, {"error": str(exc)})
-        return 130
-    except UserError as exc:
-        atomic_write_json(result_path, {"error": str(exc)})
-        return 2
+    except UserError as exc:  # Stopped (130), Diverged (3) and the rest (2)
+        record = error_record(exc)
+        atomic_write_json(result_path, record)
+        return record["exit_code"]
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; every file written is atomic
         return 130
     atomic_write_json(result_path, {"summary": summary})

@@ -20,8 +20,11 @@ from helpers import TINY, cli
 def test_views_come_only_from_the_second_half_of_a_modules_epochs():
     assert TrainConfig().aug_policy == "views"   # the eval pass stays the default (recipe suite)
     cfg = TrainConfig(aug_policy="training")
-    assert [harvest.harvested_views(cfg, e, 2) for e in (1, 2, 3, 4, 8, 16)] == [1, 1, 1, 2, 2, 2]
-    assert harvest.harvested_views(cfg, 16, 3) == 3
+    # none below harvest.MIN_EPOCHS: the late epochs of a short module run at a high learning
+    # rate, where BatchNorm held at running statistics diverged (see harvest.py)
+    assert [harvest.harvested_views(cfg, e, 2) for e in (1, 2, 3, 4, 5, 8, 16)] == [0, 0, 0, 2, 2,
+                                                                                 2, 2]
+    assert [harvest.harvested_views(cfg, e, 3) for e in (4, 6, 16)] == [2, 3, 3]
     assert harvest.harvested_views(cfg, 8, 0) == 0          # the last module caches nothing
     assert harvest.harvested_views(TrainConfig(aug_policy="views"), 8, 2) == 0
     assert harvest.harvested_views(TrainConfig(aug_policy="training", augment=False), 8, 1) == 0
@@ -80,7 +83,7 @@ def _batches(monkeypatch) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("epochs", ["1", "4"])
+@pytest.mark.parametrize("epochs", ["2", "4"])
 def test_a_run_reads_its_views_from_training_without_a_pass_over_the_train_set(
         tmp_path, capsys, monkeypatch, epochs):
     args = [a if a != "1" or i == 0 or TINY[i - 1] != "--epochs" else epochs
@@ -97,14 +100,14 @@ def test_a_run_reads_its_views_from_training_without_a_pass_over_the_train_set(
         entry = json.loads((out / "manifest.json").read_text())["caches"]["0"]
         assert entry["complete"]
         views = sorted(n for n in entry["splits"] if n.startswith("train-v"))
-        n_views = (harvest.harvested_views(TrainConfig(aug_policy="training"), int(epochs), 2)
-                   if policy == "training" else 2)
-        assert views == [f"train-v{v}" for v in range(n_views)]
+        assert views == ["train-v0", "train-v1"]   # harvested or made by an eval pass
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         module1 = [m for m in metrics if m.get("module") == 1 and "train_acc" in m]
         assert len(module1) == int(epochs)
-    # 200 synthetic images: 180 train / 20 val at batch 32 -> 6 train batches a view
-    assert counts["views"] - counts["training"] == 2 * 6
+    # 200 synthetic images: 180 train / 20 val at batch 32 -> 6 train batches a view; 2 epochs
+    # are too few to take views from training (harvest.MIN_EPOCHS): both runs make the same passes
+    harvested = harvest.harvested_views(TrainConfig(aug_policy="training"), int(epochs), 2)
+    assert counts["views"] - counts["training"] == harvested * 6 == {"2": 0, "4": 12}[epochs]
 
 
 @pytest.mark.parametrize("policy", ["training", "views"])
@@ -117,16 +120,18 @@ def test_batchnorm_statistics_stay_fixed_while_a_module_writes_its_views(
     seen = []
     real = loop.save_checkpoint
 
-    def spy(run, task, epoch_done, engine, adaptive):
+    def spy(run, cfg, task, epoch_done, engine, adaptive):
         if task.k == 0:
             seen.append({k: v.copy() for k, v in engine.checkpoint_tensors(task)[0].items()
                          if k.startswith("block") and k.endswith("running_mean")})
-        real(run, task, epoch_done, engine, adaptive)
+        real(run, cfg, task, epoch_done, engine, adaptive)
     monkeypatch.setattr(loop, "save_checkpoint", spy)
-    args = [a if not (i and TINY[i - 1] == "--epochs") else "2" for i, a in enumerate(TINY)]
-    rc, _, err = cli(capsys, "train", *args, "--aug-policy", policy, "--out", str(tmp_path / "r"))
+    args = [a if not (i and TINY[i - 1] == "--epochs") else "4" for i, a in enumerate(TINY)]
+    rc, _, err = cli(capsys, "train", *args, "--aug-policy", policy, "--aug-views", "1",
+                     "--out", str(tmp_path / "r"))
     assert rc == 0, err
-    first, second = seen            # module 0 after epochs 1 and 2 (the one view is epoch 2's)
+    # module 0 after epochs 3 and 4 (its one view is epoch 4's)
+    first, second = seen[2], seen[3]
     assert first.keys() == second.keys() and first
     same = all(np.array_equal(first[k], second[k]) for k in first)
     assert same == (policy == "training")

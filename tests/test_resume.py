@@ -37,6 +37,8 @@ SEQ = (*ARGS, "--epochs", "2")
 MULTILAP = (*ARGS, "--scheme", "multilap", "--laps", "2", "--epochs", "2", "--lr-schedule",
             "cosine", "--warmup-epochs", "1")
 E2E = (*ARGS, "--scheme", "e2e", "--epochs", "3", "--lr-schedule", "step")
+# views from training need 4 epochs a module (harvest.MIN_EPOCHS); one view: epoch 4's
+HARVEST = ("--aug-policy", "training", "--epochs", "4", "--aug-views", "1")
 
 
 @pytest.fixture(scope="module")
@@ -174,16 +176,16 @@ def test_sequential_killed_at_many_points_resumes_to_identical_result(seq_refere
 
 def test_views_from_training_survive_kills_mid_epoch_and_mid_cache(seq_args, tmp_path):
     """--aug-policy training: module 0 writes module 1's one train view during its
-    second (last) epoch. Killed in that epoch, the view is redone from the epoch-1 checkpoint;
+    fourth (last) epoch. Killed in that epoch, the view is redone from the epoch-3 checkpoint;
     killed while val/test are cached, the finished view is reused; the result is the
     uninterrupted run's, bit for bit."""
-    seq_args = [*seq_args, "--aug-policy", "training"]
+    seq_args = [*seq_args, *HARVEST]
     reference = tmp_path / "reference"
     train_here(*seq_args, "--out", str(reference))
     run = tmp_path / "run"
-    # module 0: epoch 1 is batches 1-7 (6 train + 1 val), epoch 2's train batches 8-13
-    killed(*seq_args, "--out", str(run), kill="batch:11")
-    assert manifest(run)["progress"]["epoch_done"] == 1
+    # module 0: epoch e is batches 7e-6..7e (6 train + 1 val), epoch 4's train batches 22-27
+    killed(*seq_args, "--out", str(run), kill="batch:25")
+    assert manifest(run)["progress"]["epoch_done"] == 3
     assert list((run / "cache" / "module_00").glob(".train-v0-*.tmp")), "expected the torn view"
     assert_listed_files_intact(run)
     # resumed: epoch 2 again, then the cache pass writes val (cache event 1) and test (2-5)
@@ -197,10 +199,10 @@ def test_views_from_training_survive_kills_mid_epoch_and_mid_cache(seq_args, tmp
 
 
 def test_a_lost_view_from_training_is_remade_by_an_eval_pass(seq_args, tmp_path):
-    seq_args = [*seq_args, "--aug-policy", "training"]
+    seq_args = [*seq_args, *HARVEST]
     run = tmp_path / "run"
-    # killed in module 1's first epoch (module 0: 14 batches of training, 5 of its cache pass)
-    killed(*seq_args, "--out", str(run), "--keep-cache", kill="batch:22")
+    # killed in module 1's first epoch (module 0: 28 batches of training, 5 of its cache pass)
+    killed(*seq_args, "--out", str(run), "--keep-cache", kill="batch:36")
     assert manifest(run)["progress"] == {"lap": 0, "module": 0, "phase": "done"}
     shard = sorted((run / "cache" / "module_00").glob("train-v0-*.npy"))[0]
     raw = bytearray(shard.read_bytes())

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, recorded_error
 from ..jobdirs import job_dir
 from ..memory.measure import run_measured
 from .ort_common import (EXIT_INTERRUPTED, EXIT_OVER_BUDGET, artifact_dir, install_hint,
@@ -134,8 +134,8 @@ class OrtBackend:
                 f"with the run's plan.json. Start a new run with a smaller --batch-size or a larger "
                 f"--mem-budget, or continue this one as planned with "
                 f"`edge-trgl train --resume {run.root}`.")
-        if status == 2 and "error" in result:
-            raise UserError(result["error"])
+        if "error" in result:
+            raise recorded_error(result)
         if status != 0:
             how = (f"was killed by signal {-status} (out of memory, or killed from outside)"
                    if status < 0 else f"failed with exit status {status} (its error is printed above)")

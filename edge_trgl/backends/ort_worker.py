@@ -45,7 +45,7 @@ from ..atomic import atomic_write_json, sha256_file
 from ..cache import write_module_cache
 from ..config import TrainConfig
 from ..rundata import open_run_data
-from ..errors import UserError
+from ..errors import UserError, error_record
 from ..jobdirs import die_with_parent
 from ..loop import no_read_ahead, train_module
 from ..memory.measure import RssWatchdog, peak_rss_bytes, release_memory, reset_peak, rss_bytes
@@ -236,8 +236,10 @@ class OrtModule:
             var_onnx = outs[self.outputs[bn["var_out"]]].numpy().astype(np.float64)
             old_var = self.weights[bn["var"]].astype(np.float64)
             n = batch * bn["values_per_channel_per_sample"]
-            # ONNX's running var uses the biased batch variance, torch's the unbiased one
-            biased = (var_onnx - m * old_var) / (1.0 - m)
+            # ONNX's running var uses the biased batch variance, torch's the unbiased one. A
+            # diverged module has inf here; loop.check_finite reports it, numpy need not.
+            with np.errstate(invalid="ignore", over="ignore"):
+                biased = (var_onnx - m * old_var) / (1.0 - m)
             unbiased = biased * (n / (n - 1)) if n > 1 else biased
             self.weights[bn["mean"]] = np.ascontiguousarray(mean, dtype=np.float32)
             self.weights[bn["var"]] = (m * old_var + (1.0 - m) * unbiased).astype(np.float32)
@@ -479,7 +481,8 @@ def main(argv: list[str]) -> int:
     except OverBudget as exc:
         code, result = EXIT_OVER_BUDGET, {"over_budget_bytes": int(exc.args[0])}
     except UserError as exc:
-        code, result = 2, {"error": str(exc)}
+        result = error_record(exc)
+        code = result["exit_code"]
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["torch_imported"] = sys.modules.get("torch") is not None
     atomic_write_json(job["result_path"], result)
