@@ -24,7 +24,7 @@ from ..errors import UserError
 
 DEFAULT_SUITES = ("accuracy", "memory", "throughput")
 QUICK_SUITE = "quick"
-SECTIONS = ("accuracy", "memory", "throughput", "time_to_accuracy")
+SECTIONS = ("accuracy", "memory", "throughput", "time_to_accuracy", "small_data")
 DEFAULT_TIMEOUT_S = 3600.0
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -496,6 +496,9 @@ class _Report:
             if "time_to_accuracy" in sections:
                 from .tta import tta_section
                 tta_section(self, name, suite["results"])
+            if "small_data" in sections:
+                from .small_data import small_data_section
+                small_data_section(self, name, suite["results"])
             self.all_runs(name, suite)
         if self.plot_note:
             self.add(f"_{self.plot_note}_", "")

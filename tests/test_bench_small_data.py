@@ -1,0 +1,79 @@
+"""The small-data report section (bench/small_data.py): TRGL's tau is chosen on validation, never
+on test; the goals of issue 14 are judged from the medians; stagnation is judged within the
+seeds' spread."""
+
+import math
+
+from edge_trgl.bench import small_data as sd
+
+
+def _run(method: str, seed: int, val: float, test: float, per_module=None, tau=None,
+         scheme="sequential", ckpt=None, fraction=0.02, epochs=40, row=None) -> dict:
+    options = {"model": "resnet20", "data": "cifar10", "train_fraction": fraction,
+               "epochs": epochs, "scheme": scheme, "modules": 4, "seed": seed}
+    if tau is not None:
+        options["tau"] = tau
+    if ckpt is not None:
+        options["checkpoint_segments"] = ckpt
+    per_module = per_module or [test]
+    return {"status": "ok", "row_id": row or f"sd2-resnet20-{method}-s{seed}", "options": options,
+            "measurements": {"best_val_acc": val, "best_test_acc": test,
+                             "final_test_acc": per_module[-1], "test_acc_by_module": per_module,
+                             "best_module": 0, "cpu_s": 100.0, "peak_rss_bytes": 4e8}}
+
+
+class FakeReport:
+    plt = None
+
+    def __init__(self):
+        self.lines = []
+
+    def add(self, *lines):
+        self.lines.extend(lines)
+
+
+def test_tau_is_chosen_on_validation_not_on_test():
+    runs = [_run("trgl-t1", s, val=0.50, test=0.30, tau=1.0) for s in range(3)]
+    runs += [_run("trgl-t10", s, val=0.45, test=0.60, tau=10.0) for s in range(3)]
+    chosen = sd.choose_tau(sd._methods(runs))
+    assert chosen.tau == 1.0            # best validation, although tau 10 tests better
+
+
+def test_families_and_greedy_is_tau_inf():
+    assert sd.family(_run("greedy", 0, 0.4, 0.4, tau=math.inf)) == "greedy"
+    assert sd.family(_run("e2e", 0, 0.4, 0.4, scheme="e2e")) == "e2e"
+    assert sd.family(_run("e2e-ckpt", 0, 0.4, 0.4, scheme="e2e", ckpt=0)) == "e2e-ckpt"
+    assert sd.family(_run("trgl", 0, 0.4, 0.4, tau=0.1)) == "trgl"
+
+
+def test_stagnation_is_judged_within_the_seeds_spread():
+    flat = [{"median": m, "min": m - 0.01, "max": m + 0.01, "n": 3} for m in (0.40, 0.395, 0.41)]
+    assert sd.non_decreasing(flat) is True        # a 0.5-point dip inside a 2-point spread
+    falling = [{"median": m, "min": m - 0.005, "max": m + 0.005, "n": 3} for m in (0.45, 0.40)]
+    assert sd.non_decreasing(falling) is False
+    assert sd.non_decreasing(flat[:1]) is None
+
+
+def test_the_goals_are_reported_met_or_not_from_the_medians():
+    runs = []
+    for s in range(5):
+        runs.append(_run("trgl-t1", s, 0.50, 0.50 + 0.001 * s, [0.45, 0.48, 0.50, 0.50], tau=1.0))
+        runs.append(_run("greedy", s, 0.46, 0.46, [0.45, 0.47, 0.46, 0.46], tau=math.inf))
+        runs.append(_run("e2e", s, 0.52, 0.515, scheme="e2e"))
+    report = FakeReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    # TRGL 50.2 vs greedy 46.0 (+4.2: met) and vs end-to-end 51.5 (-1.3: not met)
+    assert "greedy 46.0 % (+4.2 points): **met**" in text, text
+    assert "end-to-end 51.5 % (-1.3 points): **not met**" in text, text
+    assert "provisional" not in text
+    assert "51.34" in text                         # the paper's smallest-set TRGL figure beside
+
+
+def test_the_convergence_rows_pair_each_long_run_with_its_short_twin():
+    runs = [_run("e2e", 0, 0.40, 0.41, scheme="e2e"),
+            _run("e2e", 0, 0.41, 0.42, scheme="e2e", epochs=120, row="calib-resnet20-e2e-e120-s0")]
+    report = FakeReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    assert "| end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) | 41.0 -> 42.0 |" in text, text
