@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from .blocks import Block, kinetic_energy, zero_energy
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "TransformerBlock", "build_vit", "vit_dim"]
+__all__ = ["PatchEmbed", "Attention", "Mlp", "TransformerBlock", "build_vit", "patch_size",
+           "vit_dim"]
 
 
 class PatchEmbed(Block):
@@ -126,16 +127,27 @@ def vit_dim(width: float, heads: int, base: int = 64) -> int:
     return max(heads, heads * int(round(base * width / heads)))
 
 
+def patch_size(in_shape: tuple[int, int, int]) -> int:
+    """4 pixels up to 39-pixel images (CIFAR-10: 8 x 8 = 64 tokens; MNIST: 7 x 7), then about an
+    eighth of the longer side (64 px: 8, 96 px: 12, 128 px: 16), so a larger image keeps about 64
+    tokens. With a fixed 4-pixel patch a 128-pixel image made 1,024 tokens and attention
+    matrices of 1,024 x 1,024 per head and sample: 16x the compute of 32 px per block, and at
+    batch 64 about 1 GB for one block's attention probabilities alone."""
+    return max(4, round(max(in_shape[1], in_shape[2]) / 8))
+
+
 def build_vit(
     in_shape: tuple[int, int, int],
     width: float = 1.0,
     depth: int = 6,
-    patch: int = 4,
+    patch: int | None = None,
     heads: int = 4,
     mlp_ratio: float = 2.0,
 ) -> list[Block]:
-    """Patch embedding followed by ``depth`` transformer blocks (``1 + depth`` blocks)."""
+    """Patch embedding followed by ``depth`` transformer blocks (``1 + depth`` blocks); the patch
+    size grows with the image (:func:`patch_size`) unless given."""
     dim = vit_dim(width, heads)
+    patch = patch_size(in_shape) if patch is None else int(patch)
     stem = PatchEmbed(in_shape, dim, patch)
     tokens = stem.out_shape[0]
     blocks: list[Block] = [stem]

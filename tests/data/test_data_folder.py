@@ -359,9 +359,10 @@ def test_an_export_of_a_run_with_an_explicit_image_size_evaluates(capsys, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("size", [64, 128])
 @pytest.mark.parametrize("model", ["vgg8", "vit2"])
-def test_other_model_families_take_64_px_folders(tmp_path, model):
+def test_other_model_families_take_larger_images(tmp_path, model, size):
     from edge_trgl import train
-    data = write_classes(tmp_path / "imgs", 5, sizes=((64, 80), (70, 64)))
-    summary = train(tiny_folder_config(data, tmp_path / "run", image_size=64, model=model))
+    data = write_classes(tmp_path / "imgs", 5, sizes=((size, size + 16), (size + 6, size)))
+    summary = train(tiny_folder_config(data, tmp_path / "run", image_size=size, model=model))
     assert summary["best_module"] is not None and summary["best_test_acc"] is not None

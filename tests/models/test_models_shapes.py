@@ -133,3 +133,15 @@ def test_signatures_and_describe():
         "n_params": sum(p.numel() for p in blocks[4].parameters()),
     }
     assert rows[0]["residual"] is False
+
+
+@pytest.mark.parametrize("size,patch,tokens", [(28, 4, 49), (32, 4, 64), (64, 8, 64),
+                                               (96, 12, 64), (128, 16, 64), (100, 12, 81)])
+def test_vit_patch_grows_with_the_image_so_tokens_stay_few(size, patch, tokens):
+    from edge_trgl.models.vit import patch_size
+    assert patch_size((3, size, size)) == patch
+    blocks = build_blocks("vit1", (3, size, size), 10, seed=0)
+    assert blocks[0].patch == patch
+    assert blocks[0].out_shape[0] == tokens
+    out = blocks[1](blocks[0](torch.zeros(2, 3, size, size))[0])[0]
+    assert tuple(out.shape[1:]) == (tokens, blocks[0].out_shape[1])
