@@ -77,3 +77,26 @@ def test_the_convergence_rows_pair_each_long_run_with_its_short_twin():
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
     assert "| end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) | 41.0 -> 42.0 |" in text, text
+
+
+def test_end_to_end_keeps_its_own_learning_rate_chosen_on_validation():
+    runs = [_run("e2e", s, 0.40, 0.50, scheme="e2e") for s in range(3)]
+    for r in runs:
+        r["options"]["lr"] = 0.05
+    tuned = [_run("e2e-lr0.1", s, 0.45, 0.30, scheme="e2e") for s in range(3)]
+    for r in tuned:
+        r["options"]["lr"] = 0.1
+    methods = sd._methods(runs + tuned)
+    assert sorted(m.name for m in methods) == ["end-to-end (lr 0.05)", "end-to-end (lr 0.1)"]
+    assert sd.choose_e2e(methods).lr == 0.1        # validation decides, not test
+
+
+def test_a_calibration_row_is_seed_0_of_its_longer_setting():
+    runs = [_run("trgl-t1", 0, 0.45, 0.45, tau=1.0, epochs=120, row="calib-resnet20-trgl-t1-e120-s0")]
+    runs += [_run("trgl-t1", s, 0.44, 0.44, tau=1.0, epochs=120) for s in (1, 2)]
+    runs += [_run("trgl-t1", 0, 0.40, 0.40, tau=1.0, epochs=40)]
+    report = FakeReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    assert "| TRGL (tau 1) **chosen** | 3 |" in text, text      # 120 epochs: calib + 2 seeds
+    assert "| TRGL (tau 1) | seed 0 | 40 -> 120 | 40.0 -> 45.0 (+5.0) |" in text, text

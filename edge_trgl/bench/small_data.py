@@ -50,15 +50,16 @@ def _pp(a, b) -> str:
 class Method:
     """All seeds of one method (one tau for TRGL) in one setting."""
 
-    def __init__(self, fam: str, tau, runs: list[dict]):
-        self.family, self.tau, self.runs = fam, tau, runs
+    def __init__(self, fam: str, tau, runs: list[dict], lr: float | None = None):
+        self.family, self.tau, self.runs, self.lr = fam, tau, runs, lr
 
     @property
     def name(self) -> str:
         if self.family == "trgl":
             return f"TRGL (tau {self.tau:g})"
-        return {"greedy": "greedy (tau inf)", "e2e": "end-to-end",
-                "e2e-ckpt": "end-to-end, checkpointed"}[self.family]
+        return ({"greedy": "greedy (tau inf)", "e2e": "end-to-end",
+                 "e2e-ckpt": "end-to-end, checkpointed"}[self.family]
+                + (f" (lr {self.lr:g})" if self.lr is not None else ""))
 
     def stat(self, key: str):
         return summary_stats(r["measurements"].get(key) for r in self.runs)
@@ -70,23 +71,38 @@ class Method:
 
 
 def _methods(runs: list[dict]) -> list[Method]:
+    """Seeds grouped by method; TRGL by tau, end-to-end by learning rate where several were
+    tried (its own recipe, tuned on validation)."""
     by: dict[tuple, list[dict]] = {}
     for r in runs:
         fam = family(r)
         tau = run_config(r).get("tau") if fam == "trgl" else None
-        by.setdefault((fam, tau), []).append(r)
+        lr = run_config(r).get("lr") if fam.startswith("e2e") else None
+        by.setdefault((fam, tau, lr), []).append(r)
+    several_lrs = {f for f, _, lr in by if len({l for g, _, l in by if g == f}) > 1}
     order = ("trgl", "greedy", "e2e", "e2e-ckpt")
-    return [Method(f, t, rs) for (f, t), rs in sorted(by.items(), key=lambda kv: (
-        order.index(kv[0][0]), kv[0][1] or 0))]
+    return [Method(f, t, rs, lr if f in several_lrs else None)
+            for (f, t, lr), rs in sorted(by.items(), key=lambda kv: (
+                order.index(kv[0][0]), kv[0][1] or 0, kv[0][2] or 0))]
+
+
+def _best_on_validation(candidates: list[Method], tie) -> Method | None:
+    scored = [m for m in candidates if m.stat("best_val_acc")]
+    if not scored:
+        return None
+    return max(scored, key=lambda m: (m.stat("best_val_acc")["median"], len(m.runs), tie(m)))
 
 
 def choose_tau(methods: list[Method]) -> Method | None:
     """TRGL's tau by the median validation accuracy of each seed's chosen module; ties go to the
     tau with more seeds, then to the larger tau (the weaker regulariser)."""
-    trgl = [m for m in methods if m.family == "trgl" and m.stat("best_val_acc")]
-    if not trgl:
-        return None
-    return max(trgl, key=lambda m: (m.stat("best_val_acc")["median"], len(m.runs), m.tau))
+    return _best_on_validation([m for m in methods if m.family == "trgl"], lambda m: m.tau)
+
+
+def choose_e2e(methods: list[Method]) -> Method | None:
+    """End-to-end's learning rate, chosen the same way (ties: more seeds, then the default)."""
+    return _best_on_validation([m for m in methods if m.family == "e2e"],
+                               lambda m: -abs((m.lr or 0.05) - 0.05))
 
 
 def non_decreasing(stats: list) -> bool | None:
@@ -104,8 +120,9 @@ def non_decreasing(stats: list) -> bool | None:
 
 def small_data_section(report, name: str, results: list[dict]) -> None:
     ok = [r for r in results if r.get("status") == "ok"]
+    # the calibration rows are also seed 0 of the longer setting they ran at
     calib = [r for r in ok if r["row_id"].startswith("calib-")]
-    main = [r for r in ok if not r["row_id"].startswith("calib-")]
+    main = ok
     report.add(f"### Small data ({name})", "",
                "Test accuracy of the module chosen on validation (median over seeds, min–max in "
                "brackets). TRGL's tau is chosen on validation: the tau whose seeds' chosen modules "
@@ -118,7 +135,7 @@ def small_data_section(report, name: str, results: list[dict]) -> None:
         model, data, fraction, epochs = key
         runs = settings[key]
         methods = _methods(runs)
-        chosen = choose_tau(methods)
+        chosen, e2e_chosen = choose_tau(methods), choose_e2e(methods)
         layouts = sorted({setting(r)[5] for r in runs if family(r) in ("trgl", "greedy")})
         where = (f"{model}, {data} {100 * (fraction or 1):g} % of the train set, {epochs} epochs "
                  f"(per module for module-wise runs), module-wise: {', '.join(layouts) or '-'}")
@@ -126,7 +143,8 @@ def small_data_section(report, name: str, results: list[dict]) -> None:
         for m in methods:
             val, test, last = m.stat("best_val_acc"), m.stat("best_test_acc"), m.stat("final_test_acc")
             best_mod = m.stat("best_module")
-            rows.append([m.name + (" **chosen**" if m is chosen else ""), str(len(m.runs)),
+            rows.append([m.name + (" **chosen**" if m in (chosen, e2e_chosen) else ""),
+                         str(len(m.runs)),
                          _fmt(val), _fmt(test),
                          "-" if m.family.startswith("e2e") else _fmt(last),
                          "-" if m.family.startswith("e2e") or not best_mod else f"{best_mod['median']:g}",
@@ -135,7 +153,7 @@ def small_data_section(report, name: str, results: list[dict]) -> None:
             ["method", "seeds", "val % (chosen module)", "test % (chosen module)",
              "test % (last module)", "chosen module (median)", "CPU s", "peak RSS MB"], rows), "")
         _per_module(report, methods)
-        _verdict(report, fraction, methods, chosen)
+        _verdict(report, fraction, methods, chosen, e2e_chosen)
         if report.plt is not None:
             _plot(report, name, where, key, methods)
     if calib:
@@ -171,9 +189,9 @@ def _per_module(report, methods: list[Method]) -> None:
                     "non-decreasing within the spread"], rows), "")
 
 
-def _verdict(report, fraction, methods: list[Method], chosen: Method | None) -> None:
-    get = {m.family: m for m in methods if m.family != "trgl"}
-    greedy, e2e = get.get("greedy"), get.get("e2e")
+def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
+             e2e: Method | None) -> None:
+    greedy = next((m for m in methods if m.family == "greedy"), None)
     if chosen is None:
         return
     t = chosen.stat("best_test_acc")["median"]
@@ -181,6 +199,11 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None) -> 
              "modules: " + ", ".join(f"{m.tau:g}: {fmt_pct(m.stat('best_val_acc')['median'])} %"
                                      for m in methods if m.family == "trgl" and m.stat("best_val_acc"))
              + ")."]
+    if e2e is not None and e2e.lr is not None:
+        lines.append(f"End-to-end's learning rate, chosen the same way: {e2e.lr:g} ("
+                     + ", ".join(f"{m.lr:g}: {fmt_pct(m.stat('best_val_acc')['median'])} %"
+                                 for m in methods if m.family == "e2e" and m.stat("best_val_acc"))
+                     + ").")
     seeds = min([len(chosen.runs)] + [len(m.runs) for m in (greedy, e2e) if m])
     if fraction is not None and fraction <= 0.025:
         if greedy:
@@ -209,7 +232,8 @@ def _convergence(report, calib: list[dict], main: list[dict]) -> None:
     rows = []
     for r in sorted(calib, key=lambda r: r["row_id"]):
         cfg = run_config(r)
-        twin = [m for m in main if family(m) == family(r) and run_config(m).get("seed") == cfg.get("seed")
+        twin = [m for m in main if m is not r and run_config(m).get("epochs") < cfg.get("epochs")
+                and family(m) == family(r) and run_config(m).get("seed") == cfg.get("seed")
                 and run_config(m).get("tau") == cfg.get("tau") and setting(m)[:3] == setting(r)[:3]
                 and setting(m)[4:] == setting(r)[4:]]
         if not twin:
