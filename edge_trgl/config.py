@@ -30,6 +30,18 @@ RESIZABLE_DATA = ("folder",)
 IMAGE_SIZE_RANGE = (8, 512)  # pixels; every image is held in memory at this size
 
 
+class Unchosen(str):
+    """A default nobody chose: equal to (and saved as) its text, but a --profile may replace it.
+    TrainConfig's backend and device default to one; a value the user gives (the CLI's --backend,
+    `TrainConfig(backend=...)`, a config read back from JSON) is a plain str and is kept."""
+    __slots__ = ()
+
+
+def chosen(value) -> bool:
+    """Whether a backend / device value was given by the user (not TrainConfig's default)."""
+    return not isinstance(value, Unchosen)
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -76,8 +88,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     # where and how
-    backend: str = "torch"
-    device: str = "cpu"
+    backend: str = Unchosen("torch")  # a --profile's backend / device replaces these defaults,
+    device: str = Unchosen("cpu")     # not a value the user gave (profile_target.py)
     amp: str | None = None           # None, "fp16", "bf16" (CUDA)
     mem_budget: str | None = None
     disk_budget: str | None = None

@@ -5,8 +5,13 @@ command that uses it. `--profile NAME` sets the budget (RAM minus the OS reserve
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6's Ubuntu 22.04): the same parser, as the tomli package
+    import tomli as tomllib
 
 from .budget import parse_size
 from .errors import UserError
@@ -50,11 +55,21 @@ def load_profile(name_or_path: str) -> dict:
 
 
 def apply_profile(cfg) -> None:
-    """Fill in the profile's defaults where the user did not choose (budget, backend, threads)."""
+    """Fill in the profile's defaults where the user did not choose: threads, and the backend and
+    device that profile_target.apply_profile_target decided (it calls this; the decision asks
+    the targets, which this module must not import). The budget itself is the target's to
+    derive (MemoryModel.profile_budget). Calling it again changes nothing."""
     if cfg.profile is None:
         return
     prof = load_profile(cfg.profile)
     if cfg.threads is None:
         cfg.threads = min(int(prof["threads"]), os.cpu_count() or 1)
-    cfg.extra.setdefault("profile_backend", prof["backend"])
-    cfg.extra.setdefault("profile_device", prof["device_type"])
+    chosen_target = cfg.extra.get("profile_target")
+    if isinstance(chosen_target, dict):
+        cfg.backend, cfg.device = str(chosen_target["backend"]), str(chosen_target["device"])
+
+
+def target_note(cfg) -> list[str]:
+    """The plan's note on the backend / device a profile chose (empty without a profile)."""
+    rec = cfg.extra.get("profile_target") if isinstance(cfg.extra, dict) else None
+    return [str(rec["note"])] if isinstance(rec, dict) and rec.get("note") else []

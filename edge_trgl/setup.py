@@ -17,18 +17,10 @@ from .killpoints import kill_point
 from .memory.measure import release_memory, rss_bytes
 
 
-def _progress(done: int, total: int) -> None:
-    if total and sys.stderr.isatty():
-        print(f"\rplanning: probing {total} distinct block(s) in fresh processes: {done}/{total}",
-              end="\n" if done == total else "", file=sys.stderr, flush=True)
-    elif done == 0 and total:
-        print(f"planning: probing {total} distinct block(s) in fresh processes (cached for the "
-              f"next run)", file=sys.stderr, flush=True)
-
-
-def plan_lean(cfg, dataset, model, progress=_progress) -> dict:
+def plan_lean(cfg, dataset, model, progress=None) -> dict:
     """The plan for a budgeted run on the target whose memory model is `model`, made in this
-    torch-free process (probes in children)."""
+    torch-free process (probes in children). `progress`: what is told how the probes advance
+    (default: memory/progress.py's lines on stderr; none with cfg.progress False, --quiet)."""
     from .budget import format_size
     from .memory.budgeted import plan_budgeted, resolve_budget
     from .memory.describe import describe
@@ -36,10 +28,15 @@ def plan_lean(cfg, dataset, model, progress=_progress) -> dict:
     threads = cfg.thread_count()
     if not cfg.progress:
         progress = None
+    elif progress is None:
+        from .memory.progress import PlanningProgress
+        progress = PlanningProgress()
+    ok = False
     try:
         description = describe(cfg, dataset.in_shape, dataset.num_classes, threads)
         plan = plan_budgeted(cfg, dataset, description["blocks"], model,
                              description=description, progress=progress)
+        ok = True
     except ProbeOverBudget as exc:
         # a child that is not itself a probe of the model (the description, a baseline, an
         # ONNX Runtime trainer's baseline) could not start within the budget
@@ -52,6 +49,9 @@ def plan_lean(cfg, dataset, model, progress=_progress) -> dict:
             f"leaves it{seen}. Give a larger --mem-budget"
             + (", or use --backend ort, whose torch-free trainer starts at about 70 MB"
                if cfg.backend != "ort" else "") + ". Nothing was written.") from None
+    finally:
+        if hasattr(progress, "finish"):
+            progress.finish(ok)
     return plan.to_json()
 
 
@@ -96,7 +96,12 @@ def check_new(cfg, target, *, new_run: bool = True) -> int | None:
     from .profiles import apply_profile
     from .run import Run
     cfg.validate()
-    apply_profile(cfg)
+    apply_profile(cfg)  # threads; the backend / device profile_target.apply_profile_target chose
+    named = "ort" if cfg.backend == "ort" else cfg.device  # (targets.target_name's rule)
+    if getattr(target, "name", named) != named:  # a caller that chose the target first
+        raise RuntimeError(f"internal error: the {target.name} target was chosen before profile "
+                           f"{cfg.profile} chose {named}; call "
+                           f"profile_target.apply_profile_target first")
     target.validate(cfg)
     target.check_available(cfg, setup=new_run)
     if new_run and cfg.out is not None:  # a bad --out is refused before the data is loaded
@@ -117,7 +122,7 @@ def plan_new(cfg, target, budget: int | None, *, show: bool = True,
         dataset = load_for_planning(cfg, target.host_limit(budget))
     model = target.memory_model()
     plan = plan_lean(cfg, dataset, model) if budget else plan_unbudgeted(cfg, dataset, model)
-    if show and cfg.progress and plan.get("module_estimates"):
+    if show and cfg.progress:  # before the data is converted and the first epoch (--quiet: not)
         from .memory.planner import format_plan
         print(format_plan(plan), file=sys.stderr, flush=True)
     fingerprint = dataset.fingerprint()

@@ -14,6 +14,23 @@ from .envinfo import dist_version
 from .memory.measure import rss_bytes
 
 
+def block_range(lo: int, hi: int) -> str:
+    """A module's blocks as every table and message shows them to people: first-last, both
+    included ("0-2" is blocks 0, 1 and 2; "3-3" the one block 3). The JSON files keep half-open
+    [first, end) lists, the form Python's slices use: summary.json's `blocks` [0, 3] and
+    plan.json's `splits` are the same module. One function, so that the plan printout, `edge-trgl
+    plan`, the end-of-run table and the planner's messages agree (`edge-trgl export`'s report
+    prints the same inclusive form)."""
+    return f"{lo}-{hi - 1}"
+
+
+def blocks_cell(lo: int, hi: int, width: int = 9) -> str:
+    """block_range centred on its dash in a table column `width` wide."""
+    first, last = block_range(lo, hi).split("-", 1)
+    left = (width - 1) // 2
+    return f"{first:>{left}}-{last:<{width - 1 - left}}"
+
+
 def best_module(modules: dict) -> int | None:
     """The module whose head scores best on the validation split (the test split only where a
     run has no validation split); ties go to the earlier module."""
@@ -103,7 +120,7 @@ def format_summary(summary: dict, target_lines: list[str] = ()) -> str:
     for row in summary["modules"]:
         mark = " <- best" if row["module"] == summary["best_module"] else ""
         fmt = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-        line = (f"{row['module']:>6}  {row['blocks'][0]:>4}-{row['blocks'][1] - 1:<4}  "
+        line = (f"{row['module']:>6}  {blocks_cell(*row['blocks'])}  "
                 f"{fmt(row['val_acc']):>8}  {fmt(row['test_acc']):>8}")
         line += f"  {size(row.get('measured_peak_bytes')):>9}" if peaks else ""
         line += f"  {size(row.get('estimated_peak_bytes')):>9}" if estimates else ""

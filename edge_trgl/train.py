@@ -38,6 +38,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None,
             return train_in_process(cfg, resume=resume)
         target = get_target(name)
     else:
+        from .profile_target import apply_profile_target
+        apply_profile_target(cfg)  # a --profile's backend / device choose the target
         target = get_target(cfg)
     if target.always_driven or is_budgeted(cfg, resume) or prepare_only:
         return run_command(cfg, target, resume=resume, prepare_only=prepare_only)
@@ -109,6 +111,10 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
             run.discard()
             raise
         initialise_and_publish(run, cfg, dataset, plan)
+        if cfg.progress:  # the plan, before the first epoch (a budgeted run's: setup.plan_new)
+            import sys
+            from .memory.planner import format_plan
+            print(format_plan(plan), file=sys.stderr, flush=True)
     splits = [tuple(s) for s in plan["splits"]]
     budget = plan.get("budget_bytes")
     if rss_limit_bytes is not None:  # the budget less the orchestrator

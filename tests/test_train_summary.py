@@ -21,3 +21,21 @@ def test_module_peaks_and_estimates_are_columns_when_the_run_has_them():
 def test_without_per_module_figures_the_table_has_no_empty_columns():
     text = format_summary(summary())
     assert "estimate" not in text.splitlines()[0] and "peak" not in text.splitlines()[0]
+
+
+def test_blocks_are_shown_first_last_inclusive_everywhere_json_keeps_half_open():
+    """summary.json / plan.json keep [first, end) lists; every table and message shows one form,
+    first-last with both included, from summary.block_range."""
+    from edge_trgl.memory.budgeted import checkpoint_note
+    from edge_trgl.memory.planner import format_plan
+    from edge_trgl.summary import block_range, blocks_cell
+    assert block_range(0, 2) == "0-1" and block_range(3, 4) == "3-3"
+    assert blocks_cell(0, 2) == "   0-1   " and blocks_cell(10, 20) == "  10-19  "
+    table = format_summary(summary())
+    plan = format_plan({"splits": [[0, 2], [2, 4]], "batch_size": 8, "views": 0,
+                        "cache_dtype": "fp16"})
+    for k, (lo, hi) in enumerate([[0, 2], [2, 4]]):       # summary()'s rows: blocks [2k, 2k + 2]
+        row = table.splitlines()[1 + k].split()
+        assert row[:2] == [str(k), block_range(lo, hi)]
+        assert f"module {k}: blocks {block_range(lo, hi)}" in plan
+    assert "(blocks 0-1, 2-3, 4-5;" in checkpoint_note(6, 3)

@@ -23,7 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--module-peaks", action="store_true",
                    help="measure each module's exact peak by resetting VmHWM at module start (the "
                    "process's ru_maxrss seen from outside then covers only the last module)")
-    p.add_argument("--quiet", dest="progress", action="store_false", help="no per-epoch lines")
+    p.add_argument("--quiet", dest="progress", action="store_false",
+                   help="no planning progress, no plan printout and no per-epoch lines (the "
+                   "summary table at the end is still printed)")
     p.set_defaults(func=run)
 
 

@@ -58,10 +58,13 @@ def dataset_array_bytes(dataset) -> int:
 
 
 def resolve_budget(cfg, model) -> tuple[int, list[str]]:
-    """The budget in bytes (--mem-budget, else what the target makes of --profile), and notes."""
+    """The budget in bytes (--mem-budget, else what the target makes of --profile), and notes
+    (where the budget came from; with a profile, which backend / device it chose and why)."""
+    from ..profiles import target_note
     if cfg.mem_budget is not None:
-        return parse_size(cfg.mem_budget), []
-    return model.profile_budget(cfg)
+        return parse_size(cfg.mem_budget), target_note(cfg)
+    budget, notes = model.profile_budget(cfg)
+    return budget, [*notes, *target_note(cfg)]
 
 
 def plan_budgeted(cfg, dataset, arch, model, description=None, progress=None) -> Plan:
@@ -174,7 +177,10 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
                                     costs)
         estimates = []
         # (here cuda_acct is None, so a parallel plan is always the per-module one)
-        for k, (lo, hi) in enumerate([(0, n)] if cfg.scheme == "e2e" else splits):
+        measured_splits = [(0, n)] if cfg.scheme == "e2e" else splits
+        for k, (lo, hi) in enumerate(measured_splits):
+            if hasattr(progress, "module"):
+                progress.module(k, len(measured_splits), lo, hi, batch)
             composed = composition(lo, hi, batch)
             try:
                 measured = model.probe_module(cfg, dataset.in_shape, dataset.num_classes, arch,
@@ -192,6 +198,8 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
             if parallel:
                 row["other_modules_static_bytes"] = resident
             estimates.append(row)
+        if hasattr(progress, "module"):
+            progress.module(None, len(measured_splits))
         return estimates
 
     # Largest batch first; at each batch the fewest modules whose composed estimate fits; then
@@ -243,12 +251,42 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
     views, cache_dtype, aug_policy = fit_disk(cfg, dataset, arch, splits, notes)
     return Plan(splits=[tuple(s) for s in splits], batch_size=batch, views=views,
                 cache_dtype=cache_dtype, aug_policy=aug_policy, budget_bytes=budget_bytes,
-                estimated_peak_bytes=int(worst), module_estimates=estimates, notes=notes)
+                estimated_peak_bytes=int(worst), module_estimates=estimates, notes=notes,
+                reason=plan_reason(cfg, batch, len(splits), fixed is not None, int(worst),
+                                   budget_bytes))
+
+
+def plan_reason(cfg, batch: int, modules: int, fixed: bool, worst: int, budget_bytes: int) -> str:
+    """Why the planner chose this many modules and this batch size (its search: the largest batch
+    size up to the requested one at which training fits at all, then at that batch size the
+    fewest modules whose every module's estimate fits SAFETY of the budget)."""
+    from .plan import grouping_source
+    s = "s" if modules != 1 else ""
+    if cfg.scheme == "e2e":
+        what = "end to end (--scheme e2e): the whole network is one module"
+    elif cfg.scheme == "parallel":
+        what = f"{modules} module{s} from {grouping_source(cfg)}, all resident (--scheme parallel)"
+    elif fixed:
+        what = f"{modules} module{s} from {grouping_source(cfg)}"
+    else:
+        what = f"{modules} module{s}: the fewest that fit at batch size {batch}"
+    if batch >= cfg.batch_size:
+        size = f"batch size {batch}: the requested --batch-size"
+    elif fixed or cfg.scheme in ("e2e", "parallel"):
+        size = (f"batch size {batch}: the largest up to the requested {cfg.batch_size} at which "
+                f"this grouping fits")
+    else:
+        size = (f"batch size {batch}: the largest up to the requested {cfg.batch_size} at which "
+                f"training fits at all (at larger ones the estimate is over the budget even with "
+                f"one block per module)")
+    return (f"{what}; {size}; the largest module estimate, {format_size(worst)}, is within "
+            f"{SAFETY:.0%} of the {format_size(budget_bytes)} budget")
 
 
 def checkpoint_note(num_blocks: int, segments: int) -> str:
     from ..segments import segment_bounds
-    ranges = ", ".join(f"{lo}-{hi - 1}" for lo, hi in segment_bounds(num_blocks, segments))
+    from ..summary import block_range
+    ranges = ", ".join(block_range(lo, hi) for lo, hi in segment_bounds(num_blocks, segments))
     return (f"end-to-end with gradient checkpointing in {segments} segments (blocks {ranges}; the "
             f"last one is not checkpointed): each segment's activations are recomputed in the "
             f"backward pass; the estimate is a probe of exactly that")

@@ -71,9 +71,11 @@ def run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads) -> dic
     spec = {"config": asdict(cfg), "in_shape": list(in_shape), "num_classes": num_classes,
             "lo": lo, "hi": hi, "batches": sorted(batches), "threads": threads, "steps": PROBE_STEPS,
             "limit_bytes": PROBE_LIMIT["bytes"]}
+    from ..summary import block_range
     where = "CUDA memory probe" if cfg.device == "cuda" else "memory probe"
     return run_json_child([sys.executable, "-m", "edge_trgl.memory.probe", json.dumps(spec)],
-                           threads, f"the {where} of blocks {lo}..{hi - 1} at batch {max(batches)}")
+                           threads, f"the {where} of blocks {block_range(lo, hi)} at batch "
+                           f"{max(batches)}")
 
 
 def probe_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads) -> dict[int, int]:

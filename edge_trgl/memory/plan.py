@@ -21,6 +21,7 @@ class Plan:
     estimated_peak_bytes: int | None = None
     module_estimates: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reason: str | None = None   # why these modules and this batch size (one sentence, printed)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -106,6 +107,17 @@ def fit_disk(cfg, dataset, arch, splits, notes: list[str]) -> tuple[int, str, st
         else:
             notes.append("later modules see no augmentation (aug policy none)")
     return views, cache_dtype, aug_policy
+
+
+def grouping_source(cfg, default_modules: int = 4) -> str:
+    """Where a fixed grouping comes from, in the words of the option that gave it."""
+    if cfg.splits is not None:
+        return f"--splits {','.join(map(str, cfg.splits))}"
+    if cfg.module_size is not None:
+        return f"--module-size {cfg.module_size}"
+    if cfg.modules is not None:
+        return f"--modules {cfg.modules}"
+    return f"the default of {default_modules} modules"
 
 
 def resolve_splits(num_blocks: int, cfg, default_modules: int = 4) -> list[tuple[int, int]]:

@@ -8,7 +8,7 @@ measurements).
 
 from __future__ import annotations
 
-from .plan import Plan, fit_disk, resolve_splits
+from .plan import Plan, fit_disk, grouping_source, resolve_splits
 
 
 def plan_run(cfg, dataset, arch, model) -> Plan:
@@ -25,27 +25,43 @@ def plan_run(cfg, dataset, arch, model) -> Plan:
         from .budgeted import checkpoint_note
         notes.append(checkpoint_note(len(arch), segments))
     views, cache_dtype, aug_policy = fit_disk(cfg, dataset, arch, splits, notes)
+    reason = (f"no memory budget: {len(splits)} module{'s' if len(splits) != 1 else ''} from "
+              f"{grouping_source(cfg)} and the requested batch size {cfg.batch_size}, as given; "
+              f"nothing was measured (--mem-budget SIZE plans the modules and batch size for a "
+              f"budget)")
     return Plan(splits=splits, batch_size=cfg.batch_size, views=views, cache_dtype=cache_dtype,
-                aug_policy=aug_policy, notes=notes)
+                aug_policy=aug_policy, notes=notes, reason=reason)
 
 
 def format_plan(plan: dict) -> str:
-    """The plan as the table `edge-trgl plan` and `train` print."""
+    """The plan as `edge-trgl plan` and `train` (before its first epoch) print it: a head line
+    (modules, batch size, estimated peak against the budget), why, the per-module table (or
+    each module's blocks), the notes. Blocks are shown first-last inclusive (summary.block_range;
+    plan.json's splits are half-open [first, end))."""
     from ..budget import format_size
+    from ..summary import block_range, blocks_cell
     lines = []
     budget = plan.get("budget_bytes")
-    head = f"batch size {plan['batch_size']}, {len(plan['splits'])} modules, cache {plan['cache_dtype']}"
+    count = len(plan["splits"])
+    head = (f"plan: {count} module{'s' if count != 1 else ''} at batch size {plan['batch_size']}, "
+            f"cache {plan['cache_dtype']}")
     head += f", {plan['views']} augmented view(s)" if plan["views"] else ""
-    if budget:
+    peak = plan.get("estimated_peak_bytes")
+    if budget and peak:
+        head += (f"; estimated peak {format_size(peak)} of the {format_size(budget)} budget "
+                 f"({format_size(budget - peak)} to spare)")
+    elif budget:
         head += f", budget {format_size(budget)}"
     lines.append(head)
+    if plan.get("reason"):
+        lines.append(f"why: {plan['reason']}")
     if plan.get("module_estimates"):
         lines.append(f"{'module':>6} {'blocks':>9} {'baseline':>9} {'(data)':>8} {'module':>9} "
                      f"{'buffers':>9} {'estimate':>10} {'headroom':>10} {'composed':>9}")
         for k, est in enumerate(plan["module_estimates"]):
             lo, hi = est["blocks"]
             lines.append(
-                f"{k:>6} {lo:>4}-{hi - 1:<4} {format_size(est['process_baseline_bytes']):>9} "
+                f"{k:>6} {blocks_cell(lo, hi)} {format_size(est['process_baseline_bytes']):>9} "
                 f"{format_size(est['dataset_bytes']):>8} {format_size(est['measured_probe_bytes']):>9} "
                 f"{format_size(est['batch_buffer_bytes']):>9} "
                 f"{format_size(est['estimated_peak_bytes']):>10} "
@@ -62,10 +78,11 @@ def format_plan(plan: dict) -> str:
                          "a fresh process, above its own baseline; buffers: the data path's stream buffers; "
                          f"estimate: baseline + module + buffers + a loop allowance ({allowance}; "
                          "measured: what a real training loop holds beyond a probe); "
-                         "composed: the per-block composition's error against the module measurement")
+                         "composed: the per-block composition's error against the module "
+                         "measurement; blocks: first-last, both included")
     else:
         for k, (lo, hi) in enumerate(plan["splits"]):
-            lines.append(f"module {k}: blocks {lo}-{hi - 1}")
+            lines.append(f"module {k}: blocks {block_range(lo, hi)}")
     for note in plan.get("notes", []):
         lines.append(f"note: {note}")
     whole = plan.get("whole_command")

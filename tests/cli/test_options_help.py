@@ -58,7 +58,8 @@ def test_defaults_are_shown_once_and_truthfully():
     train = build_parser().subcommands["train"].format_help()
     flat = " ".join(train.split())
     assert "(default: True)" not in flat and "(default: False)" not in flat
-    assert "--quiet no per-epoch lines" in flat
+    assert "--quiet no planning progress, no plan printout and no per-" in flat
+    assert "(the summary table at the end is still printed) data:" in flat  # and no default
     assert "--no-augment no crop/flip augmentation (augmentation is on without this flag)" in flat
     assert "(default 1.0) (default: 1.0)" not in flat
     assert "--train-fraction F seeded class-balanced fraction of the train set to use " \

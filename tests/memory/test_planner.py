@@ -195,3 +195,60 @@ def test_the_probes_share_of_the_budget_holds_for_one_plan_only(fake_planner, mo
     with pytest.raises(UserError):
         plan_for(fake_planner, "90MB", backend="ort")             # refused: restored all the same
     assert probe_cache.PROBE_LIMIT["bytes"] is None
+
+
+# --- what the plan says about itself: why, and its printout --------------------------------------
+
+def test_the_plan_says_why_these_modules_and_this_batch(fake_planner):
+    big = plan_for(fake_planner, "1GB")
+    assert big.reason.startswith("1 module: the fewest that fit at batch size 64; batch size 64: "
+                                 "the requested --batch-size; the largest module estimate, ")
+    assert big.reason.endswith("is within 95% of the 1 GB budget")
+    small = plan_for(fake_planner, "200MB")
+    assert small.batch_size < 64
+    assert (f"batch size {small.batch_size}: the largest up to the requested 64 at which training "
+            f"fits at all") in small.reason
+    fixed = plan_for(fake_planner, "230MB", modules=2)
+    assert fixed.reason.startswith("2 modules from --modules 2; batch size ")
+    assert "at which this grouping fits" in fixed.reason
+
+
+def test_the_planner_says_which_module_it_measures(fake_planner):
+    class Recorder:
+        def __init__(self):
+            self.modules = []
+
+        def __call__(self, done, total):
+            pass
+
+        def module(self, k, count, lo=0, hi=0, batch=0):
+            self.modules.append((k, count, lo, hi, batch) if k is not None else None)
+
+    recorder = Recorder()
+    cfg = TrainConfig(model="resnet8", mem_budget="1GB", batch_size=64, disk_budget="10GB",
+                      modules=2)
+    plan = plan_budgeted(cfg, fake_planner, architecture(cfg, fake_planner.in_shape,
+                                                         fake_planner.num_classes),
+                         fake_model(cfg), progress=recorder)
+    (a, b), (c, d) = plan.splits
+    assert recorder.modules == [(0, 2, a, b, 64), (1, 2, c, d, 64), None]
+
+
+def test_the_printed_plan_heads_with_modules_batch_peak_against_budget_and_why(fake_planner):
+    from edge_trgl.memory.planner import format_plan
+    plan = plan_for(fake_planner, "260MB").to_json()
+    text = format_plan(plan)
+    head, why = text.splitlines()[:2]
+    count = len(plan["splits"])
+    assert head.startswith(f"plan: {count} module{'s' if count > 1 else ''} at batch size "
+                           f"{plan['batch_size']}, cache fp16")
+    assert "; estimated peak " in head and "of the 260 MB budget (" in head and "to spare)" in head
+    assert why == f"why: {plan['reason']}"
+    for k, (lo, hi) in enumerate(plan["splits"]):  # blocks first-last, both included
+        row = next(line for line in text.splitlines() if line.split()[:1] == [str(k)])
+        assert row.split()[1] == f"{lo}-{hi - 1}"
+    unbudgeted = format_plan({"splits": [[0, 2], [2, 5]], "batch_size": 128, "views": 0,
+                              "cache_dtype": "fp16", "reason": "as given"})
+    assert unbudgeted.splitlines() == ["plan: 2 modules at batch size 128, cache fp16",
+                                       "why: as given", "module 0: blocks 0-1",
+                                       "module 1: blocks 2-4"]
