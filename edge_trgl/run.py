@@ -374,11 +374,11 @@ class Run:
         # tensors; none of the model families has one, but the check does not rely on it)
         if (not blocks or (blocks[0], blocks[-1]) != (wanted[0], wanted[-1])
                 or not set(blocks) <= set(wanted) or heads != wanted_heads):
-            have = f"{blocks[0]}..{blocks[-1]}" if blocks else "no blocks"
+            have = f"{blocks[0]}-{blocks[-1]}" if blocks else "no blocks"  # as block_range
             which = "the network" if resident else f"module {modules[0]}"
             raise self._damaged(
                 f"its checkpoint {rel} holds blocks {have} of {which}, but plan.json gives it "
-                f"blocks {wanted[0]}..{wanted[-1]}", "Restore plan.json from a backup, or start a "
+                f"blocks {wanted[0]}-{wanted[-1]}", "Restore plan.json from a backup, or start a "
                 "new run.")
 
     def _metrics_plan(self) -> bytes | None:

@@ -202,7 +202,8 @@ def check_manifest_shape(m) -> None:
         if rec.get("ort_worker_peak_bytes") is not None:
             as_dict(rec["ort_worker_peak_bytes"], f"{where}.ort_worker_peak_bytes")
         if "lo" in rec and "hi" in rec and rec["hi"] <= rec["lo"]:
-            raise Damage(f"{where} has blocks {rec['lo']}..{rec['hi']}, an empty range")
+            raise Damage(f"{where} has blocks lo={rec['lo']}, hi={rec['hi']} (hi excluded), an "
+                         f"empty range")
     for key, entry in as_dict(m["caches"], "the 'caches' table").items():
         where = f"caches[{key!r}]"
         module_index(key, "caches")
@@ -345,8 +346,8 @@ def check_manifest_against_plan(m: dict, plan: dict) -> None:
             raise Damage(f"modules[{key!r}] has no {' or '.join(repr(n) for n in missing)}, which "
                          f"a finished module's record holds")
         if given and (rec["lo"], rec["hi"]) != (lo, hi):
-            raise Damage(f"modules[{key!r}] has blocks {rec['lo']}..{rec['hi']}, but the plan "
-                         f"gives module {key} blocks {lo}..{hi}")
+            raise Damage(f"modules[{key!r}] has blocks lo={rec['lo']}, hi={rec['hi']} (hi "
+                         f"excluded), but the plan gives module {key} lo={lo}, hi={hi}")
 
 
 def check_config_types(data) -> None:

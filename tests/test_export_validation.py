@@ -176,8 +176,8 @@ def test_damaged_manifest(work, capsys, tmp_path, damage, phrases):
      ["plan.json of the run", "splits[1] is [3, 4], not the block range [2, end > 2] of module 1"]),
     ("plan.json", lambda p: p.update(batch_size=-1), True, ["batch_size is -1"]),
     ("plan.json", lambda p: p.update(splits=[[0, 1], [1, 4]]), True,
-     ["manifest.json of the run", "modules['0'] has blocks 0..2, but the plan gives module 0 "
-      "blocks 0..1"]),
+     ["manifest.json of the run", "modules['0'] has blocks lo=0, hi=2 (hi excluded), but the "
+      "plan gives module 0 lo=0, hi=1"]),
 ])
 def test_damaged_summary_and_plan(work, capsys, tmp_path, rel, change, relisted, phrases):
     run, _, _ = work

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..summary import block_range
 from .ort_common import ARTIFACT_FILES, ARTIFACT_FORMAT
 
 EXPORT_META = "export.json"
@@ -203,7 +204,7 @@ def finish_artifacts(out_dir: Path, lo: int, hi: int, label_smoothing: float) ->
     missing = [n for n in trainable if n not in initializers]
     if missing:
         raise UserError(
-            f"The ONNX export of blocks {lo}..{hi - 1} of {model} does not keep the parameters "
+            f"The ONNX export of blocks {block_range(lo, hi)} of {model} does not keep the parameters "
             f"{missing[:5]} under their names, so the ONNX Runtime backend cannot map them to the "
             f"block store. Use --backend torch for this model.")
     shapes = _shapes(forward)
@@ -216,7 +217,7 @@ def finish_artifacts(out_dir: Path, lo: int, hi: int, label_smoothing: float) ->
         per_channel = int(np.prod(in_shape_bn[2:])) if len(in_shape_bn) > 2 else 1
         if len(in_shape_bn) < 2 or per_channel < 1:
             raise UserError(f"Cannot read the input shape of BatchNorm {node.name} in the export of "
-                            f"blocks {lo}..{hi - 1}; use --backend torch for this model.")
+                            f"blocks {block_range(lo, hi)}; use --backend torch for this model.")
         bn.append({"mean": node.input[3], "var": node.input[4], "mean_out": node.output[1],
                    "var_out": node.output[2], "momentum": float(attrs.get("momentum", 0.9)),
                    "values_per_channel_per_sample": per_channel})
@@ -233,7 +234,7 @@ def finish_artifacts(out_dir: Path, lo: int, hi: int, label_smoothing: float) ->
     except RuntimeError as exc:  # ORT's gradient builder lacks a gradient for some op
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"ONNX Runtime 1.19 cannot build a training graph for blocks {lo}..{hi - 1} of "
+            f"ONNX Runtime 1.19 cannot build a training graph for blocks {block_range(lo, hi)} of "
             f"{model} with the {exported['head']} head ({first}). Use --backend torch for this "
             f"model.") from None
     # generate_artifacts' own eval model does not load for a module with BatchNorm (see
@@ -252,7 +253,7 @@ def finish_artifacts(out_dir: Path, lo: int, hi: int, label_smoothing: float) ->
     eval_inputs = [i.name for i in inputs]
     absent = sorted(set(eval_inputs) - feed - {"input"})
     if absent:
-        raise UserError(f"The eval export of blocks {lo}..{hi - 1} needs inputs {absent[:5]} that "
+        raise UserError(f"The eval export of blocks {block_range(lo, hi)} needs inputs {absent[:5]} that "
                         f"are not module weights; use --backend torch for this model.")
     onnx.save(eval_model, str(out_dir / "eval_model.onnx"))
 
