@@ -72,9 +72,11 @@ def plan(cfg: TrainConfig) -> dict:
     """
     from .driver import CommandBudget
     from .memory.measure import peak_rss_bytes
+    from .profile_target import apply_profile_target
     from .setup import check_new, plan_new
     from .targets import get_target
     cfg = _copy(cfg)
+    apply_profile_target(cfg)  # a profile's backend / device choose the target
     target = get_target(cfg)
     budget = check_new(cfg, target, new_run=False)
     with CommandBudget(target.host_limit(budget)) as guard:
@@ -89,9 +91,11 @@ def compare(cfg: TrainConfig) -> dict:
     ``edge_trgl.choose.format_comparison(result)`` is the text the CLI prints."""
     from .choose import compare as compare_plans
     from .driver import CommandBudget
+    from .profile_target import apply_profile_target
     from .setup import check_new
     from .targets import get_target
     cfg = _copy(cfg)
+    apply_profile_target(cfg)  # a profile's backend / device choose the target
     target = get_target(cfg)
     budget = check_new(cfg, target, new_run=False)
     if budget is None:
@@ -103,7 +107,8 @@ def compare(cfg: TrainConfig) -> dict:
 
 def export(run_dir: str | os.PathLike, module: int | None = None,
            out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None, *,
-           force: bool = False, log: Callable[[str], None] | None = None) -> dict:
+           force: bool = False, log: Callable[[str], None] | None = None,
+           detect: bool = False) -> dict:
     """Export a finished run's best module (or ``module``) for the device; return the report,
     which is also written to OUT/export.json.
 
@@ -130,7 +135,7 @@ def export(run_dir: str | os.PathLike, module: int | None = None,
     from .export import export_run
     return export_run(run_dir, module, None if out is None else os.fspath(out),
                       None if data_dir is None else os.fspath(data_dir),
-                      log=log or (lambda msg: None), force=force)
+                      log=log or (lambda msg: None), force=force, detect=detect)
 
 
 def open_model(model: str | os.PathLike, *, module: int | None = None,

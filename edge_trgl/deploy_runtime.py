@@ -31,6 +31,17 @@ except ImportError:  # this file was copied to a device on its own
     class UserError(Exception):
         """A readable error about the user's input."""
 
+# Abnormal-input scores for an export made with --detect (numpy only, like this file); copied to a
+# device, detect_runtime.py sits beside this file. Without it, models are run without scores.
+try:
+    from edge_trgl import detect_runtime as _detect
+except ImportError:
+    try:
+        import detect_runtime as _detect
+        _detect.UserError = UserError  # one error type for main() to catch
+    except ImportError:
+        _detect = None
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 # Images larger than this (decoded pixels) are refused before they are decoded: a 64-megapixel
 # photo decodes to ~200 MB of RGB, and a small file can claim a huge size (a "decompression bomb").
@@ -244,6 +255,7 @@ class OrtModel:
         names = self.meta.get("class_names") or []
         self.class_names = list(names) if len(names) == self.num_classes else \
             [str(i) for i in range(self.num_classes)]
+        self.detector = _detect.attach(self) if _detect is not None else None
 
     def _check_signature(self) -> tuple[str, tuple[int, int, int], int]:
         """The graph's one input and first output against model.json (or, without one, against
@@ -404,13 +416,34 @@ def open_image(Image, path: Path):
     return img
 
 
+def fit_image(Image, img, w: int, h: int):
+    """`img` upright (its EXIF orientation applied), scaled so that it covers w x h with its
+    aspect ratio kept, and centre-cropped to w x h: how `--data folder` prepares training images
+    (data/folder.py uses this function), so a photo is seen at prediction as in training, not
+    squeezed. Returns (image, note), the note empty when nothing changed."""
+    from PIL import ImageOps
+    img = ImageOps.exif_transpose(img) or img
+    iw, ih = img.size
+    if (iw, ih) == (w, h):
+        return img, ""
+    scale = max(w / iw, h / ih)
+    nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    if (nw, nh) != (iw, ih):
+        img = img.resize((nw, nh), getattr(Image, "Resampling", Image).BILINEAR)
+    left, top = (nw - w) // 2, (nh - h) // 2
+    if (nw, nh) != (w, h):
+        img = img.crop((left, top, left + w, top + h))
+    return img, f"resized and centre-cropped from {iw}x{ih} to {w}x{h}"
+
+
 def load_image(path: str | Path, in_shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
     """One image as float32 (C, H, W) pixel values 0..255, and a note (e.g. that it was resized).
 
     .npy: an array of pixel values 0..255, shaped (H, W), (H, W, C) or (C, H, W), read without
     pickle (and memory-mapped until its shape is checked, so a huge file is refused cheaply).
     PNG/JPEG/...: read with Pillow (optional), converted to RGB or grayscale as the model needs,
-    and resized to the model's input size if it differs; images of more than MAX_IMAGE_PIXELS
+    turned upright, resized (aspect kept) and centre-cropped to the model's input size
+    (fit_image, as training prepares folder images); images of more than MAX_IMAGE_PIXELS
     pixels are refused before they are decoded. NaN, infinite or out-of-range values are refused.
     """
     path = check_image_path(path)
@@ -440,11 +473,8 @@ def load_image(path: str | Path, in_shape: tuple[int, int, int]) -> tuple[np.nda
                         f"PNG/JPEG file, or a .npy array of pixel values 0..255.") from None
     try:
         with img:
+            img, note = fit_image(Image, img, w, h)
             img = img.convert("RGB" if c == 3 else "L")
-            note = ""
-            if img.size != (w, h):
-                note = f"resized from {img.size[0]}x{img.size[1]} to {w}x{h}"
-                img = img.resize((w, h), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except UserError:
         raise
@@ -507,15 +537,23 @@ def predict_files(model, paths: list[str], top: int = 1) -> list[dict]:
         arr, note = load_image(p, model.in_shape)
         images.append(arr)
         notes.append(note)
-    probs = softmax(check_logits(model.logits(np.stack(images)), model))
+    detector = getattr(model, "detector", None)
+    if detector is not None:  # logits and abnormal scores from one pass (export --detect)
+        logits, scores = _detect.logits_and_scores(model, np.stack(images))
+    else:
+        logits, scores = model.logits(np.stack(images)), None
+    probs = softmax(check_logits(logits, model))
     results = []
-    for path, p, note in zip(paths, probs, notes):
+    for n, (path, p, note) in enumerate(zip(paths, probs, notes)):
         order = np.argsort(-p)[:max(1, top)]
         results.append({"file": str(path), "index": int(order[0]),
                         "class": model.class_names[order[0]], "probability": float(p[order[0]]),
                         "top": [{"class": model.class_names[i], "index": int(i),
                                  "probability": float(p[i])} for i in order],
                         "note": note})
+        if scores is not None:
+            results[-1].update(abnormal_score=float(scores[n]),
+                               abnormal=bool(scores[n] >= detector.threshold))
     return results
 
 
@@ -525,7 +563,9 @@ def format_predictions(results: list[dict]) -> str:
         others = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"][1:])
         lines.append(f"{r['file']}: {r['class']} ({100 * r['probability']:.1f}%)"
                      + (f"; then {others}" if others else "")
-                     + (f"  [{r['note']}]" if r["note"] else ""))
+                     + (f"  [{r['note']}]" if r["note"] else "")
+                     + (f"  abnormal score {r['abnormal_score']:.3f}"
+                        + (" FLAGGED" if r["abnormal"] else "") if "abnormal_score" in r else ""))
     return "\n".join(lines)
 
 

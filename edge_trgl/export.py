@@ -382,7 +382,7 @@ from .export_folder import write_file, begin_export, publish_export  # noqa: E40
 
 
 def export_run(run_dir, module: int | None = None, out=None, data_dir: str | None = None,
-               log=print, force: bool = False) -> dict:
+               log=print, force: bool = False, detect: bool = False) -> dict:
     """Export the run's best (or chosen) module; return the report written to export.json.
 
     Everything is validated before any work (the run's files, --out); the export is written into a
@@ -399,7 +399,8 @@ def export_run(run_dir, module: int | None = None, out=None, data_dir: str | Non
     out = Path(os.path.abspath(fin.root / "export" if default_out else out))
     staging = begin_export(out, fin.root, force=force, default_out=default_out)
     try:
-        report = _export_into(staging, out, fin, k, selected_by, hi, data_dir, log, started)
+        report = _export_into(staging, out, fin, k, selected_by, hi, data_dir, log, started,
+                              detect)
         publish_export(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -408,16 +409,20 @@ def export_run(run_dir, module: int | None = None, out=None, data_dir: str | Non
 
 
 def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by: str, hi: int,
-                 data_dir, log, started) -> dict:
+                 data_dir, log, started, detect: bool = False) -> dict:
     import onnx
 
     from .deploy_runtime import OrtModel, accuracy
     dataset = fin.load_dataset(data_dir)
     cfg = fin.cfg
     model = fin.assemble(k, dataset.in_shape, dataset.num_classes, dataset.mean, dataset.std)
+    detection = None
+    if detect:  # the transport features as a second output, detector.json beside (issue 18)
+        from .detect.export_outputs import DetectionExport
+        detection = DetectionExport(fin, k, model, dataset.in_shape, OPSET)
     log(f"exporting module {k} (blocks 0-{hi - 1} + head {k}, chosen by {selected_by}) to {out}")
 
-    onnx_data = onnx_bytes(model, dataset.in_shape)
+    onnx_data = detection.onnx_bytes() if detection else onnx_bytes(model, dataset.in_shape)
     try:
         onnx.checker.check_model(onnx.load_from_string(onnx_data))
     except Exception as exc:
@@ -441,9 +446,11 @@ def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by
                     **({"image_size": cfg.image_size} if cfg.image_size is not None else {})},
         "files": {"onnx": "model.onnx", "safetensors": "model.safetensors", "pt": "model.pt"},
         "run_dir": str(fin.root.resolve()), "scheme": cfg.scheme, "tau": cfg.tau,
+        **({"detection": detection.description} if detection else {}),
     }
     files = {"model.onnx": onnx_data, "model.safetensors": st_data, "model.pt": pt_data,
-             "model.json": (json.dumps(description, indent=2, sort_keys=True) + "\n").encode()}
+             "model.json": (json.dumps(description, indent=2, sort_keys=True) + "\n").encode(),
+             **({"detector.json": detection.detector_bytes} if detection else {})}
     for name, data in files.items():
         write_file(staging / name, data)
 
@@ -471,6 +478,7 @@ def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by
                            f"{parity['max_abs_diff_vs_torch_fp32']:.3g} (max |logit| {scale:.3g}); "
                            f"the export is broken")
     test_acc = accuracy(ort_model, dataset.test.images, dataset.test.labels)
+    detection_parity = detection.parity(ort_model, batch) if detection else None
     run_acc = fin.modules[str(k)].get("test_acc")
     report = {
         "run_dir": str(fin.root.resolve()), "out": str(out.resolve()), "module": k,
@@ -489,6 +497,7 @@ def _export_into(staging: Path, out: Path, fin: FinishedRun, k: int, selected_by
         "onnx_bytes": len(onnx_data), "opset": OPSET,
         "versions": _versions(),
         "seconds": time.time() - started,
+        **({"detection": detection_parity} if detection else {}),
     }
     # last: export.json vouches for the other files (evaluate/predict check their checksums)
     write_file(staging / "export.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())

@@ -18,7 +18,8 @@ from .run import MANIFEST
 
 # An export folder holds these (and, from an interrupted write of an older version, their hidden
 # temp files); anything else in an --out folder belongs to someone else.
-EXPORT_FILES = ("model.onnx", "model.json", "model.safetensors", "model.pt", "export.json")
+EXPORT_FILES = ("model.onnx", "model.json", "model.safetensors", "model.pt", "export.json",
+                "detector.json")  # (export --detect: detect_runtime.py)
 _TEMP = re.compile(r"^\.(%s)\.tmp-\d+$" % "|".join(re.escape(n) for n in EXPORT_FILES))
 
 

@@ -78,6 +78,9 @@ def run(args) -> int:
     acc = accuracy_of(model, test.images, test.labels)
     result = {"model": str(target), "evaluated": kind, "data": dataset.name,
               "test_images": int(len(test.labels)), "test_acc": acc, "test_acc_run": reported}
+    if getattr(model, "detector", None) is not None:  # export --detect: false alarms on clean data
+        from ..detect_runtime import clean_summary
+        result["detection"] = clean_summary(model, test.images)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -85,6 +88,11 @@ def run(args) -> int:
         if reported is not None:
             line += f" (the run reported {100 * reported:.2f}% for this module)"
         print(f"{kind}\n{line}")
+        if "detection" in result:
+            d = result["detection"]
+            print(f"detector: flagged {d['flagged']} of {d['images']} clean test images "
+                  f"({100 * d['flagged_fraction']:.1f}%, threshold {d['threshold']:.3f}), median "
+                  f"abnormal score {d['median_score']:.3f}")
     return 0
 
 

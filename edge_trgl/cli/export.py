@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                    "folder (the new one is written beside it and swapped in once complete)")
     p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is now, if it "
                    "moved (the test accuracy is measured on it)")
+    p.add_argument("--detect", action="store_true", help="also output the transport features "
+                   "and copy the run's detector (fit it first: `edge-trgl detect fit RUN_DIR`), so "
+                   "predict/evaluate report an abnormal-input score on the device")
     p.add_argument("--json", action="store_true", help="print the report (export.json) as JSON")
     p.set_defaults(func=run)
 
@@ -30,6 +33,6 @@ def run(args) -> int:
     from ..api import export
     from ..export import format_report
     report = export(args.run_dir, args.module, args.out, args.data_dir, force=args.force,
-                    log=lambda msg: print(msg, file=sys.stderr))
+                    log=lambda msg: print(msg, file=sys.stderr), detect=args.detect)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

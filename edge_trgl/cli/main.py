@@ -9,7 +9,8 @@ import textwrap
 from .. import __version__
 from ..errors import UserError
 
-SUBCOMMANDS = ("train", "prepare", "plan", "bench", "export", "evaluate", "predict", "env")
+SUBCOMMANDS = ("train", "prepare", "plan", "bench", "export", "evaluate", "predict", "detect",
+               "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
