@@ -126,7 +126,7 @@ def test_onnx_model_runs_without_torch_and_matches_the_run(exported, tmp_path):
     preds = json.loads(proc.stdout)
     names = json.loads((out / "model.json").read_text())["class_names"]
     assert [p["class"] for p in preds] == [names[p["index"]] for p in preds]
-    assert len(preds[0]["top"]) == 3 and preds[2]["note"] == "resized from 64x64 to 32x32"
+    assert len(preds[0]["top"]) == 3 and preds[2]["note"] == "resized and centre-cropped from 64x64 to 32x32"
     # the same predictions as the ONNX model on the same pixels (PNG is lossless)
     from edge_trgl.deploy_runtime import OrtModel
     direct = OrtModel(out).logits(test.images[:2]).argmax(1)

@@ -193,21 +193,13 @@ def _shorter_sides(Image, files: list[Path]) -> list[int]:
 
 
 def _decode(Image, ImageOps, path: Path, size: int) -> np.ndarray:
-    """(3, size, size) uint8: upright, RGB, shorter side resized to `size`, centre-cropped."""
-    resample = getattr(Image, "Resampling", Image).BILINEAR
+    """(3, size, size) uint8: upright, RGB, shorter side resized to `size`, centre-cropped (the
+    function `predict` prepares an image with, so both see a photo alike)."""
+    from ..deploy_runtime import fit_image
     try:
         with _open(Image, path) as img:
-            img = ImageOps.exif_transpose(img) or img
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            if (nw, nh) != (w, h):
-                img = img.resize((nw, nh), resample)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            if (nw, nh) != (size, size):
-                img = img.crop((left, top, left + size, top + size))
-            arr = np.asarray(img, dtype=np.uint8)
+            img, _ = fit_image(Image, img, size, size)   # EXIF first, while the file's tags
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # are still on the image
     except UserError:
         raise
     except Exception as exc:  # a truncated or corrupt file fails here, when it is decoded

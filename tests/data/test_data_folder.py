@@ -154,6 +154,33 @@ def test_exif_orientation_is_applied(tmp_path):
     assert img[2, -2].mean() > 200 and img[0, -2].mean() < 40
 
 
+def test_predict_prepares_an_image_as_training_does(tmp_path):
+    """`predict` (deploy_runtime.load_image) and `--data folder` (folder._decode) turn a photo into
+    the same pixels: upright by EXIF, resized with its aspect kept, centre-cropped. Before, predict
+    squeezed a 96x48 image of red | green | blue stripes to 32x32 and kept the red and blue that
+    training crops away."""
+    Image = pil()
+    from edge_trgl.data.folder import _decode
+    from edge_trgl.deploy_runtime import load_image
+    from PIL import ImageOps
+    arr = np.zeros((48, 96, 3), np.uint8)
+    arr[:, :32], arr[:, 32:64], arr[:, 64:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    plain, rotated = tmp_path / "stripes.png", tmp_path / "rotated.png"
+    Image.fromarray(arr).save(plain)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(rotated, exif=exif)
+    for path in (plain, rotated):
+        trained = _decode(Image, ImageOps, path, 32).astype(np.float32)
+        predicted, note = load_image(path, (3, 32, 32))
+        np.testing.assert_array_equal(predicted, trained)
+        assert "centre-cropped" in note
+    centre, _ = load_image(plain, (3, 32, 32))
+    # the centre third is green; a sixth of red and of blue is left at the edges (squeezed: a third)
+    assert centre[1].mean() > 150 and centre[0].mean() < 60 and centre[2].mean() < 60
+
+
 @pytest.mark.parametrize("sides, size", [([30, 33, 35], 32), ([500, 700, 900], 64),
                                          ([3, 4, 5], 8), ([20, 44], 32), ([47, 48, 49, 200], 48)])
 def test_default_image_size(sides, size):
