@@ -14,14 +14,6 @@ from edge_trgl.export import InferenceModel
 from edge_trgl.models import build_blocks, make_head
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, more only contend (and these are tiny)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny():

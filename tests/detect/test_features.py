@@ -13,14 +13,6 @@ from edge_trgl.models import blocks as block_module
 from edge_trgl.models import build_blocks, make_head
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, more only contend (and these are tiny)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _model(name: str, shape=(3, 16, 16), seed=0) -> InferenceModel:
     blocks = build_blocks(name, shape, 10, width=0.25, seed=seed)
