@@ -155,9 +155,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    help="views (default): an eval-mode pass of each trained module over V "
                    "augmented views of the train set makes the next module's inputs; training: "
                    "the module's outputs in its last epochs of training are (up to V views, none "
-                   "from the first half of its epochs; BatchNorm statistics held then): no extra "
-                   "pass, faster, ~2 points lower validation accuracy in the recipe suite (torch "
-                   "targets; ORT always uses views); none: no augmentation after module 0")
+                   "from the first half of its epochs; BatchNorm statistics held then; a module "
+                   "trained fewer than 4 epochs uses the eval pass): no extra pass, faster, ~2 "
+                   "points lower validation accuracy in the recipe suite (torch targets; ORT "
+                   "always uses views); none: no augmentation after module 0")
     g.add_argument("--aug-views", type=int, metavar="V",
                    help="augmented train views to cache (default: the planner's choice)")
     g.add_argument("--cache-dtype", default=d.cache_dtype, choices=("fp16", "fp32"),
