@@ -393,3 +393,28 @@ def test_other_model_families_take_larger_images(tmp_path, model, size):
     data = write_classes(tmp_path / "imgs", 5, sizes=((size, size + 16), (size + 6, size)))
     summary = train(tiny_folder_config(data, tmp_path / "run", image_size=size, model=model))
     assert summary["best_module"] is not None and summary["best_test_acc"] is not None
+
+
+@pytest.mark.parametrize("name", ["folder", "synthetic"])
+def test_evaluate_streams_the_same_test_images_it_would_load(tmp_path, name):
+    """`evaluate` of an exported model reads the test split a chunk at a time (and no train
+    images); the images, labels and order are the in-memory loader's, test_fraction included."""
+    from edge_trgl.cli.evaluate import StreamedTest, load_test_set, streamable
+    if name == "folder":
+        data = write_classes(tmp_path / "imgs", 6)
+        ds = {"name": "folder", "data_dir": str(data), "seed": 3, "image_size": 24,
+              "test_fraction": 1.0}
+    else:
+        ds = {"name": "synthetic", "seed": 1, "synthetic_train": 50, "synthetic_test": 300,
+              "test_fraction": 0.5}
+    meta = {"dataset": ds}
+    assert streamable(meta, None)
+    streamed = StreamedTest(meta, None, None)
+    chunks = list(streamed.chunks())
+    images = np.concatenate([c[0] for c in chunks])
+    labels = np.concatenate([c[1] for c in chunks])
+    loaded = load_test_set(meta, None, None)
+    np.testing.assert_array_equal(images, loaded.test.images)
+    np.testing.assert_array_equal(labels, loaded.test.labels)
+    assert streamed.count == len(labels) and streamed.in_shape == tuple(loaded.in_shape)
+    assert streamed.num_classes == loaded.num_classes
