@@ -249,7 +249,10 @@ def write_module_cache(ctx, task, out_shape, batches, predict, check_budget,
              "lap": task.lap, "complete": False, "splits": dict(kept)}
     jobs = [(f"train-v{v}", ctx.cache_input(task.k, "train", v)) for v in range(task.views)
             if f"train-v{v}" not in kept]
-    jobs += [("val", ctx.cache_input(task.k, "val")), ("test", ctx.cache_input(task.k, "test"))]
+    jobs.append(("val", ctx.cache_input(task.k, "val")))
+    from .final_test import deferred
+    if not deferred(ctx):  # else the test set is scored once, after training (final_test.py)
+        jobs.append(("test", ctx.cache_input(task.k, "test")))
     accuracy = {}
     write = not task.is_last
     for name, (source, aug_rng) in jobs:

@@ -24,7 +24,8 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 # what those runs did: a config.json without one is read with that value, and the field joins
 # the identity hash only when it differs from it, so the older runs keep resuming.
 LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "checkpoint_segments": None,
-                "image_size": None}
+                "image_size": None, "test_modules": "all"}
+TEST_MODULES = ("best", "all")  # final_test.py
 # --image-size: the datasets whose loader resizes images (the others have a fixed size)
 RESIZABLE_DATA = ("folder",)
 IMAGE_SIZE_RANGE = (8, 512)  # pixels; every image is held in memory at this size
@@ -83,6 +84,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augment: bool = True
     aug_policy: str = "views"        # later modules' augmented views: an eval pass, from training (harvest.py), or none
+    test_modules: str = "best"       # the heads scored on the test set: the chosen and last module, or all (final_test.py)
     aug_views: int | None = None     # None: the planner picks
     cache_dtype: str = "fp16"
     seed: int = 0
@@ -116,6 +118,9 @@ class TrainConfig:
             bad(f"Unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}.")
         if self.aug_policy not in AUG_POLICIES:
             bad(f"Unknown --aug-policy {self.aug_policy!r}; choose one of {', '.join(AUG_POLICIES)}.")
+        if self.test_modules not in TEST_MODULES:
+            bad(f"Unknown --test-modules {self.test_modules!r}; choose one of "
+                f"{', '.join(TEST_MODULES)}.")
         if self.cache_dtype not in ("fp16", "fp32"):
             bad(f"--cache-dtype must be fp16 or fp32, not {self.cache_dtype!r}.")
         if self.amp not in (None, "fp16", "bf16"):
@@ -205,7 +210,8 @@ class TrainConfig:
         """Hash of what determines the training result; --resume refuses if it changed. Options
         that only affect display or where files go are left out."""
         d = self.to_json()
-        for k in ("out", "progress", "keep_cache", "threads", "module_peaks"):
+        # (test_modules decides which heads see the test set, not what training does)
+        for k in ("out", "progress", "keep_cache", "threads", "module_peaks", "test_modules"):
             d.pop(k, None)
         for k, earlier in LATER_FIELDS.items():
             if d.get(k) == earlier:

@@ -23,9 +23,10 @@ from .trgl import energy_weight, module_loss, module_weights
 CKPT = "ckpt/resident-epoch{:03d}.safetensors"
 
 
-def _modules(ctx, device, from_store: bool = True):
+def load_modules(ctx, device, from_store: bool = True, upto: int | None = None):
+    """Modules 0..upto-1 (all by default), blocks and heads, from the block store."""
     loaded = []
-    for k, (lo, hi) in enumerate(ctx.splits):
+    for k, (lo, hi) in enumerate(ctx.splits[:upto]):
         loaded.append(load_module(ctx.run, ctx.cfg, ctx.in_shape, ctx.num_classes, lo, hi, k,
                                   device, from_store=from_store))
     return loaded
@@ -38,7 +39,7 @@ def train_resident(ctx) -> None:
     device = torch.device(cfg.device)
     # Resuming from a checkpoint: it holds every weight, and the store may be torn by a crash
     # during the final write-back (see modules.load_module), so the store is not read.
-    modules = _modules(ctx, device, from_store=_checkpoint_to_resume(ctx) is None)
+    modules = load_modules(ctx, device, from_store=_checkpoint_to_resume(ctx) is None)
     e2e = cfg.scheme == "e2e"
     if e2e:
         all_blocks = [b for blocks, _ in modules for b in blocks]
@@ -71,7 +72,7 @@ def train_resident(ctx) -> None:
                                   f"{cfg.scheme} epoch {epoch + 1}/{epochs}", lr_of_step)
         stats = {"scheme": cfg.scheme, "lap": 0, "module": len(modules) - 1, "epoch": epoch + 1,
                  **meter_stats, "rss_bytes": ctx.rss_now(),
-                 "val_acc": _chain_accuracy(ctx, modules, val, device)[-1]}
+                 "val_acc": chain_accuracy(ctx, modules, val, device)[-1]}
         ctx.log_epoch(stats)
         _checkpoint(ctx, epoch + 1, modules, optimizers, scalers)
         ctx.check_interrupt()
@@ -81,8 +82,8 @@ def train_resident(ctx) -> None:
     for k, ((blocks, head), (lo, hi)) in enumerate(zip(modules, ctx.splits)):
         save_module(run, blocks, head, lo, k, None)
     test = ctx.raw("test")
-    val_accs = _chain_accuracy(ctx, modules, val, device)
-    test_accs = _chain_accuracy(ctx, modules, test, device)
+    val_accs = chain_accuracy(ctx, modules, val, device)
+    test_accs = chain_accuracy(ctx, modules, test, device)
     for k, (lo, hi) in enumerate(ctx.splits):
         trained = (not e2e) or k == len(modules) - 1
         run.manifest["modules"][str(k)] = {
@@ -97,6 +98,19 @@ def train_resident(ctx) -> None:
     if old:
         (run.root / old).unlink(missing_ok=True)
     del modules, optimizers, engine
+    release_memory()
+
+
+def score_test_at_end(ctx, wanted: list[int]) -> None:
+    """final_test.py's one test pass: modules 0..max(wanted) from the store, the raw test images
+    through them, the heads of `wanted` scored; recorded in the manifest."""
+    run, device = ctx.run, torch.device(ctx.cfg.device)
+    modules = load_modules(ctx, device, upto=wanted[-1] + 1)
+    accs = chain_accuracy(ctx, modules, ctx.raw("test"), device, heads=set(wanted))
+    for k in wanted:
+        run.manifest["modules"][str(k)]["test_acc"] = accs[k]
+    run.save()
+    del modules
     release_memory()
 
 
@@ -150,8 +164,10 @@ class ResidentEngine:
 
 
 @torch.no_grad()
-def _chain_accuracy(ctx, modules, source, device) -> list[float | None]:
-    """Accuracy of every module's head, each on the output of the modules before it."""
+def chain_accuracy(ctx, modules, source, device, heads: set | None = None
+                   ) -> list[float | None]:
+    """Accuracy of every module's head (or of those in `heads`; None for the others), each on
+    the output of the modules before it."""
     if source is None:
         return [None] * len(modules)
     for blocks, head in modules:
@@ -163,9 +179,13 @@ def _chain_accuracy(ctx, modules, source, device) -> list[float | None]:
             x = to_device(x_np, device)
             for k, (blocks, head) in enumerate(modules):
                 with autocast(ctx.cfg, device):
-                    x, logits, _ = forward_module(blocks, head, x)
-                correct[k] += int((logits.argmax(1).cpu().numpy() == y_np).sum())
-    return [c / source.count for c in correct]
+                    if heads is None or k in heads:
+                        x, logits, _ = forward_module(blocks, head, x)
+                        correct[k] += int((logits.argmax(1).cpu().numpy() == y_np).sum())
+                    else:
+                        x, _ = forward_blocks(blocks, x)
+    return [c / source.count if heads is None or k in heads else None
+            for k, c in enumerate(correct)]
 
 
 def _checkpoint(ctx, epoch_done, modules, optimizers, scalers) -> None:

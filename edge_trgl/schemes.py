@@ -85,6 +85,10 @@ def run_modulewise(ctx: Context, backend) -> None:
             run.save()
             ctx.check_interrupt()
     ctx.close_readers()
+    from .final_test import deferred, needed, scored_modules
+    if deferred(ctx) and needed(ctx):
+        from .resident import score_test_at_end
+        score_test_at_end(ctx, scored_modules(run, num_modules))
 
 
 def cache_intact(run, k: int, lap: int) -> bool:

@@ -260,9 +260,12 @@ def test_tiny_suite_runs_and_records(tiny_suite):
         assert r["host"]["cpu_count"] and "torch" in r["host"]["packages"]
         assert len(r["loadavg_start"]) == 3 and len(r["loadavg_end"]) == 3
         assert r["config"]["model"] == "resnet8"
-    # every head of the block-wise run is scored; end-to-end trains only the last one
-    assert len(block["measurements"]["test_acc_by_module"]) == 4
-    assert all(0 <= a <= 1 for a in block["measurements"]["test_acc_by_module"])
+    # the block-wise run scores its chosen and last heads on the test set (--test-modules best);
+    # end-to-end trains only the last one
+    accs = block["measurements"]["test_acc_by_module"]
+    assert len(accs) == 4 and accs[-1] is not None
+    assert accs[block["measurements"]["best_module"]] is not None
+    assert all(0 <= a <= 1 for a in accs if a is not None)
     assert e2e["measurements"]["test_acc_by_module"][:3] == [None, None, None]
     assert (suite_dir / "_baseline-torch-cpu.json").exists()
     meta = json.loads((suite_dir / "_suite.json").read_text())
@@ -318,9 +321,11 @@ def test_a_rerun_keeps_the_recipe_of_a_row_recorded_before_an_option_existed():
     """A row whose config.json predates --lr-schedule ran at a constant rate: its re-run says so
     explicitly, whatever today's default is; a row that recorded the option is left alone."""
     old = {"lr": 0.05, "epochs": 3}
-    assert runner.legacy_args(old) == ["--lr-schedule", "constant", "--warmup-epochs", "0.0"]
+    # (and, from before --test-modules, every module's head scored on the test set)
+    assert runner.legacy_args(old) == ["--lr-schedule", "constant", "--warmup-epochs", "0.0",
+                                       "--test-modules", "all"]
     assert runner.legacy_args({**old, "lr_schedule": "cosine", "warmup_epochs": None,
-                               "checkpoint_segments": None}) == []
+                               "checkpoint_segments": None, "test_modules": "best"}) == []
 
 
 def test_time_to_accuracy_section_tables_each_method_by_epochs(tmp_path):

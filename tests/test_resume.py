@@ -38,7 +38,8 @@ MULTILAP = (*ARGS, "--scheme", "multilap", "--laps", "2", "--epochs", "2", "--lr
             "cosine", "--warmup-epochs", "1")
 E2E = (*ARGS, "--scheme", "e2e", "--epochs", "3", "--lr-schedule", "step")
 # views from training need 4 epochs a module (harvest.MIN_EPOCHS); one view: epoch 4's
-HARVEST = ("--aug-policy", "training", "--epochs", "4", "--aug-views", "1")
+# (every head on the test set: the kill points below count its cache passes)
+HARVEST = ("--aug-policy", "training", "--epochs", "4", "--aug-views", "1", "--test-modules", "all")
 
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    "trained fewer than 4 epochs uses the eval pass): no extra pass, faster, ~2 "
                    "points lower validation accuracy in the recipe suite (torch targets; ORT "
                    "always uses views); none: no augmentation after module 0")
+    g.add_argument("--test-modules", default=d.test_modules, choices=("best", "all"),
+                   help="best (default): module-wise runs score the test set once, after "
+                   "training, on the module chosen on validation and on the last one (no test "
+                   "features cached between modules); all: every module's head, as each "
+                   "finishes (per-module test curves; always so with --backend ort or without "
+                   "a validation split)")
     g.add_argument("--aug-views", type=int, metavar="V",
                    help="augmented train views to cache (default: the planner's choice)")
     g.add_argument("--cache-dtype", default=d.cache_dtype, choices=("fp16", "fp32"),
