@@ -193,14 +193,9 @@ def logits_and_scores(model, images: np.ndarray, batch_size: int = 256):
     return np.concatenate(logits), np.concatenate(scores)
 
 
-def clean_summary(model, images: np.ndarray) -> dict:
-    """What `evaluate` reports about detection on clean test images: the share flagged (the false
-    alarm rate at the detector's threshold) and the scores' mean and spread."""
-    return score_summary(model, logits_and_scores(model, images)[1])
-
-
 def score_summary(model, scores: np.ndarray) -> dict:
-    """clean_summary of scores already computed (evaluate streams the test split in chunks)."""
+    """What `evaluate` reports about detection on the clean test images' scores: the share flagged
+    (the false alarm rate at the detector's threshold) and the scores' mean and spread."""
     flags = model.detector.flags(scores)
     return {"threshold": model.detector.threshold, "images": int(len(scores)),
             "flagged": int(flags.sum()), "flagged_fraction": float(flags.mean()) if len(flags) else 0.0,

@@ -45,48 +45,33 @@ def _test_options(meta: dict, data: str | None, data_dir: str | None) -> tuple[s
                   "image_size": ds.get("image_size") if same else None}
 
 
-def load_test_set(meta: dict, data: str | None, data_dir: str | None):
-    """The test split that a model's model.json names, with --data / --data-dir overrides."""
-    from ..data import load_dataset
-    name, options = _test_options(meta, data, data_dir)
-    return load_dataset(name, options.pop("data_dir"), **options)
-
-
 class StreamedTest:
-    """The test split a few MB at a time, from the dataset's streaming loader (data/stream.py):
-    the device holds one chunk of images, never the dataset (a 20,000-image folder at 96 px is
-    550 MB decoded, and the train split is not read at all). Same images as load_test_set."""
+    """The test split a few MB at a time, from the dataset's stream (data/stream.stream_for, the
+    selection the one-time conversion of a run uses): the device holds one chunk of images, never
+    the dataset (a 20,000-image folder at 96 px is 550 MB decoded), and reads no train image
+    (a dataset registered without a streaming loader is loaded whole, as before)."""
 
     def __init__(self, meta: dict, data: str | None, data_dir: str | None):
-        from ..data import check_options, split_indices
+        from types import SimpleNamespace
+
+        from ..data.stream import stream_for
         name, options = _test_options(meta, data, data_dir)
-        entry, seed, (_, _, test_fraction) = check_options(
-            name, options["data_dir"], options["seed"], 1.0, 0.0, options["test_fraction"])
-        extra = {} if options["image_size"] is None else {"image_size": options["image_size"]}
-        self.raw = entry.resolve("stream")(options["data_dir"], seed=seed,
-                                           synthetic_train=options["synthetic_train"],
-                                           synthetic_test=options["synthetic_test"], **extra)
-        self.name, self.in_shape = entry.name, tuple(self.raw.image_shape)
-        self.num_classes = len(self.raw.class_names)
-        _, _, test_idx = split_indices(self.raw.train_labels, self.raw.test_labels, seed, 1.0,
-                                       0.0, test_fraction)
-        self.keep = np.zeros(len(self.raw.test_labels), dtype=bool)
-        self.keep[test_idx] = True
+        sel = stream_for(SimpleNamespace(data=name, train_fraction=1.0, val_fraction=0.0,
+                                         **options))
+        self.stream, self.name = sel.stream, sel.name
+        self.in_shape = tuple(sel.stream.image_shape)
+        self.num_classes = len(sel.stream.class_names)
+        self.keep = np.zeros(len(sel.stream.test_labels), dtype=bool)
+        self.keep[sel.test] = True
         self.count = int(self.keep.sum())
 
     def chunks(self):
         start = 0
-        for images, labels in self.raw.chunks("test"):
+        for images, labels in self.stream.chunks("test"):
             mask = self.keep[start:start + len(labels)]
             start += len(labels)
             if mask.any():
-                yield images[mask], labels[mask]
-
-
-def streamable(meta: dict, data: str | None) -> bool:
-    from ..data.registry import dataset_entry
-    entry = dataset_entry(data or (meta.get("dataset") or {}).get("name") or "")
-    return entry is not None and entry.stream is not None
+                yield np.asarray(images)[mask], np.asarray(labels)[mask]
 
 
 def run(args) -> int:
@@ -101,9 +86,7 @@ def run(args) -> int:
         if args.module is not None:
             raise UserError("--module applies to run directories; an exported model is one module.")
         model = OrtModel(target, args.threads)  # model.json, export.json and checksums checked
-        dataset = (StreamedTest(model.meta, args.data, args.data_dir)
-                   if streamable(model.meta, args.data)
-                   else load_test_set(model.meta, args.data, args.data_dir))
+        dataset = StreamedTest(model.meta, args.data, args.data_dir)
         reported = model.report.get("test_acc_run") if model.report else None
         kind = f"ONNX model {model.path} (onnxruntime)"
     else:
@@ -126,11 +109,15 @@ def run(args) -> int:
     correct, count, detection = 0, 0, []
     detect = getattr(model, "detector", None) is not None  # export --detect
     for images, labels in chunks:
-        correct += round(accuracy_of(model, images, labels) * len(labels))
         count += len(labels)
-        if detect:  # false alarms on clean data: one score an image, kept
+        if detect:  # one pass gives the logits and the scores (false alarms on clean data)
+            from ..deploy_runtime import check_logits
             from ..detect_runtime import logits_and_scores
-            detection.append(logits_and_scores(model, images)[1])
+            logits, scores = logits_and_scores(model, images)
+            correct += int((check_logits(logits, model).argmax(1) == labels).sum())
+            detection.append(scores)
+        else:
+            correct += round(accuracy_of(model, images, labels) * len(labels))
     acc = correct / count if count else 0.0
     result = {"model": str(target), "evaluated": kind, "data": dataset.name,
               "test_images": count, "test_acc": acc, "test_acc_run": reported}

@@ -400,7 +400,8 @@ def test_other_model_families_take_larger_images(tmp_path, model, size):
 def test_evaluate_streams_the_same_test_images_it_would_load(tmp_path, name):
     """`evaluate` of an exported model reads the test split a chunk at a time (and no train
     images); the images, labels and order are the in-memory loader's, test_fraction included."""
-    from edge_trgl.cli.evaluate import StreamedTest, load_test_set, streamable
+    from edge_trgl.cli.evaluate import StreamedTest, _test_options
+    from edge_trgl.data import load_dataset
     if name == "folder":
         data = write_classes(tmp_path / "imgs", 6)
         ds = {"name": "folder", "data_dir": str(data), "seed": 3, "image_size": 24,
@@ -409,12 +410,14 @@ def test_evaluate_streams_the_same_test_images_it_would_load(tmp_path, name):
         ds = {"name": "synthetic", "seed": 1, "synthetic_train": 50, "synthetic_test": 300,
               "test_fraction": 0.5}
     meta = {"dataset": ds}
-    assert streamable(meta, None)
+    from edge_trgl.data.registry import dataset_entry
+    assert dataset_entry(name).stream is not None       # read with its streaming loader
     streamed = StreamedTest(meta, None, None)
     chunks = list(streamed.chunks())
     images = np.concatenate([c[0] for c in chunks])
     labels = np.concatenate([c[1] for c in chunks])
-    loaded = load_test_set(meta, None, None)
+    data, options = _test_options(meta, None, None)
+    loaded = load_dataset(data, options.pop("data_dir"), **options)
     np.testing.assert_array_equal(images, loaded.test.images)
     np.testing.assert_array_equal(labels, loaded.test.labels)
     assert streamed.count == len(labels) and streamed.in_shape == tuple(loaded.in_shape)
