@@ -10,10 +10,9 @@ saves (about 5 % of that run; the network's forward pass over the test set is ne
 
 How: module k's cache pass writes train views and validation only (cache.write_module_cache);
 once every module is trained (schemes.run_modulewise -> resident.score_test_at_end), the raw test
-images go through modules 0..last with all their
-weights loaded (a few MB for the model zoo; the planner's headroom must hold them, else the
-per-module passes are kept), scoring only the heads of the module chosen on validation and of the
-last module. A crash during this pass redoes it on resume: it runs whenever those modules lack a
+images go through modules 0..last with all their weights loaded (a few MB for the model zoo; the
+planner's headroom must hold them, else the per-module passes are kept), scoring only the heads
+of the module chosen on validation and of the last module. A crash during this pass redoes it on resume: it runs whenever those modules lack a
 test accuracy. --test-modules all keeps the per-module passes (the benchmarks' per-module
 curves); so do --backend ort (its trainers are per module) and runs without a validation split
 (the module is then chosen on test)."""
@@ -28,7 +27,7 @@ def deferred(ctx) -> bool:
     """Whether this run scores the test set once at the end instead of after every module.
     Torch-free (the ORT worker's cache pass asks too); the same answer on every resume."""
     cfg = ctx.cfg
-    if getattr(cfg, "test_modules", "all") != "best" or cfg.backend == "ort":
+    if cfg.test_modules != "best" or cfg.backend == "ort":
         return False
     if len(ctx.dataset.val.labels) == 0 or len(ctx.dataset.test.labels) == 0:
         return False

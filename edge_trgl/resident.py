@@ -55,6 +55,8 @@ def train_resident(ctx) -> None:
     scalers = [make_scaler(cfg, device) for _ in optimizers]
     start_epoch = _resume(ctx, modules, optimizers, scalers)
     engine = ResidentEngine(cfg, device, modules, optimizers, scalers, weights, e2e)
+    # end-to-end trains only the last head: the others are not scored (parallel: every head)
+    scored = {len(modules) - 1} if e2e else None
     raw_train = ctx.raw("train")
     val = ctx.raw("val")
     epochs = cfg.epochs
@@ -72,7 +74,7 @@ def train_resident(ctx) -> None:
                                   f"{cfg.scheme} epoch {epoch + 1}/{epochs}", lr_of_step)
         stats = {"scheme": cfg.scheme, "lap": 0, "module": len(modules) - 1, "epoch": epoch + 1,
                  **meter_stats, "rss_bytes": ctx.rss_now(),
-                 "val_acc": chain_accuracy(ctx, modules, val, device)[-1]}
+                 "val_acc": chain_accuracy(ctx, modules, val, device, heads=scored)[-1]}
         ctx.log_epoch(stats)
         _checkpoint(ctx, epoch + 1, modules, optimizers, scalers)
         ctx.check_interrupt()
@@ -82,8 +84,8 @@ def train_resident(ctx) -> None:
     for k, ((blocks, head), (lo, hi)) in enumerate(zip(modules, ctx.splits)):
         save_module(run, blocks, head, lo, k, None)
     test = ctx.raw("test")
-    val_accs = chain_accuracy(ctx, modules, val, device)
-    test_accs = chain_accuracy(ctx, modules, test, device)
+    val_accs = chain_accuracy(ctx, modules, val, device, heads=scored)
+    test_accs = chain_accuracy(ctx, modules, test, device, heads=scored)
     for k, (lo, hi) in enumerate(ctx.splits):
         trained = (not e2e) or k == len(modules) - 1
         run.manifest["modules"][str(k)] = {
