@@ -188,3 +188,16 @@ def fill_disk_after(monkeypatch, module, free_bytes: int, only: str | None = Non
         fh = real_open(*args, **kwargs)
         return FillingDisk(fh) if only is None or only in str(args[0]) else fh
     monkeypatch.setattr(module, "open", filling_open, raising=False)
+
+
+# --- benchmark report sections ----------------------------------------------------------------------
+
+class CollectingReport:
+    """Stands in for bench/report.py's report in a section's test: the lines it adds, no plots."""
+    plt = None
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)

@@ -13,6 +13,8 @@ from edge_trgl.bench import runner
 from edge_trgl.cli.main import main
 from edge_trgl.errors import UserError
 
+from helpers import CollectingReport
+
 TINY = """
 name = "tiny"
 description = "two tiny rows"
@@ -331,15 +333,6 @@ def test_a_rerun_keeps_the_recipe_of_a_row_recorded_before_an_option_existed():
 def test_time_to_accuracy_section_tables_each_method_by_epochs(tmp_path):
     from edge_trgl.bench.tta import tta_section
 
-    class Collect:
-        plt = None
-
-        def __init__(self):
-            self.lines = []
-
-        def add(self, *lines):
-            self.lines.extend(lines)
-
     def result(method, epochs, acc, wall, status="ok"):
         return {"status": status, "method": method, "row_id": f"tta-resnet20-{method}-e{epochs}",
                 "config": {"model": "resnet20", "epochs": epochs, "scheme": "sequential"},
@@ -347,7 +340,7 @@ def test_time_to_accuracy_section_tables_each_method_by_epochs(tmp_path):
                                  **({"cpu_s": wall / 3} if method == "trgl" else {})},
                 "summary": {"whole_command_peak_bytes": 4.5e8},
                 "plan": {"batch_size": 64, "splits": [[0, 5], [5, 10]]}}
-    out = Collect()
+    out = CollectingReport()
     tta_section(out, "tta", [result("e2e", 2, 0.3, 100.0), result("trgl", 4, 0.5, 300.0),
                              result("trgl", 2, 0.4, 150.0), result("e2e", 4, None, 0, "error")])
     text = "\n".join(out.lines)

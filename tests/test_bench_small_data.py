@@ -6,6 +6,8 @@ import math
 
 from edge_trgl.bench import small_data as sd
 
+from helpers import CollectingReport
+
 
 def _run(method: str, seed: int, val: float, test: float, per_module=None, tau=None,
          scheme="sequential", ckpt=None, fraction=0.02, epochs=40, row=None) -> dict:
@@ -20,16 +22,6 @@ def _run(method: str, seed: int, val: float, test: float, per_module=None, tau=N
             "measurements": {"best_val_acc": val, "best_test_acc": test,
                              "final_test_acc": per_module[-1], "test_acc_by_module": per_module,
                              "best_module": 0, "cpu_s": 100.0, "peak_rss_bytes": 4e8}}
-
-
-class FakeReport:
-    plt = None
-
-    def __init__(self):
-        self.lines = []
-
-    def add(self, *lines):
-        self.lines.extend(lines)
 
 
 def test_tau_is_chosen_on_validation_not_on_test():
@@ -60,7 +52,7 @@ def test_the_goals_are_reported_met_or_not_from_the_medians():
         runs.append(_run("trgl-t1", s, 0.50, 0.50 + 0.001 * s, [0.45, 0.48, 0.50, 0.50], tau=1.0))
         runs.append(_run("greedy", s, 0.46, 0.46, [0.45, 0.47, 0.46, 0.46], tau=math.inf))
         runs.append(_run("e2e", s, 0.52, 0.515, scheme="e2e"))
-    report = FakeReport()
+    report = CollectingReport()
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
     # TRGL 50.2 vs greedy 46.0 (+4.2: met) and vs end-to-end 51.5 (-1.3: not met)
@@ -73,7 +65,7 @@ def test_the_goals_are_reported_met_or_not_from_the_medians():
 def test_the_convergence_rows_pair_each_long_run_with_its_short_twin():
     runs = [_run("e2e", 0, 0.40, 0.41, scheme="e2e"),
             _run("e2e", 0, 0.41, 0.42, scheme="e2e", epochs=120, row="calib-resnet20-e2e-e120-s0")]
-    report = FakeReport()
+    report = CollectingReport()
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
     assert "| end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) | 41.0 -> 42.0 |" in text, text
@@ -95,7 +87,7 @@ def test_a_calibration_row_is_seed_0_of_its_longer_setting():
     runs = [_run("trgl-t1", 0, 0.45, 0.45, tau=1.0, epochs=120, row="calib-resnet20-trgl-t1-e120-s0")]
     runs += [_run("trgl-t1", s, 0.44, 0.44, tau=1.0, epochs=120) for s in (1, 2)]
     runs += [_run("trgl-t1", 0, 0.40, 0.40, tau=1.0, epochs=40)]
-    report = FakeReport()
+    report = CollectingReport()
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
     assert "| TRGL (tau 1) **chosen** | 3 |" in text, text      # 120 epochs: calib + 2 seeds
