@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from .tables import fmt_mb, fmt_pct, md_table, run_config, summary_stats
+from .tables import fmt_mb, fmt_pct, md_table, run_config, runs_module_stats, runs_stat
 
 # The NeurIPS 2023 TRGL paper (arXiv 2309.17357), CIFAR-10, sequential training on small training
 # sets, 10 runs each (its appendix table, from the largest set to the smallest):
@@ -62,12 +62,10 @@ class Method:
                 + (f" (lr {self.lr:g})" if self.lr is not None else ""))
 
     def stat(self, key: str):
-        return summary_stats(r["measurements"].get(key) for r in self.runs)
+        return runs_stat(self.runs, key)
 
     def per_module(self, key: str) -> list:
-        lists = [r["measurements"].get(key) or [] for r in self.runs]
-        width = max((len(x) for x in lists), default=0)
-        return [summary_stats(x[i] if i < len(x) else None for x in lists) for i in range(width)]
+        return runs_module_stats(self.runs, key)
 
 
 def _methods(runs: list[dict]) -> list[Method]:

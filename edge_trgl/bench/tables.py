@@ -96,6 +96,18 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def runs_stat(runs: list[dict], key: str) -> dict | None:
+    """summary_stats of one measurement over runs (seeds, repeats)."""
+    return summary_stats(r["measurements"].get(key) for r in runs)
+
+
+def runs_module_stats(runs: list[dict], key: str = "test_acc_by_module") -> list[dict | None]:
+    """summary_stats of a per-module measurement, module by module, over runs."""
+    lists = [r["measurements"].get(key) or [] for r in runs]
+    width = max((len(x) for x in lists), default=0)
+    return [summary_stats(x[i] if i < len(x) else None for x in lists) for i in range(width)]
+
+
 @dataclass
 class Group:
     suite: str
@@ -109,12 +121,10 @@ class Group:
         return run_config((self.runs or self.failed)[0])
 
     def stat(self, key: str) -> dict | None:
-        return summary_stats(r["measurements"].get(key) for r in self.runs)
+        return runs_stat(self.runs, key)
 
     def module_stats(self, key: str = "test_acc_by_module") -> list[dict | None]:
-        lists = [r["measurements"].get(key) or [] for r in self.runs]
-        width = max((len(x) for x in lists), default=0)
-        return [summary_stats(x[i] if i < len(x) else None for x in lists) for i in range(width)]
+        return runs_module_stats(self.runs, key)
 
     @property
     def num_modules(self) -> int:
