@@ -102,11 +102,13 @@ def cuda_unavailable_reason() -> str | None:
     this process (unless it is already imported): a CPU-only build says so in torch/version.py,
     and a CUDA build is asked in a fresh child process."""
     import sys
+
+    from .targets.cuda import no_cuda_device
     torch = sys.modules.get("torch")
     if torch is not None:
         if torch.cuda.is_available():
             return None
-        return _no_device(torch.__version__, torch.version.cuda)
+        return no_cuda_device(torch.__version__, torch.version.cuda)
     import importlib.util
     try:
         spec = importlib.util.find_spec("torch")
@@ -117,22 +119,15 @@ def cuda_unavailable_reason() -> str | None:
     root = Path(list(spec.submodule_search_locations)[0])
     version, cuda = _torch_version_file(root / "version.py")
     if cuda is None:
-        return _no_device(version, None)
+        return no_cuda_device(version, None)
     import subprocess
     try:
         proc = subprocess.run([sys.executable, "-c", "import sys, torch; "
                                "sys.exit(0 if torch.cuda.is_available() else 3)"],
                               capture_output=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired):
-        return _no_device(version, cuda)
-    return None if proc.returncode == 0 else _no_device(version, cuda)
-
-
-def _no_device(version, cuda) -> str:
-    if cuda is None:
-        return f"this PyTorch ({version}) is a CPU-only build"
-    return (f"this PyTorch ({version}, built for CUDA {cuda}) sees no CUDA device (no NVIDIA GPU, "
-            f"no driver, or CUDA_VISIBLE_DEVICES hides it)")
+        return no_cuda_device(version, cuda)
+    return None if proc.returncode == 0 else no_cuda_device(version, cuda)
 
 
 def _torch_version_file(path: Path) -> tuple[str, str | None]:

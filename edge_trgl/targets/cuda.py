@@ -12,17 +12,22 @@ from ..memory.model import MemoryModel
 from .base import Target
 
 
+def no_cuda_device(version: str, cuda: str | None) -> str:
+    """Why a PyTorch `version` built for `cuda` (None: a CPU-only build) trains on no GPU here:
+    the clause --device cuda's refusal and a profile's fallback note (profile_target.py) share."""
+    if cuda is None:
+        return f"this PyTorch ({version}) is a CPU-only build"
+    return (f"this PyTorch ({version}, built for CUDA {cuda}) sees no CUDA device (no NVIDIA GPU, "
+            f"no driver, or CUDA_VISIBLE_DEVICES hides it)")
+
+
 def require_cuda(cfg) -> None:
     """UserError unless `--device cuda` (and `--amp bf16`, if asked) can run here."""
     import torch
 
     from ..errors import UserError
     if not torch.cuda.is_available():
-        if torch.version.cuda is None:
-            why = f"this PyTorch ({torch.__version__}) is a CPU-only build"
-        else:
-            why = (f"this PyTorch ({torch.__version__}, built for CUDA {torch.version.cuda}) sees no "
-                   f"CUDA device (no NVIDIA GPU, no driver, or CUDA_VISIBLE_DEVICES hides it)")
+        why = no_cuda_device(torch.__version__, torch.version.cuda)
         raise UserError(
             f"--device cuda was asked for, but {why}. Train on the CPU with --device cpu (the "
             f"default), or run on a machine with an NVIDIA GPU and a CUDA build of PyTorch (on a "
