@@ -24,7 +24,8 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 # what those runs did: a config.json without one is read with that value, and the field joins
 # the identity hash only when it differs from it, so the older runs keep resuming.
 LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "checkpoint_segments": None,
-                "image_size": None, "test_modules": "all"}
+                "image_size": None, "test_modules": "all", "distributed": False,
+                "wire_dtype": "fp32", "dist_timeout_s": 300.0}
 TEST_MODULES = ("best", "all")  # final_test.py
 # --image-size: the datasets whose loader resizes images (the others have a fixed size)
 RESIZABLE_DATA = ("folder",)
@@ -98,6 +99,10 @@ class TrainConfig:
     profile: str | None = None
     out: str | None = None
     keep_cache: bool = False
+    # several ranks (distributed.py / pipeline.py): the parallel scheme on torch.distributed
+    distributed: bool = False
+    wire_dtype: str = "fp32"         # features between ranks: fp32 (bit-identical) or fp16
+    dist_timeout_s: float = 300.0    # how long a rank waits for a peer before it gives up
     module_peaks: bool = False       # reset VmHWM per module for exact per-module peaks (schemes.py)
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -158,6 +163,8 @@ class TrainConfig:
                 bad(f"--checkpoint-segments must be a number of segments (at least 1) or 'auto', "
                     f"not {self.checkpoint_segments}.")
         self._validate_data()
+        from .distributed import check_options
+        check_options(self)
         given = [n for n in ("module_size", "modules", "splits") if getattr(self, n) is not None]
         if len(given) > 1:
             bad(f"Give only one of --module-size, --modules and --splits (got {', '.join(given)}).")
@@ -211,7 +218,8 @@ class TrainConfig:
         that only affect display or where files go are left out."""
         d = self.to_json()
         # (test_modules decides which heads see the test set, not what training does)
-        for k in ("out", "progress", "keep_cache", "threads", "module_peaks", "test_modules"):
+        for k in ("out", "progress", "keep_cache", "threads", "module_peaks", "test_modules",
+                  "dist_timeout_s"):
             d.pop(k, None)
         for k, earlier in LATER_FIELDS.items():
             if d.get(k) == earlier:

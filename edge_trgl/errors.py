@@ -24,6 +24,25 @@ class Diverged(UserError):
     exit_code = 3
 
 
+class PeerLost(UserError):
+    """--distributed: another rank died, or did not answer within --dist-timeout. This rank
+    stops at once (no hang); every rank keeps its checkpoints, and resuming every rank continues
+    from the newest epoch all of them hold. Exit status 4."""
+
+    exit_code = 4
+
+    def __init__(self, detail: str, what: str | None = None):
+        if what is None:  # (rebuilt from a child's error record: `detail` is the message)
+            super().__init__(detail)
+            return
+        super().__init__(
+            f"Lost the other ranks while {what}: {detail}. Another rank stopped or crashed, or "
+            f"the network between them failed (each rank waits at most --dist-timeout seconds). "
+            f"This rank stopped; every rank keeps its checkpoints. When all ranks can run "
+            f"again, start the same job with --resume DIR on every rank (DIR: the --out the job "
+            f"was started with): they continue from the newest epoch all of them saved.")
+
+
 def error_record(exc: UserError) -> dict:
     """What a child process writes to its result file so that its parent raises the same kind of
     error (and the command exits with the same status)."""
@@ -32,6 +51,7 @@ def error_record(exc: UserError) -> dict:
 
 def recorded_error(result: dict) -> UserError:
     """The error a child recorded with `error_record`."""
-    kind = {Stopped.exit_code: Stopped, Diverged.exit_code: Diverged}.get(result.get("exit_code"),
+    kind = {Stopped.exit_code: Stopped, Diverged.exit_code: Diverged,
+            PeerLost.exit_code: PeerLost}.get(result.get("exit_code"),
                                                                           UserError)
     return kind(result["error"])

@@ -34,6 +34,9 @@ def load_modules(ctx, device, from_store: bool = True, upto: int | None = None):
 
 def train_resident(ctx) -> None:
     cfg, run = ctx.cfg, ctx.run
+    if cfg.distributed:
+        from .pipeline import train_distributed
+        return train_distributed(ctx)
     if run.manifest["progress"].get("phase") == "done":  # resumed after the last save: nothing left
         return
     device = torch.device(cfg.device)

@@ -31,7 +31,7 @@ from .run import Run
 
 # Options that may differ on resume: they change neither the result nor the files' meaning.
 # data_dir may point at the same data in a new place; the data fingerprint guards the content.
-OVERRIDABLE = ("progress", "threads", "keep_cache", "data_dir")
+OVERRIDABLE = ("progress", "threads", "keep_cache", "data_dir", "dist_timeout_s")
 
 
 def open_for_resume(path: str | Path, requested: TrainConfig,

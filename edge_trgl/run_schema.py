@@ -242,6 +242,8 @@ def check_manifest_shape(m) -> None:
             as_int(progress["epoch_done"], "progress.epoch_done")
         if progress.get("ckpt") is not None:
             as_rel(progress["ckpt"], "progress.ckpt", "ckpt")
+        if progress.get("earlier") is not None:  # --distributed keeps two (pipeline.py)
+            as_rel(progress["earlier"], "progress.earlier", "ckpt")
     if "metrics_lines" in m and m["metrics_lines"] is not None:
         as_int(m["metrics_lines"], "metrics_lines")
     if m["status"] != "new":

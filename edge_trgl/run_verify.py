@@ -27,8 +27,10 @@ class RunVerification:
         progress = self.manifest.get("progress") or {}
         if progress.get("phase") != "train" or not progress.get("ckpt"):
             return set()
-        splits = self.check_plan()["splits"]
-        modules = range(len(splits)) if cfg.scheme in ("parallel", "e2e") else [progress["module"]]
+        plan = self.check_plan()
+        splits = plan["splits"]
+        modules = (resident_modules(plan) if cfg.scheme in ("parallel", "e2e")
+                   else [progress["module"]])
         skip = set()
         for k in modules:
             lo, hi = splits[k]
@@ -144,7 +146,7 @@ class RunVerification:
         blocks = sorted({int(m.group(1)) for m in map(_CKPT_BLOCK.match, names) if m})
         splits = plan["splits"]
         resident = cfg.scheme in ("parallel", "e2e")
-        modules = range(len(splits)) if resident else [self.manifest["progress"]["module"]]
+        modules = resident_modules(plan) if resident else [self.manifest["progress"]["module"]]
         wanted = sorted(i for k in modules for i in range(*splits[k]))
         heads = {n.split(".", 1)[0] for n in names if n.startswith("head")}
         wanted_heads = {f"head{k}" for k in modules} if resident else {"head"}
@@ -194,3 +196,12 @@ class RunVerification:
                 f"backup; or, to continue without that log, move it away (e.g. `mv {path} "
                 f"{path}.damaged`) and resume: the log then starts again at the next epoch.")
         return b"".join(good) if len(good) != len(lines) else None
+
+
+def resident_modules(plan: dict) -> list[int]:
+    """The modules a parallel / e2e checkpoint holds: all of them, or (--distributed) this
+    rank's share."""
+    share = plan.get("distributed")
+    if share:
+        return list(share["rank_modules"][share["rank"]])
+    return list(range(len(plan["splits"])))

@@ -32,6 +32,9 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None,
     {"run_dir", "plan"}; `train(cfg, resume=run_dir)` (here or on another machine) trains it."""
     from .driver import is_budgeted, run_command
     from .targets import get_target, stored_target_name
+    if cfg.distributed or (resume is not None and (Path(resume) / "rank0").is_dir()
+                           and not (Path(resume) / "manifest.json").exists()):
+        resume = rank_directory(cfg, resume)
     if resume is not None:
         name = stored_target_name(resume)
         if name is None:  # train_in_process's resume path reports the damaged or missing run
@@ -44,6 +47,21 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None,
     if target.always_driven or is_budgeted(cfg, resume) or prepare_only:
         return run_command(cfg, target, resume=resume, prepare_only=prepare_only)
     return train_in_process(cfg, resume=resume)
+
+
+def rank_directory(cfg: TrainConfig, resume):
+    """--distributed: rank r's run directory is <--out>/rank<r> (and <--resume>/rank<r>); every
+    rank runs the same command line. Returns the resume directory (None for a new run)."""
+    from .distributed import rank_env, rank_root
+    from .errors import UserError
+    rank, _ = rank_env()
+    if resume is not None:
+        return rank_root(resume, rank)
+    if not cfg.out:
+        raise UserError("--distributed needs --out DIR: every rank writes its run directory to "
+                        "DIR/rank<r> (on its own machine), and all ranks are given the same DIR.")
+    cfg.out = str(rank_root(cfg.out, rank))
+    return None
 
 
 def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = None,
@@ -132,6 +150,9 @@ def train_in_process(cfg: TrainConfig, *, resume: str | os.PathLike | None = Non
     ctx.run_guarded(body)
     summary = summarize(run, cfg, plan, watchdog, time.time() - started, ctx.process_peak_bytes())
     target.add_summary_fields(summary, run=run, plan=plan, watchdog=watchdog)
+    if plan.get("distributed"):
+        summary["distributed"] = {**plan["distributed"],
+                                  "sent_bytes": run.manifest.get("sent_bytes")}
     run.write_json("summary.json", summary)
     run.manifest["status"] = "complete"
     run.save()

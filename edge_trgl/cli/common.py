@@ -183,6 +183,18 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    "2GB (default: the free space)")
     g.add_argument("--profile", metavar="NAME", help="device profile name from profiles/ (sets "
                    "budget, threads and defaults)")
+    g = parser.add_argument_group("several ranks (README: 'Several boards')")
+    g.add_argument("--distributed", action="store_true",
+                   help="--scheme parallel across the ranks of a torch.distributed job (gloo over "
+                   "TCP; launch with torchrun or set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): "
+                   "rank r trains a compute-balanced share of the modules on the features rank "
+                   "r-1 streams to it, in --out/rank<r>, within its own --mem-budget")
+    g.add_argument("--wire-dtype", default=d.wire_dtype, choices=("fp32", "fp16"),
+                   help="features between ranks: fp32 trains exactly what one process trains; "
+                   "fp16 halves the bytes on the link")
+    g.add_argument("--dist-timeout", dest="dist_timeout_s", type=float, default=d.dist_timeout_s,
+                   metavar="SECONDS", help="how long a rank waits for its peers (at start-up and "
+                   "for every batch) before it stops with an error instead of hanging")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -152,14 +152,23 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
     # accounting keeps the e2e-like bound for it: not measured on a GPU.)
     parallel = cfg.scheme == "parallel" and cuda_acct is None
 
+    # --distributed: this rank holds only its share of the modules (distributed.py), at the
+    # batch size every rank was given, plus its links' bounded queues
+    share = None
+    if cfg.distributed:
+        from ..distributed import plan_share
+        share = plan_share(cfg, fixed, arch, cfg.batch_size)
+    mine = share["rank_modules"][share["rank"]] if share else range(len(fixed or []))
+    wire_bytes = share["wire_buffer_bytes"] if share else 0
+
     def others_static(splits, k: int) -> int:
-        return sum(costs.static_bytes[i] for j, (lo, hi) in enumerate(splits) if j != k
-                   for i in range(lo, hi))
+        return sum(costs.static_bytes[i] for j, (lo, hi) in enumerate(splits)
+                   if j != k and j in mine for i in range(lo, hi))
 
     def choose(batch: int):
         if parallel:
-            return max(total(lo, hi, batch) + others_static(fixed, k)
-                       for k, (lo, hi) in enumerate(fixed)), fixed
+            return max(total(*fixed[k], batch) + others_static(fixed, k) + wire_bytes
+                       for k in mine), fixed
         if cfg.scheme in ("parallel", "e2e"):
             # every block resident and (e2e) every activation alive: the whole network is one module
             return total(0, n, batch), fixed
@@ -179,6 +188,8 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
         # (here cuda_acct is None, so a parallel plan is always the per-module one)
         measured_splits = [(0, n)] if cfg.scheme == "e2e" else splits
         for k, (lo, hi) in enumerate(measured_splits):
+            if parallel and k not in mine:
+                continue
             if hasattr(progress, "module"):
                 progress.module(k, len(measured_splits), lo, hi, batch)
             composed = composition(lo, hi, batch)
@@ -194,9 +205,12 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
             row = {"blocks": [lo, hi], "batch_size": batch,
                    "measured_probe_bytes": measured, "composed": composed,
                    "composition_error": (composed["module_bytes"] - measured) / measured,
-                   **parts, "estimated_peak_bytes": measured + resident + data_total(parts)}
+                   **parts,
+                   "estimated_peak_bytes": measured + resident + data_total(parts) + wire_bytes}
             if parallel:
                 row["other_modules_static_bytes"] = resident
+            if share:
+                row["module"], row["wire_buffer_bytes"] = k, wire_bytes
             estimates.append(row)
         if hasattr(progress, "module"):
             progress.module(None, len(measured_splits))
@@ -206,7 +220,8 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
     # every chosen module is measured directly. If a measurement exceeds the budget, the
     # composition is recalibrated by the worst measured/composed ratio and the search repeats.
     plan = None
-    candidates = batch_candidates(cfg.batch_size)
+    # (every rank streams batches of one size to the next: the batch size is the one given)
+    candidates = [cfg.batch_size] if share else batch_candidates(cfg.batch_size)
     index, value = 0, None
     while index < len(candidates):
         batch = candidates[index]
@@ -248,9 +263,13 @@ def _plan_budgeted(cfg, dataset, arch, model, description, progress) -> Plan:
         notes.append(checkpoint_note(n, segments))
     if cuda_acct is not None:
         notes.append(cuda_acct.note(estimates))
+    if share:
+        from ..distributed import share_note
+        notes.append(share_note(share, splits))
     views, cache_dtype, aug_policy = fit_disk(cfg, dataset, arch, splits, notes)
     return Plan(splits=[tuple(s) for s in splits], batch_size=batch, views=views,
                 cache_dtype=cache_dtype, aug_policy=aug_policy, budget_bytes=budget_bytes,
+                distributed=share,
                 estimated_peak_bytes=int(worst), module_estimates=estimates, notes=notes,
                 reason=plan_reason(cfg, batch, len(splits), fixed is not None, int(worst),
                                    budget_bytes))

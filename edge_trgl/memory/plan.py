@@ -22,6 +22,7 @@ class Plan:
     module_estimates: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reason: str | None = None   # why these modules and this batch size (one sentence, printed)
+    distributed: dict | None = None  # --distributed: this rank's share (distributed.plan_share)
 
     def to_json(self) -> dict:
         d = asdict(self)

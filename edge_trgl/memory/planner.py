@@ -29,8 +29,13 @@ def plan_run(cfg, dataset, arch, model) -> Plan:
               f"{grouping_source(cfg)} and the requested batch size {cfg.batch_size}, as given; "
               f"nothing was measured (--mem-budget SIZE plans the modules and batch size for a "
               f"budget)")
+    share = None
+    if cfg.distributed:
+        from ..distributed import plan_share, share_note
+        share = plan_share(cfg, splits, arch, cfg.batch_size)
+        notes.append(share_note(share, splits))
     return Plan(splits=splits, batch_size=cfg.batch_size, views=views, cache_dtype=cache_dtype,
-                aug_policy=aug_policy, notes=notes, reason=reason)
+                aug_policy=aug_policy, notes=notes, reason=reason, distributed=share)
 
 
 def format_plan(plan: dict) -> str:
@@ -59,6 +64,7 @@ def format_plan(plan: dict) -> str:
         lines.append(f"{'module':>6} {'blocks':>9} {'baseline':>9} {'(data)':>8} {'module':>9} "
                      f"{'buffers':>9} {'estimate':>10} {'headroom':>10} {'composed':>9}")
         for k, est in enumerate(plan["module_estimates"]):
+            k = est.get("module", k)  # (a --distributed rank estimates only its own modules)
             lo, hi = est["blocks"]
             lines.append(
                 f"{k:>6} {blocks_cell(lo, hi)} {format_size(est['process_baseline_bytes']):>9} "
