@@ -257,3 +257,18 @@ def test_a_rank_that_never_comes_times_out(tmp_path):
     assert r.returncode == 4, r.stderr
     assert "Traceback" not in r.stderr and "joining the job" in r.stderr
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_torchrun_launches_a_job(tmp_path, one_process):
+    """The standard launcher: `torchrun --nproc-per-node 2 -m edge_trgl.cli.main train ...`."""
+    job = tmp_path / "job"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", KILL_ENV)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-port", str(free_port()), "-m", "edge_trgl.cli.main", "train",
+                        *RUN, "--epochs", "2", "--distributed", "--out", str(job)],
+                       env=env, capture_output=True, text=True, timeout=LIMIT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in range(2):
+        assert run_weights(job / f"rank{rank}") == run_weights(one_process)
