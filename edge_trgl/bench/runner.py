@@ -363,10 +363,13 @@ def rerun_check(result_path: str | os.PathLike, *, tolerance: float = 0.10,
 def legacy_args(config: dict) -> list[str]:
     """Options a row recorded before they existed ran at their old value (config.LATER_FIELDS):
     say that value explicitly, so that a changed default does not change the re-run."""
-    from ..config import LATER_FIELDS
+    from ..config import LATER_FIELDS, TrainConfig
+    default = TrainConfig()
     args = []
     for key, earlier in LATER_FIELDS.items():
-        if config and key not in config and earlier is not None:
+        # (an option whose default is still its old value needs no spelling out)
+        if config and key not in config and earlier is not None \
+                and earlier != getattr(default, key):
             args += [f"--{key.replace('_', '-')}", str(earlier)]
     return args
 
