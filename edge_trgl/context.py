@@ -92,7 +92,10 @@ class Context:
         self.run.log_metrics(stats)
         if self.cfg.progress:
             val = "-" if stats.get("val_acc") is None else f"{100 * stats['val_acc']:.1f}%"
-            print(f"  lap {stats['lap']} module {stats['module']} epoch {stats['epoch']}: "
+            where = f"lap {stats['lap']} module {stats['module']}"
+            if "rank" in stats:  # --distributed: the figures are of the rank's last module
+                where = f"rank {stats['rank']} (modules {stats['modules']}, figures of the last)"
+            print(f"  {where} epoch {stats['epoch']}: "
                   f"loss {stats['train_loss']:.3f} ce {stats['train_ce']:.3f} "
                   f"energy {stats['energy']:.4f} train {100 * stats['train_acc']:.1f}% val {val} "
                   f"({stats['samples_per_s']:.0f} samples/s)", file=sys.stderr, flush=True)

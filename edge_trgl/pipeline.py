@@ -295,6 +295,7 @@ def _train(ctx, ranks: Ranks) -> None:
             ranks.train_out.end()
         val_accs = ranks.gather_accuracies(_chain_accuracy(ctx, ranks, modules, "val", device))
         ctx.log_epoch({"scheme": cfg.scheme, "rank": ranks.rank, "lap": 0,
+                       "modules": f"{ranks.mine[0]}-{ranks.mine[-1]}",
                        "module": ranks.mine[-1], "epoch": epoch + 1, **meter_stats,
                        "rss_bytes": ctx.rss_now(), "val_acc": val_accs[ranks.mine[-1]],
                        "val_accs": val_accs, "sent_bytes": ranks.sent_bytes()})
