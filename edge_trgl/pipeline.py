@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .backends.torch_backend import (check_budget, forward_module, load_scaler_state, make_scaler,
-                                     optimizer_step, scaler_state, step_figures, to_device)
+from .backends.torch_backend import (forward_module, load_scaler_state, make_scaler,
+                                     scaler_state, to_device)
 from .distributed import WIRE_QUEUE, identity, rank_env
 from .errors import PeerLost, UserError
 from .loop import check_finite, train_epoch
@@ -39,10 +39,11 @@ from .memory.measure import release_memory
 from .modules import (autocast, load_module, make_optimizer, module_parameters,
                       optimizer_from_numpy, optimizer_to_numpy, save_module, to_numpy_state)
 from .prefetch import prefetched
+from .resident import ResidentEngine
 from .schedule import lr_at
 from .sources import epoch_rng
 from .store import block_path, head_path, load_tensors, prefixed, save_tensors, unprefixed
-from .trgl import energy_weight, module_loss, module_weights
+from .trgl import energy_weight, module_weights
 
 CKPT = "ckpt/rank-epoch{:03d}.safetensors"
 TRAIN, END = 0, 1
@@ -129,43 +130,21 @@ class ReceivedSource:
         return self.link.messages()
 
 
-class PipelineEngine:
-    """This rank's modules for the shared epoch loop (loop.train_epoch): each steps on the
-    previous one's detached output, as in the one-process parallel scheme; the last one's output
+class PipelineEngine(ResidentEngine):
+    """This rank's modules for the shared epoch loop (loop.train_epoch), stepped as the
+    one-process parallel scheme steps them (ResidentEngine.step_modules); the last one's output
     goes down the link to the next rank."""
 
     def __init__(self, cfg, device, modules, optimizers, scalers, weights, out_link):
-        self.cfg, self.device, self.modules = cfg, device, modules
-        self.optimizers, self.scalers, self.weights = optimizers, scalers, weights
+        super().__init__(cfg, device, modules, optimizers, scalers, weights, e2e=False)
         self.out_link = out_link
 
-    def set_lr(self, lr: float) -> None:
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
-
-    def batches(self, batches):
-        for blocks, head in self.modules:
-            for m in [*blocks, head]:
-                m.train()
-        return prefetched(batches, self.device)
-
     def train_step(self, x_np, y_np, weight, keep_features: bool = False) -> tuple:
-        cfg, device = self.cfg, self.device
-        x, y = to_device(x_np, device), to_device(y_np, device)
-        for (blocks, head), opt, scaler, w in zip(self.modules, self.optimizers, self.scalers,
-                                                  self.weights):
-            with autocast(cfg, device):
-                out, logits, energy = forward_module(blocks, head, x)
-                loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
-            optimizer_step(opt, loss, scaler)
-            x = out.detach()
+        x, y = to_device(x_np, self.device), to_device(y_np, self.device)
+        out, figures = self.step_modules(x, y, len(y_np))
         if self.out_link is not None:
-            self.out_link.send(x, y_np)
-        return step_figures(loss, ce, energy, logits, y, len(y_np))
-
-    def check_budget(self, ctx) -> None:
-        check_budget(ctx)
+            self.out_link.send(out, y_np)
+        return figures
 
 
 class Ranks:

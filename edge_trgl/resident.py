@@ -34,9 +34,6 @@ def load_modules(ctx, device, from_store: bool = True, upto: int | None = None):
 
 def train_resident(ctx) -> None:
     cfg, run = ctx.cfg, ctx.run
-    if cfg.distributed:
-        from .pipeline import train_distributed
-        return train_distributed(ctx)
     if run.manifest["progress"].get("phase") == "done":  # resumed after the last save: nothing left
         return
     device = torch.device(cfg.device)
@@ -153,16 +150,21 @@ class ResidentEngine:
                 loss, ce = module_loss(logits.float(), y, energy.float(), self.weights[0],
                                        cfg.label_smoothing)
             optimizer_step(self.optimizers[0], loss, self.scalers[0])
-        else:
-            for (blocks, head), opt, scaler, w in zip(self.modules, self.optimizers, self.scalers,
-                                                      self.weights):
-                with autocast(cfg, device):
-                    out, logits, energy = forward_module(blocks, head, x)
-                    loss, ce = module_loss(logits.float(), y, energy.float(), w,
-                                           cfg.label_smoothing)
-                optimizer_step(opt, loss, scaler)
-                x = out.detach()
-        return step_figures(loss, ce, energy, logits, y, len(y_np))
+            return step_figures(loss, ce, energy, logits, y, len(y_np))
+        return self.step_modules(x, y, len(y_np))[1]
+
+    def step_modules(self, x, y, n: int) -> tuple:
+        """The parallel step: each module steps on the previous one's detached output; returns
+        the last module's detached output and its figures."""
+        cfg, device = self.cfg, self.device
+        for (blocks, head), opt, scaler, w in zip(self.modules, self.optimizers, self.scalers,
+                                                  self.weights):
+            with autocast(cfg, device):
+                out, logits, energy = forward_module(blocks, head, x)
+                loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
+            optimizer_step(opt, loss, scaler)
+            x = out.detach()
+        return x, step_figures(loss, ce, energy, logits, y, n)
 
     def check_budget(self, ctx) -> None:
         check_budget(ctx)

@@ -130,6 +130,10 @@ def restore_input_cache(ctx: Context, backend, lap: int, k: int, make_task) -> N
 
 
 def run_resident(ctx: Context) -> None:
-    """The parallel and end-to-end schemes: every block resident, raw images in."""
+    """The parallel and end-to-end schemes: every block resident, raw images in (--distributed:
+    this rank's modules, pipeline.py)."""
+    if ctx.cfg.distributed:
+        from .pipeline import train_distributed
+        return train_distributed(ctx)
     from .resident import train_resident
     train_resident(ctx)
