@@ -51,7 +51,7 @@ def error_record(exc: UserError) -> dict:
 
 def recorded_error(result: dict) -> UserError:
     """The error a child recorded with `error_record`."""
-    kind = {Stopped.exit_code: Stopped, Diverged.exit_code: Diverged,
-            PeerLost.exit_code: PeerLost}.get(result.get("exit_code"),
-                                                                          UserError)
+    kinds = {Stopped.exit_code: Stopped, Diverged.exit_code: Diverged,
+             PeerLost.exit_code: PeerLost}
+    kind = kinds.get(result.get("exit_code"), UserError)
     return kind(result["error"])

@@ -30,20 +30,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .backends.torch_backend import (forward_module, load_scaler_state, make_scaler,
-                                     scaler_state, to_device)
+from .backends.torch_backend import forward_module, make_scaler, to_device
 from .distributed import WIRE_QUEUE, identity, rank_env
 from .errors import PeerLost, UserError
-from .loop import check_finite, train_epoch
+from .loop import train_epoch
 from .memory.measure import release_memory
-from .modules import (autocast, load_module, make_optimizer, module_parameters,
-                      optimizer_from_numpy, optimizer_to_numpy, save_module, to_numpy_state)
+from .modules import autocast, load_module, make_optimizer, module_parameters, save_module
 from .prefetch import prefetched
-from .resident import ResidentEngine
+from .resident import ResidentEngine, checkpoint_state, parallel_weights, restore_state
 from .schedule import lr_at
 from .sources import epoch_rng
-from .store import block_path, head_path, load_tensors, prefixed, save_tensors, unprefixed
-from .trgl import energy_weight, module_weights
+from .store import block_path, head_path, load_tensors, save_tensors
 
 CKPT = "ckpt/rank-epoch{:03d}.safetensors"
 TRAIN, END = 0, 1
@@ -57,8 +54,7 @@ class Link:
         self.peer, self.batch, self.shape, self.dtype = peer, batch, tuple(shape), wire_dtype
         self.timeout = datetime.timedelta(seconds=timeout_s)
         itemsize = torch.empty(0, dtype=wire_dtype).element_size()
-        self.feature_bytes = batch * math.prod(self.shape) * itemsize
-        self.nbytes = HEADER_BYTES + 8 * batch + self.feature_bytes
+        self.nbytes = HEADER_BYTES + 8 * batch + batch * math.prod(self.shape) * itemsize
         self.in_flight: collections.deque = collections.deque()
         self.pending = None
         self.sent_bytes = 0
@@ -74,12 +70,10 @@ class Link:
         buf = torch.zeros(self.nbytes, dtype=torch.uint8)
         n = 0 if labels is None else len(labels)
         buf[:HEADER_BYTES].view(torch.int64).copy_(torch.tensor([TRAIN if n else END, n]))
-        if n:
+        if n:  # (the views _unpack reads are where the sender writes)
             _, feats, labs = self._unpack(buf)
-            buf[HEADER_BYTES:HEADER_BYTES + 8 * n].view(torch.int64).copy_(torch.from_numpy(
-                np.asarray(labels, dtype=np.int64)))
-            feats_all = buf[HEADER_BYTES + 8 * self.batch:].view(self.dtype)
-            feats_all[:features.numel()].copy_(features.detach().reshape(-1).to("cpu", self.dtype))
+            labs.copy_(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+            feats.copy_(features.detach().to("cpu", self.dtype))
         while len(self.in_flight) >= WIRE_QUEUE:
             wait(self.in_flight.popleft()[0], self.timeout, f"sending to rank {self.peer}")
         self.in_flight.append((dist.isend(buf, self.peer), buf))
@@ -87,10 +81,6 @@ class Link:
 
     def end(self) -> None:
         self.send(None, None)
-
-    def flush(self) -> None:
-        while self.in_flight:
-            wait(self.in_flight.popleft()[0], self.timeout, f"sending to rank {self.peer}")
 
     # receiving: one message posted ahead
     def _post(self) -> None:
@@ -111,12 +101,21 @@ class Link:
             yield feats.float().numpy(), labels.numpy()
 
 
-def wait(work, timeout, what: str) -> None:
+def with_peers(fn, what: str):
+    """fn() (a torch.distributed call), a gloo failure (a closed connection, a reset, a
+    timeout) raised as PeerLost, saying `what` this rank was doing."""
     try:
+        return fn()
+    except RuntimeError as exc:
+        raise PeerLost(str(exc).splitlines()[0] if str(exc) else "connection lost",
+                       what) from None
+
+
+def wait(work, timeout, what: str) -> None:
+    def done():
         if not work.wait(timeout):
             raise RuntimeError(f"no answer in {timeout.total_seconds():g} s")
-    except RuntimeError as exc:  # gloo: a closed connection, a reset, a timeout
-        raise PeerLost(str(exc).splitlines()[0] if str(exc) else "connection lost", what) from None
+    with_peers(done, what)
 
 
 class ReceivedSource:
@@ -171,28 +170,25 @@ class Ranks:
         self.train_in, self.train_out = links(ctx.batch_size)
         self.eval_in, self.eval_out = links(ctx.eval_batch_size)
 
-    def collective(self, fn, what: str):
-        try:
-            return fn()
-        except RuntimeError as exc:
-            raise PeerLost(str(exc).splitlines()[0] if str(exc) else "connection lost",
-                           what) from None
+    def owner(self, k: int) -> int:
+        """The rank that trains module k."""
+        return next(r for r, share in enumerate(self.shares) if k in share)
 
     def gather_accuracies(self, accs: dict) -> list[float | None]:
         """Every module's accuracy (each rank knows its own), on every rank."""
         vec = torch.full((self.count,), -1.0, dtype=torch.float64)
         for k, acc in accs.items():
             vec[k] = -1.0 if acc is None else acc
-        self.collective(lambda: dist.all_reduce(vec, op=dist.ReduceOp.MAX), "gathering accuracies")
+        with_peers(lambda: dist.all_reduce(vec, op=dist.ReduceOp.MAX), "gathering accuracies")
         return [None if v < 0 else float(v) for v in vec.tolist()]
 
     def min_over_ranks(self, value: int) -> int:
         t = torch.tensor([value], dtype=torch.int64)
-        self.collective(lambda: dist.all_reduce(t, op=dist.ReduceOp.MIN), "agreeing on an epoch")
+        with_peers(lambda: dist.all_reduce(t, op=dist.ReduceOp.MIN), "agreeing on an epoch")
         return int(t.item())
 
     def barrier(self) -> None:
-        self.collective(lambda: dist.monitored_barrier(
+        with_peers(lambda: dist.monitored_barrier(
             timeout=datetime.timedelta(seconds=self.timeout_s)),
             "waiting for the other ranks' checkpoints")
 
@@ -210,7 +206,7 @@ def connect(ctx, share: dict) -> None:
                         f"Launch the job with the world size it was planned for, each rank "
                         f"resuming its own directory.")
     timeout = datetime.timedelta(seconds=ctx.cfg.dist_timeout_s)
-    try:
+    try:  # (a bad address is a ValueError)
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
     except (RuntimeError, ValueError) as exc:
         raise PeerLost(str(exc).splitlines()[0], f"joining the job at "
@@ -218,10 +214,7 @@ def connect(ctx, share: dict) -> None:
     mine = torch.frombuffer(bytearray(bytes.fromhex(identity(ctx.cfg, ctx.run.read_json("plan.json")))),
                             dtype=torch.uint8)
     everyone = [torch.empty_like(mine) for _ in range(world)]
-    try:
-        dist.all_gather(everyone, mine)
-    except RuntimeError as exc:
-        raise PeerLost(str(exc).splitlines()[0], "comparing the ranks' options") from None
+    with_peers(lambda: dist.all_gather(everyone, mine), "comparing the ranks' options")
     differ = [r for r, other in enumerate(everyone) if not torch.equal(other, mine)]
     if differ:
         raise UserError(f"Rank {rank}'s training options (model, data, scheme, modules, batch "
@@ -250,16 +243,13 @@ def _train(ctx, ranks: Ranks) -> None:
     modules = [load_module(run, cfg, ctx.in_shape, ctx.num_classes, *ctx.splits[k], k, device,
                            from_store=start_epoch == 0) for k in ranks.mine]
     optimizers = [make_optimizer(cfg, module_parameters(b, h)) for b, h in modules]
-    all_weights = [w if w is not None else energy_weight(cfg.tau)
-                   for w in module_weights(cfg, ranks.count)]
-    weights = [all_weights[k] for k in ranks.mine]
+    weights = [parallel_weights(cfg, ranks.count)[k] for k in ranks.mine]
     scalers = [make_scaler(cfg, device) for _ in optimizers]
     if start_epoch:
         _load(ctx, ranks, start_epoch, modules, optimizers, scalers)
     engine = PipelineEngine(cfg, device, modules, optimizers, scalers, weights, ranks.train_out)
-    raw_train = ctx.raw("train") if ranks.rank == 0 else None
     count = _count(ctx.dataset, "train")
-    source = raw_train if raw_train is not None else ReceivedSource(ranks.train_in, count)
+    source = ctx.raw("train") if ranks.rank == 0 else ReceivedSource(ranks.train_in, count)
     steps_per_epoch = -(-count // ctx.batch_size)
     for epoch in range(start_epoch, cfg.epochs):
         order_rng = epoch_rng(cfg.seed, 0, 0, epoch)
@@ -301,7 +291,7 @@ def _finish(ctx, ranks: Ranks, modules, device) -> None:
     for k, (lo, hi) in enumerate(ctx.splits):
         run.manifest["modules"][str(k)] = {
             "lo": lo, "hi": hi, "lap": 0, "val_acc": val[k], "test_acc": test[k],
-            "rank": next(r for r, share in enumerate(ranks.shares) if k in share)}
+            "rank": ranks.owner(k)}
     run.manifest["sent_bytes"] = ranks.sent_bytes()
     progress = run.manifest["progress"]
     stale = [rel for rel in (progress.get("ckpt"), progress.get("earlier")) if rel]
@@ -323,17 +313,17 @@ def _share_weights(ctx, ranks: Ranks) -> None:
     from .atomic import atomic_write_bytes
     run = ctx.run
     for k, (lo, hi) in enumerate(ctx.splits):
-        owner = next(r for r, share in enumerate(ranks.shares) if k in share)
+        owner = ranks.owner(k)
         rels = [block_path(i) for i in range(lo, hi)] + [head_path(k)]
         if owner != ranks.rank:
             run.unlist(rels)
         for rel in rels:
             data = (run.root / rel).read_bytes() if owner == ranks.rank else b""
             size = torch.tensor([len(data)], dtype=torch.int64)
-            ranks.collective(lambda: dist.broadcast(size, owner), "sharing the trained weights")
+            with_peers(lambda: dist.broadcast(size, owner), "sharing the trained weights")
             buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if data
                    else torch.empty(int(size.item()), dtype=torch.uint8))
-            ranks.collective(lambda: dist.broadcast(buf, owner), "sharing the trained weights")
+            with_peers(lambda: dist.broadcast(buf, owner), "sharing the trained weights")
             if owner != ranks.rank:
                 received = buf.numpy().tobytes()
                 atomic_write_bytes(run.root / rel, received, event="save")
@@ -378,15 +368,12 @@ def _count(dataset, split: str) -> int:
 # --- checkpoints: the last two kept, so that the ranks always share one ----------------------
 
 def _checkpoints(run) -> dict:
-    """epoch -> checkpoint file, for this rank's intact checkpoints."""
-    from .atomic import sha256_file
+    """epoch -> checkpoint file, for this rank's listed checkpoints (a resume has checked every
+    listed file against its checksum, and load_tensors checks it again)."""
     progress = run.manifest["progress"]
-    found = {}
-    for rel in (progress.get("ckpt"), progress.get("earlier")):
-        if rel and run.checksum(rel) and (run.root / rel).is_file() \
-                and sha256_file(run.root / rel) == run.checksum(rel):
-            found[int(rel.split("epoch")[1].split(".")[0])] = rel
-    return found
+    return {int(rel.split("epoch")[1].split(".")[0]): rel
+            for rel in (progress.get("ckpt"), progress.get("earlier"))
+            if rel and run.checksum(rel)}
 
 
 def _latest_epoch(ctx) -> int:
@@ -395,17 +382,9 @@ def _latest_epoch(ctx) -> int:
 
 def _checkpoint(ctx, ranks: Ranks, epoch_done: int, modules, optimizers, scalers) -> None:
     run = ctx.run
-    tensors = {}
-    for k, (blocks, head) in zip(ranks.mine, modules):
-        lo = ctx.splits[k][0]
-        for offset, block in enumerate(blocks):
-            tensors.update(prefixed(to_numpy_state(block), f"block{lo + offset}."))
-        tensors.update(prefixed(to_numpy_state(head), f"head{k}."))
-    check_finite(run, ctx.cfg, tensors, f"rank {ranks.rank}'s modules, epoch {epoch_done}")
-    for k, opt in zip(ranks.mine, optimizers):
-        tensors.update(prefixed(optimizer_to_numpy(opt), f"optim{k}."))
+    tensors, meta = checkpoint_state(ctx, ranks.mine, modules, optimizers, scalers, epoch_done,
+                                     f"rank {ranks.rank}'s modules, epoch {epoch_done}")
     rel = CKPT.format(epoch_done)
-    meta = {"epoch_done": epoch_done, "scalers": [scaler_state(s) for s in scalers]}
     sha = save_tensors(run.root, rel, tensors, meta)
     run.record_file(rel, sha)
     progress = run.manifest["progress"]
@@ -435,17 +414,4 @@ def _load(ctx, ranks: Ranks, epoch: int, modules, optimizers, scalers) -> None:
                         f"epoch every rank holds, so the ranks cannot continue together. Start "
                         f"the job again with new --out directories.")
     tensors, meta = load_tensors(ctx.run.root, rel, ctx.run.checksum(rel))
-
-    def state(prefix):
-        return {k: torch.from_numpy(np.array(v)) for k, v in unprefixed(tensors, prefix).items()}
-    for k, (blocks, head) in zip(ranks.mine, modules):
-        lo = ctx.splits[k][0]
-        for offset, block in enumerate(blocks):
-            block.load_state_dict(state(f"block{lo + offset}."))
-        head.load_state_dict(state(f"head{k}."))
-    for k, opt in zip(ranks.mine, optimizers):
-        arrays = unprefixed(tensors, f"optim{k}.")
-        if arrays:
-            optimizer_from_numpy(opt, arrays)
-    for scaler, saved in zip(scalers, meta.get("scalers") or []):
-        load_scaler_state(scaler, saved)
+    restore_state(ctx, ranks.mine, modules, optimizers, scalers, tensors, meta)

@@ -48,8 +48,7 @@ def train_resident(ctx) -> None:
         weights = [energy_weight(cfg.tau) if cfg.e2e_energy else 0.0]
     else:
         optimizers = [make_optimizer(cfg, module_parameters(b, h)) for b, h in modules]
-        weights = [w if w is not None else energy_weight(cfg.tau)
-                   for w in module_weights(cfg, len(modules))]
+        weights = parallel_weights(cfg, len(modules))
     # One loss scaler per optimizer: GradScaler.update() belongs once per step of its optimizer,
     # and one module's fp16 overflow must not halve the other modules' scales.
     scalers = [make_scaler(cfg, device) for _ in optimizers]
@@ -195,18 +194,51 @@ def chain_accuracy(ctx, modules, source, device, heads: set | None = None
             for k, c in enumerate(correct)]
 
 
-def _checkpoint(ctx, epoch_done, modules, optimizers, scalers) -> None:
-    run = ctx.run
+def checkpoint_state(ctx, ks, modules, optimizers, scalers, epoch_done: int,
+                     where: str) -> tuple[dict, dict]:
+    """(tensors, meta) of a resident checkpoint: the weights of modules `ks` ('block<i>.',
+    'head<k>.'; checked finite, `where` names them in the message), optimizer i's state
+    ('optim<ks[i]>.': e2e's one optimizer is optim0) and the loss scalers. One process holds
+    every module; a --distributed rank its share (pipeline.py)."""
     tensors = {}
-    for k, ((blocks, head), (lo, _)) in enumerate(zip(modules, ctx.splits)):
+    for k, (blocks, head) in zip(ks, modules):
+        lo = ctx.splits[k][0]
         for offset, block in enumerate(blocks):
             tensors.update(prefixed(to_numpy_state(block), f"block{lo + offset}."))
         tensors.update(prefixed(to_numpy_state(head), f"head{k}."))
-    check_finite(run, ctx.cfg, tensors, f"{ctx.cfg.scheme} training, epoch {epoch_done}")
-    for i, opt in enumerate(optimizers):
-        tensors.update(prefixed(optimizer_to_numpy(opt), f"optim{i}."))
+    check_finite(ctx.run, ctx.cfg, tensors, where)
+    for k, opt in zip(ks, optimizers):
+        tensors.update(prefixed(optimizer_to_numpy(opt), f"optim{k}."))
+    return tensors, {"epoch_done": epoch_done, "scalers": [scaler_state(s) for s in scalers]}
+
+
+def restore_state(ctx, ks, modules, optimizers, scalers, tensors: dict, meta: dict) -> None:
+    """checkpoint_state's inverse."""
+    def state(prefix):
+        return {k: torch.from_numpy(np.array(v)) for k, v in unprefixed(tensors, prefix).items()}
+    for k, (blocks, head) in zip(ks, modules):
+        lo = ctx.splits[k][0]
+        for offset, block in enumerate(blocks):
+            block.load_state_dict(state(f"block{lo + offset}."))
+        head.load_state_dict(state(f"head{k}."))
+    for k, opt in zip(ks, optimizers):
+        arrays = unprefixed(tensors, f"optim{k}.")
+        if arrays:
+            optimizer_from_numpy(opt, arrays)
+    for scaler, saved in zip(scalers, meta.get("scalers") or []):
+        load_scaler_state(scaler, saved)
+
+
+def parallel_weights(cfg, count: int) -> list[float]:
+    """Each module's energy weight in the parallel scheme: the tau schedule's, else tau's own."""
+    return [w if w is not None else energy_weight(cfg.tau) for w in module_weights(cfg, count)]
+
+
+def _checkpoint(ctx, epoch_done, modules, optimizers, scalers) -> None:
+    run = ctx.run
+    tensors, meta = checkpoint_state(ctx, range(len(modules)), modules, optimizers, scalers,
+                                     epoch_done, f"{ctx.cfg.scheme} training, epoch {epoch_done}")
     rel = CKPT.format(epoch_done)
-    meta = {"epoch_done": epoch_done, "scalers": [scaler_state(s) for s in scalers]}
     run.commit_checkpoint(rel, save_tensors(run.root, rel, tensors, meta),
                           {"lap": 0, "module": 0, "epoch_done": epoch_done})
 
@@ -221,17 +253,5 @@ def _resume(ctx, modules, optimizers, scalers) -> int:
     if not rel:
         return 0
     tensors, meta = load_tensors(ctx.run.root, rel, ctx.run.checksum(rel))
-
-    def state(prefix):
-        return {k: torch.from_numpy(np.array(v)) for k, v in unprefixed(tensors, prefix).items()}
-    for k, ((blocks, head), (lo, _)) in enumerate(zip(modules, ctx.splits)):
-        for offset, block in enumerate(blocks):
-            block.load_state_dict(state(f"block{lo + offset}."))
-        head.load_state_dict(state(f"head{k}."))
-    for i, opt in enumerate(optimizers):
-        arrays = unprefixed(tensors, f"optim{i}.")
-        if arrays:
-            optimizer_from_numpy(opt, arrays)
-    for scaler, state in zip(scalers, meta.get("scalers") or []):
-        load_scaler_state(scaler, state)
+    restore_state(ctx, range(len(modules)), modules, optimizers, scalers, tensors, meta)
     return int(meta["epoch_done"])
