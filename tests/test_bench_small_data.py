@@ -62,6 +62,20 @@ def test_the_goals_are_reported_met_or_not_from_the_medians():
     assert "51.34" in text                         # the paper's smallest-set TRGL figure beside
 
 
+def test_three_seeds_are_enough_at_10_percent_and_not_at_2():
+    def text(fraction, seeds):
+        runs = []
+        for s in range(seeds):
+            runs.append(_run("trgl-t1", s, 0.60, 0.60, [0.55, 0.60], tau=1.0, fraction=fraction))
+            runs.append(_run("e2e", s, 0.61, 0.61, scheme="e2e", fraction=fraction))
+        report = CollectingReport()
+        sd.small_data_section(report, "small-data", runs)
+        return "\n".join(report.lines)
+    assert "provisional" not in text(0.1, 3)
+    assert "provisional" in text(0.1, 2)
+    assert "provisional" in text(0.02, 3)
+
+
 def test_the_convergence_rows_pair_each_long_run_with_its_short_twin():
     runs = [_run("e2e", 0, 0.40, 0.41, scheme="e2e"),
             _run("e2e", 0, 0.41, 0.42, scheme="e2e", epochs=120, row="calib-resnet20-e2e-e120-s0")]
