@@ -293,6 +293,21 @@ def test_tiny_suite_report_regenerates_from_json(tiny_suite, tmp_path):
 
 
 @pytest.mark.slow
+def test_dry_run_lists_only_the_selected_rows_and_which_are_done(tiny_suite, tmp_path, capsys):
+    root, _ = tiny_suite
+    m = str(root / "m.toml")
+    results = str(root / "results")
+    assert main(["bench", "run", m, "--results", results, "--only", "*-block-*", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 rows, 1 done before" in out and "resnet8-block-s0 [done]" in out
+    assert "resnet8-e2e-s0" not in out
+    assert main(["bench", "run", m, "--results", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 rows, 0 done before" in out and "resnet8-e2e-s0 [to run]" in out
+    assert not (tmp_path / "tiny").exists()  # a dry run writes nothing
+
+
+@pytest.mark.slow
 def test_rerun_reproduces_peak(tiny_suite):
     root, _ = tiny_suite
     check = bench.rerun_check(root / "results" / "tiny" / "resnet8-e2e-s0.json",

@@ -249,6 +249,17 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def select_rows(matrix: Matrix, only: list[str] | None) -> list:
+    """The rows whose id or group matches one of the `only` globs (every row without `only`)."""
+    rows = [r for r in matrix.rows
+            if not only or any(fnmatch.fnmatchcase(r.row_id, p) or fnmatch.fnmatchcase(r.group, p)
+                               for p in only)]
+    if only and not rows:
+        raise UserError(f"--only {' '.join(only)} matches no row of suite {matrix.name}; the rows "
+                        f"are: {', '.join(r.row_id for r in matrix.rows)}.")
+    return rows
+
+
 def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str] | None = None,
               force: bool = False, timeout_s: float | None = None, work_dir: str | None = None,
               keep_runs: bool = False, command: str | None = None, echo=None,
@@ -258,12 +269,7 @@ def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str]
         def echo(text):  # flushed: the suite usually runs for an hour under nohup
             print(text, flush=True)
     suite_dir = Path(results_dir) / matrix.name
-    rows = [r for r in matrix.rows
-            if not only or any(fnmatch.fnmatchcase(r.row_id, p) or fnmatch.fnmatchcase(r.group, p)
-                               for p in only)]
-    if only and not rows:
-        raise UserError(f"--only {' '.join(only)} matches no row of suite {matrix.name}; the rows "
-                        f"are: {', '.join(r.row_id for r in matrix.rows)}.")
+    rows = select_rows(matrix, only)
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     timeout = timeout_s if timeout_s is not None else matrix.timeout_s

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import signal
 import sys
+from pathlib import Path
 
 HELP = "run benchmark matrices (memory, accuracy, throughput) and render the report"
 
@@ -74,10 +75,16 @@ def run_cmd(args) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     matrices = [load_matrix(n, repeats=args.repeats, overrides=overrides) for n in names]
     if args.dry_run:
+        from ..bench.runner import result_ok, select_rows
         for m in matrices:
-            print(f"suite {m.name} ({m.path}): {len(m.rows)} rows")
-            for row in m.rows:
-                print(f"  {row.row_id}: edge-trgl train {shlex.join(row.train_args)}")
+            rows = select_rows(m, args.only)
+            done = {r.row_id for r in rows if not args.force
+                    and result_ok(Path(args.results) / m.name / f"{r.row_id}.json")}
+            print(f"suite {m.name} ({m.path}): {len(rows)} rows, {len(done)} done before "
+                  f"(skipped without --force)")
+            for row in rows:
+                state = "done" if row.row_id in done else "to run"
+                print(f"  {row.row_id} [{state}]: edge-trgl train {shlex.join(row.train_args)}")
         return 0
     command = _command_line()
     signal.signal(signal.SIGTERM, _stop)  # `kill` of the harness also stops the running child
