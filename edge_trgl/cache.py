@@ -237,7 +237,8 @@ def write_module_cache(ctx, task, out_shape, batches, predict, check_budget,
     (not for the last module) and count its head's val/test accuracy. Shared by the torch backend
     and the torch-free ORT worker, so it stays numpy-only: `batches(source, aug_rng)` yields host
     (x, y) batches (closed here however the pass ends, which stops a read-ahead thread),
-    `predict(x)` returns (features, logits) as numpy arrays, `check_budget(ctx)` stops a run over
+    `predict(x, scored)` returns (features, logits) as numpy arrays (logits may be None
+    when not `scored`), `check_budget(ctx)` stops a run over
     its budget. `kept`: train views module k's training already wrote (harvest.py), which
     this pass does not redo. Records the shards in the manifest and, once every split is
     written, marks module k's cache complete and its progress done (one save)."""
@@ -261,13 +262,17 @@ def write_module_cache(ctx, task, out_shape, batches, predict, check_budget,
         writer = CacheWriter(run.root, rel_dir, name, source.count, out_shape,
                              cfg.cache_dtype) if write else None
         correct = 0
+        # nothing reads a train view's accuracy: its pass skips the head (a block-wise head costs
+        # about half a block)
+        scored = name in ("val", "test")
         split_batches = batches(source, aug_rng)
         try:
             for x, y in ctx.progress_bar(split_batches,
                                          total=-(-source.count // ctx.eval_batch_size),
                                          desc=f"module {task.k} features {name}"):
-                feats, logits = predict(x)
-                correct += int((logits.argmax(1) == y).sum())
+                feats, logits = predict(x, scored)
+                if scored:
+                    correct += int((logits.argmax(1) == y).sum())
                 if writer is not None:
                     writer.write(feats)
                 check_budget(ctx)

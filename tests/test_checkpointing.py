@@ -59,6 +59,25 @@ def test_checkpointed_training_is_plain_training_bit_for_bit(tmp_path):
         assert any("gradient checkpointing in" in note for note in plan["notes"])
 
 
+def test_a_checkpointed_step_does_not_import_dynamo():
+    """torch's non-reentrant checkpoint imports torch._dynamo (sympy and ~800 modules) on its
+    first call: tens of MB held for the process's life, which made checkpointed end-to-end peak
+    above plain end-to-end at small batches."""
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from edge_trgl.models import build_blocks\n"
+            "from edge_trgl.modules import forward_blocks\n"
+            "blocks = build_blocks('resnet8', (3, 16, 16), 10, seed=0)\n"
+            "out, energy = forward_blocks(blocks, torch.randn(4, 3, 16, 16), 3)\n"
+            "(out.sum() + energy).backward()\n"
+            "assert all(p.grad is not None for b in blocks for p in b.parameters())\n"
+            "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
 @pytest.mark.slow
 def test_the_probe_measures_less_for_a_checkpointed_network(tmp_path, monkeypatch):
     """The planner's probe of the whole network trains it as the trainer would: checkpointed,

@@ -11,8 +11,9 @@ from ..cache import write_module_cache
 from ..errors import UserError
 from ..harvest import intact_views
 from ..memory.measure import release_memory
-from ..modules import (autocast, input_layout, load_module, make_optimizer, module_parameters, optimizer_from_numpy,
-                       optimizer_to_numpy, save_module, to_numpy_state)
+from ..modules import (autocast, forward_blocks, input_layout, load_module, make_optimizer,
+                       module_parameters, optimizer_from_numpy, optimizer_to_numpy, save_module,
+                       to_numpy_state)
 from ..prefetch import prefetch_batches, prefetched
 from ..loop import resume_point, train_module
 from ..store import prefixed, unprefixed
@@ -25,10 +26,7 @@ class BudgetExceeded(UserError):
 
 
 def forward_module(blocks, head, x):
-    energy = x.new_zeros(())
-    for block in blocks:
-        x, e = block(x)
-        energy = energy + e
+    x, energy = forward_blocks(blocks, x)
     return x, head(x), energy
 
 
@@ -246,10 +244,13 @@ class TorchBackend:
         def batches(source, aug_rng):
             return prefetch_batches(source.batches(ctx.eval_batch_size, None, aug_rng), device)
 
-        def predict(x):
+        def predict(x, scored):
             with autocast(cfg, device):
-                feats, logits, _ = forward_module(blocks, head, to_device(x, device))
-            return feats.float().cpu().numpy(), logits.float().cpu().numpy()
+                if scored:
+                    feats, logits, _ = forward_module(blocks, head, to_device(x, device))
+                    return feats.float().cpu().numpy(), logits.float().cpu().numpy()
+                feats, _ = forward_blocks(blocks, to_device(x, device))
+            return feats.float().cpu().numpy(), None
 
         return write_module_cache(ctx, task, tuple(blocks[-1].out_shape), batches, predict,
                                   check_budget, kept=intact_views(ctx.run, task))

@@ -20,7 +20,7 @@ SUITE_ORDER = ("accuracy", "memory", "throughput")
 
 _ACC_KEYS = ("model", "data", "train_fraction", "epochs", "batch_size", "backend", "device")
 _MEM_KEYS = ("data", "backend", "device")
-_TPUT_KEYS = ("model", "data", "batch_size", "backend", "device")
+_TPUT_KEYS = ("model", "data", "batch_size", "epochs", "backend", "device")
 
 
 def _suite_order(names) -> list[str]:

@@ -60,8 +60,9 @@ def store_cache(cache: dict) -> None:
 
 
 # What the probes measure changed, so entries measured before are not reused: 2 = the CPU
-# trained in channels_last, 3 = contiguous again (modules.CPU_MEMORY_FORMAT).
-PROBE_FORMAT = 3
+# trained in channels_last, 3 = contiguous again (modules.CPU_MEMORY_FORMAT), 4 = checkpointed
+# segments no longer import torch._dynamo (modules._Checkpointed).
+PROBE_FORMAT = 4
 
 
 def machine_identity(threads: int) -> dict:
