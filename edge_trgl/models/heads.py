@@ -1,18 +1,21 @@
 """Auxiliary classifier heads that turn a block output into logits ``(B, num_classes)``.
 
-``HEADS = ("conv", "linear", "mlp")``; "conv" is the default.
+``HEADS = ("conv", "pooled-conv", "linear", "mlp")``; "conv" is the default.
 
 For image features ``(C, H, W)``:
 
 * ``"conv"`` (the TRGL authors' "1CNN"): Conv2d(C, C, 3, pad 1, no bias) - ReLU -
   adaptive average pool to 2x2 - flatten - BatchNorm1d(4C) - Linear(4C, classes).
+* ``"pooled-conv"``: the conv head on the map average-pooled to 8x8 first (maps of 8x8 or
+  smaller are left as they are). Its conv costs 1/16 of the conv head's at 32x32 and 1/4 at
+  16x16: with one block per module the conv head's conv costs half the block's two.
 * ``"linear"``: global average pool - Linear(C, classes).
 * ``"mlp"``: global average pool - Linear(C, hidden) - ReLU - Linear(hidden, classes), with
   ``hidden = max(C, num_classes)``.
 
 For token features ``(tokens, dim)`` (ViT), where a 3x3 conv has no meaning:
 
-* ``"conv"``: LayerNorm - Linear(dim, dim) applied per token - ReLU - mean over tokens -
+* ``"conv"`` (and ``"pooled-conv"``): LayerNorm - Linear(dim, dim) applied per token - ReLU - mean over tokens -
   Linear(dim, classes). The per-token Linear plays the role of the 1CNN's conv (one learned
   mixing layer + non-linearity before pooling).
 * ``"linear"``: LayerNorm - mean over tokens - Linear(dim, classes).
@@ -35,7 +38,10 @@ from .blocks import init_weights, make_generator
 
 __all__ = ["HEADS", "make_head", "StaticAdaptiveAvgPool2d"]
 
-HEADS: tuple[str, ...] = ("conv", "linear", "mlp")
+HEADS: tuple[str, ...] = ("conv", "pooled-conv", "linear", "mlp")
+
+# pooled-conv: maps wider than this are average-pooled to it before the head's conv
+POOLED_SIDE = 8
 
 
 def _bins(size: int, out: int) -> list[tuple[int, int]]:
@@ -81,8 +87,13 @@ class _TokenMean(nn.Module):
 
 
 def _image_head(name: str, c: int, h: int, w: int, classes: int) -> nn.Module:
-    if name == "conv":
+    if name in ("conv", "pooled-conv"):
+        pool = []
+        if name == "pooled-conv" and min(h, w) > POOLED_SIDE:
+            pool = [StaticAdaptiveAvgPool2d((h, w), POOLED_SIDE)]
+            h = w = POOLED_SIDE
         return nn.Sequential(
+            *pool,
             nn.Conv2d(c, c, 3, padding=1, bias=False),
             nn.ReLU(),
             StaticAdaptiveAvgPool2d((h, w), 2),
@@ -99,7 +110,7 @@ def _image_head(name: str, c: int, h: int, w: int, classes: int) -> nn.Module:
 
 
 def _token_head(name: str, dim: int, classes: int) -> nn.Module:
-    if name == "conv":
+    if name in ("conv", "pooled-conv"):
         return nn.Sequential(
             nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU(), _TokenMean(), nn.Linear(dim, classes)
         )

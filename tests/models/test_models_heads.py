@@ -25,7 +25,19 @@ def test_head_output_shape(name, shape):
 
 
 def test_head_names():
-    assert HEADS == ("conv", "linear", "mlp")
+    assert HEADS == ("conv", "pooled-conv", "linear", "mlp")
+
+
+def test_pooled_conv_head_pools_wide_maps_to_8x8_first():
+    wide = make_head("pooled-conv", (16, 32, 32), 10, seed=0)
+    assert isinstance(wide[0], StaticAdaptiveAvgPool2d) and wide[0].out == 8
+    x = torch.randn(2, 16, 32, 32)
+    assert wide[1:](torch.nn.functional.avg_pool2d(x, 4)).shape == (2, 10)
+    assert torch.allclose(wide.eval()(x), wide[1:](torch.nn.functional.avg_pool2d(x, 4)))
+    # an 8x8 map is the conv head's own input: the same layers, the same weights
+    narrow, conv = make_head("pooled-conv", (16, 8, 8), 10, seed=3), make_head("conv", (16, 8, 8), 10, seed=3)
+    a, b = narrow.state_dict(), conv.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_conv_head_structure():
