@@ -376,3 +376,12 @@ def test_labels_tell_the_view_policies_apart():
     assert method_label(views) == "TRGL K=4"
     assert method_label(training) == "TRGL K=4, views from training"
     assert method_label(e2e) == "end-to-end"
+
+
+def test_labels_name_a_head_other_than_the_default():
+    from edge_trgl.bench.tables import method_label
+    conv = fake_result("s", "resnet20", 64, "sequential", 400)
+    pooled = fake_result("s", "resnet20", 64, "sequential", 400)
+    pooled["options"]["head"] = "pooled-conv"
+    assert method_label(conv) == "TRGL K=4"
+    assert method_label(pooled) == "TRGL K=4, pooled-conv head"

@@ -46,6 +46,8 @@ def method_label(result: dict) -> str:
         name += f" (tau {tau:g} {cfg.get('tau_mode')})" if cfg.get("tau_mode") != "adaptive" else " (adaptive tau)"
     if cfg.get("aug_policy") == "training" and cfg.get("augment", True) and len(splits) > 1:
         name += ", views from training"
+    if cfg.get("head", "conv") != "conv":
+        name += f", {cfg['head']} head"
     return name
 
 
