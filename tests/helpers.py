@@ -201,3 +201,12 @@ class CollectingReport:
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
+
+
+def assert_imports_no_dynamo(code: str) -> None:
+    """Run `code` in a fresh interpreter and check that it imported neither torch._dynamo nor
+    sympy (together ~70 MB held for the process's life)."""
+    code += "\nimport sys\nprint('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["False", "False"], out.stdout

@@ -16,6 +16,8 @@ from edge_trgl.errors import UserError
 from edge_trgl.segments import checkpoint_segment_count, segment_bounds
 from edge_trgl.train import train
 
+from helpers import assert_imports_no_dynamo
+
 TINY = dict(synthetic_train=200, synthetic_test=100, model="resnet8", width=0.5, batch_size=32,
             threads=1, progress=False, scheme="e2e", epochs=2)
 
@@ -63,19 +65,14 @@ def test_a_checkpointed_step_does_not_import_dynamo():
     """torch's non-reentrant checkpoint imports torch._dynamo (sympy and ~800 modules) on its
     first call: tens of MB held for the process's life, which made checkpointed end-to-end peak
     above plain end-to-end at small batches."""
-    import subprocess
-    import sys
-    code = ("import sys, torch\n"
-            "from edge_trgl.models import build_blocks\n"
-            "from edge_trgl.modules import forward_blocks\n"
-            "blocks = build_blocks('resnet8', (3, 16, 16), 10, seed=0)\n"
-            "out, energy = forward_blocks(blocks, torch.randn(4, 3, 16, 16), 3)\n"
-            "(out.sum() + energy).backward()\n"
-            "assert all(p.grad is not None for b in blocks for p in b.parameters())\n"
-            "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "False"]
+    assert_imports_no_dynamo(
+        "import torch\n"
+        "from edge_trgl.models import build_blocks\n"
+        "from edge_trgl.modules import forward_blocks\n"
+        "blocks = build_blocks('resnet8', (3, 16, 16), 10, seed=0)\n"
+        "out, energy = forward_blocks(blocks, torch.randn(4, 3, 16, 16), 3)\n"
+        "(out.sum() + energy).backward()\n"
+        "assert all(p.grad is not None for b in blocks for p in b.parameters())")
 
 
 @pytest.mark.slow
