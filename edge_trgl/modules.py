@@ -208,8 +208,7 @@ class _Checkpointed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, segment, x):
         ctx.segment = segment
-        ctx.autocast = (x.device.type, torch.is_autocast_enabled(x.device.type),
-                        torch.get_autocast_dtype(x.device.type))
+        ctx.autocast = _autocast_state(x.device.type)
         ctx.save_for_backward(x)
         with torch.no_grad():
             return segment(x)
@@ -227,6 +226,17 @@ class _Checkpointed(torch.autograd.Function):
                 total = total + energy * grad_energy
             total.backward()
         return None, x.grad
+
+
+def _autocast_state(device_type: str) -> tuple:
+    """(device type, enabled, dtype) of autocast now; torch < 2.4 (older JetPacks) lacks the
+    device-type forms of these calls."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return (device_type, torch.is_autocast_enabled(device_type),
+                torch.get_autocast_dtype(device_type))
+    if device_type == "cuda":
+        return device_type, torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return device_type, torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
 
 
 class _Segment:

@@ -75,6 +75,26 @@ def test_a_checkpointed_step_does_not_import_dynamo():
         "assert all(p.grad is not None for b in blocks for p in b.parameters())")
 
 
+def test_the_recomputation_runs_under_the_forward_passes_autocast():
+    """--amp: backward recomputes a segment outside the caller's autocast context, so it must
+    re-enter the one its forward pass ran under (CPU bfloat16 here; CUDA float16 the same way)."""
+    import torch
+    from edge_trgl.models import build_blocks
+    from edge_trgl.modules import forward_blocks
+
+    def grads(segments):
+        blocks = build_blocks("resnet8", (3, 16, 16), 10, seed=0)
+        x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, energy = forward_blocks(blocks, x, segments)
+            assert out.dtype == torch.bfloat16
+            loss = out.float().sum() + energy.float()
+        loss.backward()
+        return [p.grad for b in blocks for p in b.parameters()]
+    plain, checkpointed = grads(None), grads(3)
+    assert all(torch.equal(a, b) for a, b in zip(plain, checkpointed))
+
+
 @pytest.mark.slow
 def test_the_probe_measures_less_for_a_checkpointed_network(tmp_path, monkeypatch):
     """The planner's probe of the whole network trains it as the trainer would: checkpointed,
