@@ -169,10 +169,10 @@ def autocast(cfg, device: torch.device):
 def forward_blocks(blocks, x, segments: int | None = None):
     """x through the blocks: (output, summed kinetic energy). With `segments`, every segment but
     the last runs under activation checkpointing (_Checkpointed): only its input is kept for
-    backward, its inside is recomputed then. The recomputation leaves
-    BatchNorm's running statistics alone (they were updated by the forward pass once; in
-    training mode the normalisation itself uses the batch's statistics either way), so a
-    checkpointed step updates exactly what a plain one does."""
+    backward, its inside is recomputed then. The recomputation leaves BatchNorm's running
+    statistics alone (they were updated by the forward pass once; in training mode the
+    normalisation itself uses the batch's statistics either way), so a checkpointed step updates
+    exactly what a plain one does."""
     energy = x.new_zeros(())
     if not segments or segments < 2:
         for block in blocks:
@@ -210,8 +210,7 @@ class _Checkpointed(torch.autograd.Function):
         ctx.segment = segment
         ctx.autocast = _autocast_state(x.device.type)
         ctx.save_for_backward(x)
-        with torch.no_grad():
-            return segment(x)
+        return segment(x)  # autograd runs a Function's forward without recording a graph
 
     @staticmethod
     def backward(ctx, grad_out, grad_energy):

@@ -10,7 +10,7 @@ have torch's layout ("momentum_buffer"; "step", "exp_avg", "exp_avg_sq"), so che
 ONNX Runtime trainer's numpy optimizers read them unchanged.
 
 The base class's own methods (zero_grad, state_dict, ...) are wrapped in torch's lazy "disable
-dynamo" decorator, which would import torch._dynamo the same way on first use; `no_lazy_dynamo`
+dynamo" decorator, which would import torch._dynamo the same way on first use; `_no_lazy_dynamo`
 marks them as already disabled -- this package never compiles -- so the import never happens.
 """
 
@@ -20,21 +20,19 @@ import torch
 from torch.optim import Optimizer
 
 
-def no_lazy_dynamo(functions) -> None:
-    """Mark those of `functions` that torch wrapped in its lazy "disable dynamo" decorator as
-    already disabled, so that calling them never imports torch._dynamo."""
+def _no_lazy_dynamo() -> None:
     compile_mod = getattr(torch, "_compile", None)
     disable = getattr(compile_mod, "_disable_dynamo", None)
     if disable is None:
         return
     marker = disable(lambda: None).__code__
-    for fn in functions:
+    for fn in vars(Optimizer).values():
         inner = getattr(fn, "__wrapped__", None)
         if getattr(fn, "__code__", None) is marker and inner is not None:
             inner.__dynamo_disable = inner  # what torch caches after its own first call
 
 
-no_lazy_dynamo(vars(Optimizer).values())
+_no_lazy_dynamo()
 
 
 class SGD(Optimizer):

@@ -246,11 +246,9 @@ class TorchBackend:
 
         def predict(x, scored):
             with autocast(cfg, device):
-                if scored:
-                    feats, logits, _ = forward_module(blocks, head, to_device(x, device))
-                    return feats.float().cpu().numpy(), logits.float().cpu().numpy()
                 feats, _ = forward_blocks(blocks, to_device(x, device))
-            return feats.float().cpu().numpy(), None
+                logits = head(feats).float().cpu().numpy() if scored else None
+            return feats.float().cpu().numpy(), logits
 
         return write_module_cache(ctx, task, tuple(blocks[-1].out_shape), batches, predict,
                                   check_budget, kept=intact_views(ctx.run, task))

@@ -15,8 +15,8 @@ For image features ``(C, H, W)``:
 
 For token features ``(tokens, dim)`` (ViT), where a 3x3 conv has no meaning:
 
-* ``"conv"`` (and ``"pooled-conv"``): LayerNorm - Linear(dim, dim) applied per token - ReLU - mean over tokens -
-  Linear(dim, classes). The per-token Linear plays the role of the 1CNN's conv (one learned
+* ``"conv"`` (and ``"pooled-conv"``): LayerNorm - Linear(dim, dim) applied per token - ReLU -
+  mean over tokens - Linear(dim, classes). The per-token Linear plays the role of the 1CNN's conv (one learned
   mixing layer + non-linearity before pooling).
 * ``"linear"``: LayerNorm - mean over tokens - Linear(dim, classes).
 * ``"mlp"``: LayerNorm - mean over tokens - Linear(dim, hidden) - ReLU - Linear(hidden,
