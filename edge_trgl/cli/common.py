@@ -110,7 +110,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=d.model, help="resnet20/32/44/56/110 (any resnetN, N=6n+2), "
                    "vgg8/vgg11/..., vit or vitN")
     g.add_argument("--width", type=float, default=d.width, help="channel width multiplier")
-    g.add_argument("--head", default=d.head, help="auxiliary head: conv, pooled-conv, linear or mlp")
+    g.add_argument("--head", default=d.head, help="auxiliary head: conv, pooled-conv, strided-conv, linear or mlp")
     g = parser.add_argument_group("modules (give at most one; with --mem-budget the planner chooses)")
     g.add_argument("--module-size", type=int, metavar="N", help="blocks per module")
     g.add_argument("--modules", "-K", type=int, metavar="K",

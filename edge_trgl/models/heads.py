@@ -1,6 +1,6 @@
 """Auxiliary classifier heads that turn a block output into logits ``(B, num_classes)``.
 
-``HEADS = ("conv", "pooled-conv", "linear", "mlp")``; "conv" is the default.
+``HEADS = ("conv", "pooled-conv", "strided-conv", "linear", "mlp")``; "conv" is the default.
 
 For image features ``(C, H, W)``:
 
@@ -9,13 +9,15 @@ For image features ``(C, H, W)``:
 * ``"pooled-conv"``: the conv head on the map average-pooled to 8x8 first (maps of 8x8 or
   smaller are left as they are). Its conv costs 1/16 of the conv head's at 32x32 and 1/4 at
   16x16: with one block per module the conv head's conv costs half the block's two.
+* ``"strided-conv"``: the conv head with its conv at stride 2 (maps of 4x4 or more): a quarter of
+  the conv head's conv at every map size, and unlike pooled-conv it sees every pixel of a wide map.
 * ``"linear"``: global average pool - Linear(C, classes).
 * ``"mlp"``: global average pool - Linear(C, hidden) - ReLU - Linear(hidden, classes), with
   ``hidden = max(C, num_classes)``.
 
 For token features ``(tokens, dim)`` (ViT), where a 3x3 conv has no meaning:
 
-* ``"conv"`` (and ``"pooled-conv"``): LayerNorm - Linear(dim, dim) applied per token - ReLU -
+* ``"conv"`` (and ``"pooled-conv"``, ``"strided-conv"``): LayerNorm - Linear(dim, dim) applied per token - ReLU -
   mean over tokens - Linear(dim, classes). The per-token Linear plays the role of the 1CNN's conv (one learned
   mixing layer + non-linearity before pooling).
 * ``"linear"``: LayerNorm - mean over tokens - Linear(dim, classes).
@@ -38,10 +40,14 @@ from .blocks import init_weights, make_generator
 
 __all__ = ["HEADS", "make_head", "StaticAdaptiveAvgPool2d"]
 
-HEADS: tuple[str, ...] = ("conv", "pooled-conv", "linear", "mlp")
+HEADS: tuple[str, ...] = ("conv", "pooled-conv", "strided-conv", "linear", "mlp")
+CONV_HEADS = ("conv", "pooled-conv", "strided-conv")
 
 # pooled-conv: maps wider than this are average-pooled to it before the head's conv
 POOLED_SIDE = 8
+# strided-conv: maps at least this wide get the stride-2 conv (a 4x4 map still gives the 2x2 pool
+# one output per bin)
+STRIDED_MIN_SIDE = 4
 
 
 def _bins(size: int, out: int) -> list[tuple[int, int]]:
@@ -87,14 +93,17 @@ class _TokenMean(nn.Module):
 
 
 def _image_head(name: str, c: int, h: int, w: int, classes: int) -> nn.Module:
-    if name in ("conv", "pooled-conv"):
-        pool = []
+    if name in CONV_HEADS:
+        pool, stride = [], 1
         if name == "pooled-conv" and min(h, w) > POOLED_SIDE:
             pool = [StaticAdaptiveAvgPool2d((h, w), POOLED_SIDE)]
             h = w = POOLED_SIDE
+        if name == "strided-conv" and min(h, w) >= STRIDED_MIN_SIDE:
+            stride = 2
+            h, w = (h + 1) // 2, (w + 1) // 2
         return nn.Sequential(
             *pool,
-            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            nn.Conv2d(c, c, 3, stride=stride, padding=1, bias=False),
             nn.ReLU(),
             StaticAdaptiveAvgPool2d((h, w), 2),
             nn.Flatten(1),
@@ -110,7 +119,7 @@ def _image_head(name: str, c: int, h: int, w: int, classes: int) -> nn.Module:
 
 
 def _token_head(name: str, dim: int, classes: int) -> nn.Module:
-    if name in ("conv", "pooled-conv"):
+    if name in CONV_HEADS:
         return nn.Sequential(
             nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU(), _TokenMean(), nn.Linear(dim, classes)
         )

@@ -25,7 +25,21 @@ def test_head_output_shape(name, shape):
 
 
 def test_head_names():
-    assert HEADS == ("conv", "pooled-conv", "linear", "mlp")
+    assert HEADS == ("conv", "pooled-conv", "strided-conv", "linear", "mlp")
+
+
+def test_strided_conv_head_is_the_conv_head_at_stride_2():
+    strided, conv = make_head("strided-conv", (16, 32, 32), 10, seed=5), make_head("conv", (16, 32, 32), 10, seed=5)
+    a, b = strided.state_dict(), conv.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert strided[0].stride == (2, 2) and conv[0].stride == (1, 1)
+    x = torch.randn(2, 16, 32, 32)
+    expect = torch.relu(torch.nn.functional.conv2d(x, conv[0].weight, padding=1))[:, :, ::2, ::2]
+    assert torch.allclose(strided[:2](x), expect, atol=1e-6)
+    assert strided.eval()(x).shape == (2, 10)
+    # odd and small maps: 7x7 -> 4x4 at stride 2; a 3x3 map keeps stride 1
+    assert make_head("strided-conv", (8, 7, 7), 10, seed=0).eval()(torch.randn(2, 8, 7, 7)).shape == (2, 10)
+    assert make_head("strided-conv", (8, 3, 3), 10, seed=0)[0].stride == (1, 1)
 
 
 def test_pooled_conv_head_pools_wide_maps_to_8x8_first():
