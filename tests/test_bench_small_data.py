@@ -106,3 +106,28 @@ def test_a_calibration_row_is_seed_0_of_its_longer_setting():
     text = "\n".join(report.lines)
     assert "| TRGL (tau 1) **chosen** | 3 |" in text, text      # 120 epochs: calib + 2 seeds
     assert "| TRGL (tau 1) | seed 0 | 40 -> 120 | 40.0 -> 45.0 (+5.0) |" in text, text
+
+
+def test_block_wise_and_multilap_seeds_are_not_counted_as_k4_seeds():
+    """Each module-wise configuration is its own table; the goals are judged on sequential K=4
+    alone, the others only shown against the same references."""
+    runs = []
+    for s in range(5):
+        runs.append(_run("trgl-t1", s, 0.50, 0.50, [0.45, 0.50], tau=1.0))
+        runs.append(_run("greedy", s, 0.46, 0.46, [0.45, 0.46], tau=math.inf))
+        runs.append(_run("e2e", s, 0.48, 0.48, scheme="e2e"))
+    for s in range(2):
+        block = _run("trgl-t1-blockwise", s, 0.60, 0.30, [0.30] * 10, tau=1.0)
+        block["options"].update(module_size=1, modules=None)
+        lap = _run("trgl-t1-multilap", s, 0.40, 0.40, [0.40] * 4, tau=1.0, scheme="multilap")
+        runs += [block, lap]
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    assert text.count("| TRGL (tau 1) **chosen** | 5 |") == 1, text     # K=4: its own 5 seeds
+    assert text.count("| TRGL (tau 1) **chosen** | 2 |") == 2, text     # block-wise, multilap
+    assert "greedy 46.0 % (+4.0 points): **met**" in text, text           # from K=4's 50.0 only
+    assert text.count("**met**") == 2 and "not met" not in text, text
+    assert text.count("not judged") == 2, text
+    assert "module-wise: block-wise:" in text and "module-wise: multilap, K=4:" in text, text
+    assert text.index("module-wise: K=4:") < text.index("module-wise: block-wise:")
