@@ -11,6 +11,8 @@ For image features ``(C, H, W)``:
   16x16: with one block per module the conv head's conv costs half the block's two.
 * ``"strided-conv"``: the conv head with its conv at stride 2 (maps of 4x4 or more): a quarter of
   the conv head's conv at every map size, and unlike pooled-conv it sees every pixel of a wide map.
+  Measured worse than both (recipe suite, ResNet-20, CIFAR-10 10 %: block-wise validation median
+  56.0 % against conv 58.2 % and pooled-conv 57.4 %, 3 seeds) and no faster than pooled-conv.
 * ``"linear"``: global average pool - Linear(C, classes).
 * ``"mlp"``: global average pool - Linear(C, hidden) - ReLU - Linear(hidden, classes), with
   ``hidden = max(C, num_classes)``.
