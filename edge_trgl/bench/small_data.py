@@ -146,10 +146,12 @@ def _configurations(runs: list[dict]) -> list[tuple[tuple | None, list[dict]]]:
     """One table per module-wise configuration (scheme and module layout: seeds of K=4 and of
     block-wise training are different methods), each beside every end-to-end run of the setting;
     the goals' configuration first."""
-    e2e = [r for r in runs if family(r).startswith("e2e")]
+    e2e: list[dict] = []
     by: dict[tuple, list[dict]] = {}
     for r in runs:
-        if not family(r).startswith("e2e"):
+        if family(r).startswith("e2e"):
+            e2e.append(r)
+        else:
             by.setdefault(setting(r)[4:], []).append(r)
     if not by:
         return [(None, e2e)]
@@ -229,14 +231,17 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
                      + ", ".join(f"{m.lr:g}: {fmt_pct(m.stat('best_val_acc')['median'])} %"
                                  for m in methods if m.family == "e2e" and m.stat("best_val_acc"))
                      + ").")
-    seeds = min([len(chosen.runs)] + [len(m.runs) for m in (greedy, e2e) if m])
     if not judged:
-        lines += [f"Against {ref.name}: TRGL {fmt_pct(t)} % vs {fmt_pct(ref.stat('best_test_acc')['median'])} % "
-                  f"({_pp(t, ref.stat('best_test_acc')['median'])} points)." for ref in (greedy, e2e) if ref]
+        for ref in (greedy, e2e):
+            if ref:
+                r = ref.stat("best_test_acc")["median"]
+                lines.append(f"Against {ref.name}: TRGL {fmt_pct(t)} % vs {fmt_pct(r)} % "
+                             f"({_pp(t, r)} points).")
         lines.append("(The goals are stated for sequential K=4; this configuration is shown "
                      "beside it, not judged.)")
         report.add(*[f"- {x}" for x in lines], "")
         return
+    seeds = min([len(chosen.runs)] + [len(m.runs) for m in (greedy, e2e) if m])
     if fraction is not None and fraction <= 0.025:
         if greedy:
             g = greedy.stat("best_test_acc")["median"]
