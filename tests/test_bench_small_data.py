@@ -21,7 +21,8 @@ def _run(method: str, seed: int, val: float, test: float, per_module=None, tau=N
     return {"status": "ok", "row_id": row or f"sd2-resnet20-{method}-s{seed}", "options": options,
             "measurements": {"best_val_acc": val, "best_test_acc": test,
                              "final_test_acc": per_module[-1], "test_acc_by_module": per_module,
-                             "best_module": 0, "cpu_s": 100.0, "peak_rss_bytes": 4e8}}
+                             "best_module": 0, "cpu_s": 100.0, "wall_s": 120.0,
+                             "peak_rss_bytes": 4e8}}
 
 
 def test_tau_is_chosen_on_validation_not_on_test():
@@ -154,3 +155,5 @@ def test_the_goals_are_judged_on_resnet20_only():
     assert text.count("**met**") == 2 and "not met" not in text, text
     assert text.count("not judged") == 1, text
     assert "Against greedy (tau inf): TRGL 40.0 % vs 46.0 % (-6.0 points)" in text, text
+    # wall time beside CPU time, per run (median)
+    assert "| wall s | CPU s | peak RSS MB |" in text and "| 120 | 100 | 400 |" in text, text
