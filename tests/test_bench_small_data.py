@@ -83,7 +83,7 @@ def test_the_convergence_rows_pair_each_long_run_with_its_short_twin():
     report = CollectingReport()
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
-    assert "| end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) | 41.0 -> 42.0 |" in text, text
+    assert "| 2 % | end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) | 41.0 -> 42.0 |" in text, text
 
 
 def test_end_to_end_keeps_its_own_learning_rate_chosen_on_validation():
@@ -106,7 +106,7 @@ def test_a_calibration_row_is_seed_0_of_its_longer_setting():
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
     assert "| TRGL (tau 1) **chosen** | 3 |" in text, text      # 120 epochs: calib + 2 seeds
-    assert "| TRGL (tau 1) | seed 0 | 40 -> 120 | 40.0 -> 45.0 (+5.0) |" in text, text
+    assert "| 2 % | TRGL (tau 1) | seed 0 | 40 -> 120 | 40.0 -> 45.0 (+5.0) |" in text, text
 
 
 def test_block_wise_and_multilap_seeds_are_not_counted_as_k4_seeds():
@@ -157,3 +157,40 @@ def test_the_goals_are_judged_on_resnet20_only():
     assert "Against greedy (tau inf): TRGL 40.0 % vs 46.0 % (-6.0 points)" in text, text
     # wall time beside CPU time, per run (median)
     assert "| wall s | CPU s | peak RSS MB |" in text and "| 120 | 100 | 400 |" in text, text
+
+
+def test_the_10_percent_goal_judges_the_chosen_taus_per_module_curve():
+    def text(curve):
+        runs = []
+        for s in range(3):
+            runs.append(_run("trgl-t1", s, 0.60, curve[-1], curve, tau=1.0, fraction=0.1))
+            runs.append(_run("e2e", s, 0.61, 0.61, scheme="e2e", fraction=0.1))
+        report = CollectingReport()
+        sd.small_data_section(report, "small-data", runs)
+        return "\n".join(report.lines)
+    rising = text([0.55, 0.58, 0.60, 0.60])
+    assert "TRGL (tau 1) 55.0, 58.0, 60.0, 60.0 %: **met**" in rising, rising
+    falling = text([0.60, 0.58, 0.55, 0.55])    # drops 2-3 points, spread 0: stagnation
+    assert "TRGL (tau 1) 60.0, 58.0, 55.0, 55.0 %: **not met**" in falling, falling
+
+
+def test_the_convergence_checks_other_side_is_shown_not_judged():
+    """10 %: 3 seeds at 40 epochs (the main setting) and a seed-0 check at 120 (calib10-): the
+    120-epoch table is shown unjudged, the goals are judged at 40; at 2 % the short side is the
+    unjudged one."""
+    runs = []
+    for s in range(3):
+        runs.append(_run("trgl-t1", s, 0.60, 0.60, [0.55, 0.60], tau=1.0, fraction=0.1))
+        runs.append(_run("e2e", s, 0.61, 0.61, scheme="e2e", fraction=0.1))
+    runs.append(_run("trgl-t1", 0, 0.61, 0.20, [0.55, 0.20], tau=1.0, fraction=0.1, epochs=120,
+                     row="calib10-resnet20-trgl-t1-e120-s0"))
+    runs.append(_run("e2e", 0, 0.62, 0.62, scheme="e2e", fraction=0.1, epochs=120,
+                     row="calib10-resnet20-e2e-e120-s0"))
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    # judged at 40 epochs only: TRGL 60.0 vs end-to-end 61.0 (met); the 120-epoch TRGL at 20 %
+    # would fail both goals, and is not judged
+    assert text.count("**met**") == 2 and "not met" not in text, text
+    assert "120 epochs is the convergence check's other side" in text, text
+    assert "| 10 % | TRGL (tau 1) | seed 0 | 40 -> 120 | 60.0 -> 61.0 (+1.0) | 60.0 -> 20.0 |" in text
