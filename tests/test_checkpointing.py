@@ -136,6 +136,27 @@ def test_the_comparison_prefers_end_to_end_only_at_the_requested_batch():
     assert text.count(" no ") == 3 and "pick: none" in text
 
 
+def test_with_little_data_the_comparison_picks_trgl_module_wise():
+    """At most SMALL_TRAIN_IMAGES training images: TRGL module-wise (measured more accurate
+    there) is the pick when it fits at the requested batch, even where end-to-end fits too; not
+    for greedy training, not for more images, not at a smaller batch."""
+    from edge_trgl.choose import SMALL_TRAIN_IMAGES, choose
+
+    def row(name, batch):
+        return {"name": name, "fits": True, "batch_size": batch, "modules": 4,
+                "estimated_peak_bytes": 400_000_000}
+    rows = [row("module-wise", 128), row("end-to-end, checkpointed", 128), row("end-to-end", 128)]
+    pick, why = choose(rows, 128, train_images=800)
+    assert pick == "module-wise" and "800 training images" in why and "45.4 %" in why
+    assert choose(rows, 128, train_images=800, trgl=False)[0] == "end-to-end"
+    assert choose(rows, 128, train_images=SMALL_TRAIN_IMAGES + 1)[0] == "end-to-end"
+    assert choose(rows, 128)[0] == "end-to-end"           # size unknown: the general rule
+    rows[0] = row("module-wise", 64)
+    assert choose(rows, 128, train_images=800)[0] == "end-to-end"
+    rows[0] = dict(row("module-wise", 128), modules=1)    # one module: end-to-end with a head
+    assert choose(rows, 128, train_images=800)[0] == "end-to-end"
+
+
 def test_help_documents_checkpointing_and_the_comparison(capsys):
     for argv in (["train", "--help"], ["plan", "--help"]):
         with pytest.raises(SystemExit):
