@@ -194,3 +194,15 @@ def test_the_convergence_checks_other_side_is_shown_not_judged():
     assert text.count("**met**") == 2 and "not met" not in text, text
     assert "120 epochs is the convergence check's other side" in text, text
     assert "| 10 % | TRGL (tau 1) | seed 0 | 40 -> 120 | 60.0 -> 61.0 (+1.0) | 60.0 -> 20.0 |" in text
+
+
+def test_a_second_convergence_check_pairs_with_the_next_shorter_length():
+    runs = [_run("e2e", 0, 0.40, 0.41, scheme="e2e"),
+            _run("e2e", 0, 0.41, 0.42, scheme="e2e", epochs=120, row="calib-resnet20-e2e-e120-s0"),
+            _run("e2e", 0, 0.43, 0.44, scheme="e2e", epochs=360,
+                 row="calib360-resnet20-e2e-e360-s0")]
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    assert "| 2 % | end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) |" in text, text
+    assert "| 2 % | end-to-end | seed 0 | 120 -> 360 | 41.0 -> 43.0 (+2.0) |" in text, text

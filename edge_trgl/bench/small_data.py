@@ -313,7 +313,8 @@ def _convergence(report, calib: list[dict], main: list[dict]) -> None:
                 and setting(m)[4:] == setting(r)[4:]]
         if not twin:
             continue
-        short = twin[0]
+        # the next shorter length: 120 against 360 (not 40), where both exist
+        short = max(twin, key=lambda m: run_config(m).get("epochs"))
         a, b = short["measurements"].get("best_val_acc"), r["measurements"].get("best_val_acc")
         ta, tb = short["measurements"].get("best_test_acc"), r["measurements"].get("best_test_acc")
         rows.append([f"{100 * (cfg.get('train_fraction') or 1):g} %",
@@ -322,7 +323,7 @@ def _convergence(report, calib: list[dict], main: list[dict]) -> None:
                      f"{fmt_pct(a)} -> {fmt_pct(b)}" + (f" ({_pp(b, a)})" if a is not None and b is not None else ""),
                      f"{fmt_pct(ta)} -> {fmt_pct(tb)}"])
     if rows:
-        report.add("Convergence check: the same seed trained 3x longer (validation accuracy of "
+        report.add("Convergence checks: the same seed trained 3x longer (validation accuracy of "
                    "the chosen module decides; test shown for reference):", "", *md_table(
                        ["train set", "method", "seed", "epochs", "val %", "test %"], rows), "")
 
