@@ -206,3 +206,19 @@ def test_a_second_convergence_check_pairs_with_the_next_shorter_length():
     text = "\n".join(report.lines)
     assert "| 2 % | end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) |" in text, text
     assert "| 2 % | end-to-end | seed 0 | 120 -> 360 | 41.0 -> 43.0 (+2.0) |" in text, text
+
+
+def test_runs_with_more_cached_views_are_their_own_configuration():
+    runs = []
+    for s in range(5):
+        runs.append(_run("trgl-t1", s, 0.50, 0.50, [0.50, 0.45], tau=1.0))
+        runs.append(_run("greedy", s, 0.46, 0.46, [0.46, 0.44], tau=math.inf))
+        runs.append(_run("e2e", s, 0.48, 0.48, scheme="e2e"))
+    many = _run("trgl-t1-v16", 0, 0.70, 0.70, [0.60, 0.70], tau=1.0)
+    many["options"]["aug_views"] = 16
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs + [many])
+    text = "\n".join(report.lines)
+    assert "module-wise: K=4, 16 views:" in text, text
+    assert text.count("| TRGL (tau 1) **chosen** | 5 |") == 1, text      # not pooled with K=4
+    assert "greedy 46.0 % (+4.0 points): **met**" in text, text

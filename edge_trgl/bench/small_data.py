@@ -34,10 +34,13 @@ def family(r: dict) -> str:
 
 
 def setting(r: dict) -> tuple:
-    """Runs compared with each other: same model, data, fraction, epochs, module layout."""
+    """Runs compared with each other: same model, data, fraction, epochs, module layout (and
+    number of cached augmented views, where a run set it: a different configuration)."""
     cfg = run_config(r)
     layout = ("e2e" if cfg.get("scheme") == "e2e" else
               "block-wise" if cfg.get("module_size") == 1 else f"K={cfg.get('modules')}")
+    if layout != "e2e" and cfg.get("aug_views"):
+        layout += f", {cfg['aug_views']} views"
     return (cfg.get("model"), cfg.get("data"), cfg.get("train_fraction"), cfg.get("epochs"),
             cfg.get("scheme") if cfg.get("scheme") not in ("e2e", "sequential") else "sequential",
             layout)
