@@ -136,7 +136,7 @@ def small_data_section(report, name: str, results: list[dict]) -> None:
     settings: dict[tuple, list[dict]] = {}
     for r in main:
         settings.setdefault(setting(r)[:4], []).append(r)
-    main_epochs = _main_epochs(settings)
+    main_epochs = _main_epochs(calib, main)
     for key in sorted(settings, key=lambda k: (str(k[0]), k[2] or 0, k[3] or 0)):
         for config, runs in _configurations(settings[key]):
             _setting_table(report, name, key, config, runs,
@@ -153,17 +153,44 @@ GOAL_MODEL = "resnet20"
 GOAL_CONFIG = ("sequential", "K=4")
 
 
-def _main_epochs(settings: dict[tuple, list[dict]]) -> dict[tuple, int]:
-    """Per (model, data, fraction): the epochs of the main setting, the one with the most seeds
-    (ties: the longer). The other lengths are the convergence check's other side: shown, not
-    judged."""
-    best: dict[tuple, tuple] = {}
-    for (model, data, fraction, epochs), runs in settings.items():
-        seeds = len({run_config(r).get("seed") for r in runs})
-        rank = (seeds, epochs or 0)
-        if rank > best.get((model, data, fraction), ((-1, -1), None))[0]:
-            best[(model, data, fraction)] = (rank, epochs)
-    return {k: v[1] for k, v in best.items()}
+def _short_twin(r: dict, runs: list[dict]) -> dict | None:
+    """The run `r`'s convergence check compares it with: same method, seed, setting and
+    configuration at the next shorter length (120 against 360, not 40, where both exist)."""
+    cfg = run_config(r)
+    twin = [m for m in runs if m is not r and run_config(m).get("epochs") < cfg.get("epochs")
+            and family(m) == family(r) and run_config(m).get("seed") == cfg.get("seed")
+            and run_config(m).get("tau") == cfg.get("tau") and setting(m)[:3] == setting(r)[:3]
+            and setting(m)[4:] == setting(r)[4:]]
+    return max(twin, key=lambda m: run_config(m).get("epochs")) if twin else None
+
+
+def _main_epochs(calib: list[dict], runs: list[dict]) -> dict[tuple, int]:
+    """Per (model, data, fraction): the epochs of the main setting, the shortest length that has
+    not failed a convergence check (a run 3x longer gaining more validation accuracy than the
+    seeds' spread at the shorter length, at least half a point), else the longest. The other
+    lengths are shown, not judged."""
+    failed = set()
+    for r in calib:
+        short = _short_twin(r, runs)
+        a, b = (short or {}).get("measurements", {}).get("best_val_acc"), \
+            r["measurements"].get("best_val_acc")
+        if a is None or b is None:
+            continue
+        same = [m for m in runs if setting(m) == setting(short) and family(m) == family(short)
+                and run_config(m).get("tau") == run_config(short).get("tau")]
+        vals = [m["measurements"].get("best_val_acc") for m in same]
+        vals = [v for v in vals if v is not None]
+        spread = max(max(vals) - min(vals), 0.005)
+        if b - a > spread:
+            failed.add(setting(short)[:4])
+    lengths: dict[tuple, list] = {}
+    for r in runs:
+        lengths.setdefault(setting(r)[:3], set()).add(setting(r)[3])
+    main = {}
+    for k, es in lengths.items():
+        es = sorted(es, key=lambda e: e or 0)
+        main[k] = next((e for e in es if k + (e,) not in failed), es[-1])
+    return main
 
 
 def _configurations(runs: list[dict]) -> list[tuple[tuple | None, list[dict]]]:
@@ -210,8 +237,8 @@ def _setting_table(report, name: str, key: tuple, config: tuple | None, runs: li
     _per_module(report, methods)
     if not main:
         _verdict(report, fraction, methods, chosen, e2e_chosen, judged=False,
-                 why=f"{epochs} epochs is the convergence check's other side for this model and "
-                     "data, shown beside the main setting, not judged.")
+                 why=f"{epochs} epochs is not this model and data's main length (the shortest "
+                     "that passed its convergence check), shown beside it, not judged.")
     else:
         _verdict(report, fraction, methods, chosen, e2e_chosen,
                  judged=model == GOAL_MODEL and config in (None, GOAL_CONFIG))
@@ -310,14 +337,9 @@ def _convergence(report, calib: list[dict], main: list[dict]) -> None:
     rows = []
     for r in sorted(calib, key=lambda r: r["row_id"]):
         cfg = run_config(r)
-        twin = [m for m in main if m is not r and run_config(m).get("epochs") < cfg.get("epochs")
-                and family(m) == family(r) and run_config(m).get("seed") == cfg.get("seed")
-                and run_config(m).get("tau") == cfg.get("tau") and setting(m)[:3] == setting(r)[:3]
-                and setting(m)[4:] == setting(r)[4:]]
-        if not twin:
+        short = _short_twin(r, main)
+        if short is None:
             continue
-        # the next shorter length: 120 against 360 (not 40), where both exist
-        short = max(twin, key=lambda m: run_config(m).get("epochs"))
         a, b = short["measurements"].get("best_val_acc"), r["measurements"].get("best_val_acc")
         ta, tb = short["measurements"].get("best_test_acc"), r["measurements"].get("best_test_acc")
         rows.append([f"{100 * (cfg.get('train_fraction') or 1):g} %",
