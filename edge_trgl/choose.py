@@ -12,9 +12,9 @@ images, TRGL module-wise training (finite tau; planned in 4 modules unless the o
 layout) that fits at the requested batch in two or more modules is the pick. On
 CIFAR-10 with 800 training images (small-data suite, ResNet-20, K=4, 5 seeds, trained to
 convergence, tau chosen on validation) it reached 45.4 % test accuracy against end-to-end's 40.1 %
-(its learning rate chosen on validation too); with 4,000 images (40 epochs, not yet converged)
-the two were within the seeds' spread (63.3 vs 61.1 %), so the exception stops at the smaller
-size until the converged 4,000-image rows say otherwise."""
+(its learning rate chosen on validation too); with 4,000 images, trained to convergence (120
+epochs, seed 0), end-to-end was ahead (72.5 vs 64.3 %), so the exception stops at the smaller
+size."""
 
 from __future__ import annotations
 
