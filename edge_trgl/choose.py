@@ -30,6 +30,13 @@ SMALL_DATA_EVIDENCE = ("on CIFAR-10 with 800 training images TRGL module-wise re
                        "accuracy against end-to-end's 40.1 % (small-data suite, ResNet-20, 5 "
                        "seeds)")
 
+
+def small_data(train_images: int | None, trgl: bool) -> bool:
+    """Whether the small-data exception can apply: TRGL (finite tau) on at most
+    SMALL_TRAIN_IMAGES training images."""
+    return trgl and train_images is not None and train_images <= SMALL_TRAIN_IMAGES
+
+
 CANDIDATES = (
     ("module-wise", {}),
     ("end-to-end, checkpointed", {"scheme": "e2e", "checkpoint_segments": 0}),
@@ -43,7 +50,7 @@ def compare(cfg, target, budget_bytes: int) -> dict:
     # the candidates differ in scheme only: one load of the data serves every plan
     dataset = load_for_planning(cfg, target.host_limit(budget_bytes))
     train_images, trgl = len(dataset.train.labels), math.isfinite(cfg.tau)
-    small = trgl and train_images <= SMALL_TRAIN_IMAGES
+    small = small_data(train_images, trgl)
     rows = []
     for name, change in CANDIDATES:
         if name == "module-wise" and cfg.scheme not in ("sequential", "multilap"):
@@ -79,8 +86,7 @@ def choose(rows: list[dict], requested_batch: int, train_images: int | None = No
     """(pick, why) among the planned candidates (see the module docstring for the rule)."""
     fits = {r["name"]: r for r in rows if r["fits"]}
     modulewise = fits.get("module-wise")
-    if (trgl and train_images is not None and train_images <= SMALL_TRAIN_IMAGES
-            and modulewise and modulewise["modules"] >= 2
+    if (small_data(train_images, trgl) and modulewise and modulewise["modules"] >= 2
             and modulewise["batch_size"] >= requested_batch):
         return "module-wise", (f"with {train_images} training images (at most "
                                f"{SMALL_TRAIN_IMAGES}) TRGL module-wise training is the more "

@@ -172,8 +172,9 @@ def _main_epochs(calib: list[dict], runs: list[dict]) -> dict[tuple, int]:
     failed = set()
     for r in calib:
         short = _short_twin(r, runs)
-        a, b = (short or {}).get("measurements", {}).get("best_val_acc"), \
-            r["measurements"].get("best_val_acc")
+        if short is None:
+            continue
+        a, b = short["measurements"].get("best_val_acc"), r["measurements"].get("best_val_acc")
         if a is None or b is None:
             continue
         same = [m for m in runs if setting(m) == setting(short) and family(m) == family(short)
