@@ -226,3 +226,23 @@ def test_runs_with_more_cached_views_are_their_own_configuration():
     assert "module-wise: K=4, 16 views:" in text, text
     assert text.count("| TRGL (tau 1) **chosen** | 5 |") == 1, text      # not pooled with K=4
     assert "greedy 46.0 % (+4.0 points): **met**" in text, text
+
+
+def test_the_views_a_run_cached_come_from_its_plan_and_each_count_is_judged():
+    # a default run records its views only in its plan (the planner's choice, not an option)
+    runs = []
+    for views, gain in ((2, 0.0), (16, 0.05)):
+        for s in range(5):
+            for r in (_run("trgl-t1", s, 0.50 + gain, 0.50 + gain, [0.50, 0.45 + gain], tau=1.0),
+                      _run("greedy", s, 0.46, 0.46, [0.46, 0.44], tau=math.inf)):
+                r["plan"] = {"views": views}
+                runs.append(r)
+    runs += [_run("e2e", s, 0.48, 0.48, scheme="e2e") for s in range(5)]
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    two, sixteen = text.index("module-wise: K=4, 2 views:"), text.index("module-wise: K=4, 16 views:")
+    assert two < sixteen, text                                   # fewer views first
+    assert text.count("Goal TRGL >= greedy + 3 points") == 2, text
+    assert "TRGL 50.0 % vs greedy 46.0 % (+4.0 points): **met**" in text, text
+    assert "TRGL 55.0 % vs greedy 46.0 % (+9.0 points): **met**" in text, text

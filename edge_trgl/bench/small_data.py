@@ -33,14 +33,21 @@ def family(r: dict) -> str:
     return "greedy" if tau is None or (isinstance(tau, float) and math.isinf(tau)) else "trgl"
 
 
+def cached_views(r: dict) -> int | None:
+    """The augmented train views a module-wise run cached for its later modules: its plan's
+    (what it did), else the option it was given."""
+    views = (r.get("plan") or {}).get("views")
+    return views if views is not None else run_config(r).get("aug_views")
+
+
 def setting(r: dict) -> tuple:
     """Runs compared with each other: same model, data, fraction, epochs, module layout (and
-    number of cached augmented views, where a run set it: a different configuration)."""
+    number of cached augmented views: a different configuration)."""
     cfg = run_config(r)
     layout = ("e2e" if cfg.get("scheme") == "e2e" else
               "block-wise" if cfg.get("module_size") == 1 else f"K={cfg.get('modules')}")
-    if layout != "e2e" and cfg.get("aug_views"):
-        layout += f", {cfg['aug_views']} views"
+    if layout != "e2e" and cached_views(r):
+        layout += f", {cached_views(r)} views"
     return (cfg.get("model"), cfg.get("data"), cfg.get("train_fraction"), cfg.get("epochs"),
             cfg.get("scheme") if cfg.get("scheme") not in ("e2e", "sequential") else "sequential",
             layout)
@@ -153,6 +160,11 @@ GOAL_MODEL = "resnet20"
 GOAL_CONFIG = ("sequential", "K=4")
 
 
+def goal_config(config: tuple | None) -> bool:
+    """The goals' configuration, with however many cached views (each count judged apart)."""
+    return config is None or (config[0], config[1].split(",")[0]) == GOAL_CONFIG
+
+
 def _short_twin(r: dict, runs: list[dict]) -> dict | None:
     """The run `r`'s convergence check compares it with: same method, seed, setting and
     configuration at the next shorter length (120 against 360, not 40, where both exist)."""
@@ -207,7 +219,10 @@ def _configurations(runs: list[dict]) -> list[tuple[tuple | None, list[dict]]]:
             by.setdefault(setting(r)[4:], []).append(r)
     if not by:
         return [(None, e2e)]
-    order = sorted(by, key=lambda c: (c != GOAL_CONFIG, c))
+    def views(c):
+        m = re.search(r"(\d+) views", c[1])
+        return int(m.group(1)) if m else 0
+    order = sorted(by, key=lambda c: (not goal_config(c), c[0], c[1].split(",")[0], views(c)))
     return [(c, by[c] + e2e) for c in order]
 
 
@@ -242,7 +257,7 @@ def _setting_table(report, name: str, key: tuple, config: tuple | None, runs: li
                      "that passed its convergence check), shown beside it, not judged.")
     else:
         _verdict(report, fraction, methods, chosen, e2e_chosen,
-                 judged=model == GOAL_MODEL and config in (None, GOAL_CONFIG))
+                 judged=model == GOAL_MODEL and goal_config(config))
     if report.plt is not None:
         _plot(report, name, where, key + (config or ()), methods)
 
