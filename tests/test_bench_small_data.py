@@ -224,6 +224,7 @@ def test_runs_with_more_cached_views_are_their_own_configuration():
     sd.small_data_section(report, "small-data", runs + [many])
     text = "\n".join(report.lines)
     assert "module-wise: K=4, 16 views:" in text, text
+    assert "Tau: 1, the only one run in this configuration (no choice made here)." in text, text
     assert text.count("| TRGL (tau 1) **chosen** | 5 |") == 1, text      # not pooled with K=4
     assert "greedy 46.0 % (+4.0 points): **met**" in text, text
 

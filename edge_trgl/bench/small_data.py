@@ -300,10 +300,12 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
     if chosen is None:
         return
     t = chosen.stat("best_test_acc")["median"]
+    taus = [m for m in methods if m.family == "trgl" and m.stat("best_val_acc")]
     lines = [f"Chosen tau: {chosen.tau:g} (median validation accuracy of each tau's chosen "
              "modules: " + ", ".join(f"{m.tau:g}: {fmt_pct(m.stat('best_val_acc')['median'])} %"
-                                     for m in methods if m.family == "trgl" and m.stat("best_val_acc"))
-             + ")."]
+                                     for m in taus) + ")."
+             if len(taus) > 1 else
+             f"Tau: {chosen.tau:g}, the only one run in this configuration (no choice made here)."]
     if e2e is not None and e2e.lr is not None:
         lines.append(f"End-to-end's learning rate, chosen the same way: {e2e.lr:g} ("
                      + ", ".join(f"{m.lr:g}: {fmt_pct(m.stat('best_val_acc')['median'])} %"
