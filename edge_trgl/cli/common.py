@@ -166,7 +166,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    "finishes (per-module test curves; always so with --backend ort or without "
                    "a validation split)")
     g.add_argument("--aug-views", type=int, metavar="V",
-                   help="augmented train views to cache (default: the planner's choice)")
+                   help="augmented train views to cache for later modules (default: one "
+                   "per 8 epochs of a module's training, 2 to 16, within half the free disk)")
     g.add_argument("--cache-dtype", default=d.cache_dtype, choices=("fp16", "fp32"),
                    help="number format of the feature cache on disk")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data subsets, "
