@@ -201,6 +201,12 @@ class TrainConfig:
     def module_epochs(self, k: int) -> int:
         return self.epochs + self.epochs_growth * k
 
+    def lap_epochs(self, k: int) -> int:
+        """Module k's epochs in one visit: all of them, or one lap's share (multilap)."""
+        if self.scheme != "multilap":
+            return self.module_epochs(k)
+        return max(1, round(self.module_epochs(k) / self.laps))
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 

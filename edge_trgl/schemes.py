@@ -23,12 +23,6 @@ from .trgl import module_weights
 PHASES = {"train": 0, "cache": 1, "done": 2}
 
 
-def lap_epochs(cfg, k: int) -> int:
-    if cfg.scheme != "multilap":
-        return cfg.module_epochs(k)
-    return max(1, round(cfg.module_epochs(k) / cfg.laps))
-
-
 def _position(progress: dict) -> tuple[int, int, int]:
     if not progress:
         return (-1, -1, -1)
@@ -44,7 +38,7 @@ def run_modulewise(ctx: Context, backend) -> None:
     def harvested(k: int) -> int:
         if not getattr(backend, "harvests", False) or k == num_modules - 1:
             return 0
-        return harvested_views(cfg, lap_epochs(cfg, k), ctx.views)
+        return harvested_views(cfg, cfg.lap_epochs(k), ctx.views)
 
     def views(k: int) -> int:  # train views in module k's cache
         return 0 if k == num_modules - 1 else (harvested(k) or ctx.views)
@@ -52,7 +46,7 @@ def run_modulewise(ctx: Context, backend) -> None:
     def make_task(lap: int, k: int) -> ModuleTask:
         lo, hi = ctx.splits[k]
         return ModuleTask(k=k, lap=lap, lo=lo, hi=hi, num_modules=num_modules,
-                          epochs=lap_epochs(cfg, k), energy_weight=weights[k],
+                          epochs=cfg.lap_epochs(k), energy_weight=weights[k],
                           batch_size=ctx.batch_size, views=views(k),
                           input_views=views(k - 1) if k > 0 else ctx.views,
                           harvested=harvested(k))

@@ -48,7 +48,7 @@ def default_views(cfg) -> int:
     if cfg.aug_views is not None:
         return cfg.aug_views
     # the epochs that read one module's cache: a module's, or one lap's (multilap rewrites it)
-    epochs = cfg.epochs if cfg.scheme != "multilap" else max(1, round(cfg.epochs / cfg.laps))
+    epochs = cfg.lap_epochs(0)
     return max(1, min(2, cfg.epochs), min(MAX_DEFAULT_VIEWS, math.ceil(epochs / EPOCHS_PER_VIEW)))
 
 
