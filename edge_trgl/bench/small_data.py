@@ -41,16 +41,20 @@ def cached_views(r: dict) -> int | None:
 
 
 def setting(r: dict) -> tuple:
-    """Runs compared with each other: same model, data, fraction, epochs, module layout (and
-    number of cached augmented views: a different configuration)."""
+    """Runs compared with each other: same model, data, fraction, epochs, scheme, module layout
+    and number of cached augmented views (None where none are cached); the last three are the
+    module-wise configuration."""
     cfg = run_config(r)
     layout = ("e2e" if cfg.get("scheme") == "e2e" else
               "block-wise" if cfg.get("module_size") == 1 else f"K={cfg.get('modules')}")
-    if layout != "e2e" and cached_views(r):
-        layout += f", {cached_views(r)} views"
     return (cfg.get("model"), cfg.get("data"), cfg.get("train_fraction"), cfg.get("epochs"),
             cfg.get("scheme") if cfg.get("scheme") not in ("e2e", "sequential") else "sequential",
-            layout)
+            layout, (cached_views(r) or None) if layout != "e2e" else None)
+
+
+def _layout(config: tuple) -> str:
+    """A configuration's module layout in words, with its cached views."""
+    return config[1] + (f", {config[2]} views" if config[2] else "")
 
 
 def _pp(a, b) -> str:
@@ -162,7 +166,7 @@ GOAL_CONFIG = ("sequential", "K=4")
 
 def goal_config(config: tuple | None) -> bool:
     """The goals' configuration, with however many cached views (each count judged apart)."""
-    return config is None or (config[0], config[1].split(",")[0]) == GOAL_CONFIG
+    return config is None or config[:2] == GOAL_CONFIG
 
 
 def _short_twin(r: dict, runs: list[dict]) -> dict | None:
@@ -219,10 +223,7 @@ def _configurations(runs: list[dict]) -> list[tuple[tuple | None, list[dict]]]:
             by.setdefault(setting(r)[4:], []).append(r)
     if not by:
         return [(None, e2e)]
-    def views(c):
-        m = re.search(r"(\d+) views", c[1])
-        return int(m.group(1)) if m else 0
-    order = sorted(by, key=lambda c: (not goal_config(c), c[0], c[1].split(",")[0], views(c)))
+    order = sorted(by, key=lambda c: (not goal_config(c), c[0], c[1], c[2] or 0))
     return [(c, by[c] + e2e) for c in order]
 
 
@@ -232,7 +233,7 @@ def _setting_table(report, name: str, key: tuple, config: tuple | None, runs: li
     methods = _methods(runs)
     chosen, e2e_chosen = choose_tau(methods), choose_e2e(methods)
     layout = "-" if config is None else (
-        f"{config[1]}" if config[0] == "sequential" else f"{config[0]}, {config[1]}")
+        _layout(config) if config[0] == "sequential" else f"{config[0]}, {_layout(config)}")
     where = (f"{model}, {data} {100 * (fraction or 1):g} % of the train set, {epochs} epochs "
              f"(per module for module-wise runs), module-wise: {layout}")
     rows = []
@@ -259,7 +260,8 @@ def _setting_table(report, name: str, key: tuple, config: tuple | None, runs: li
         _verdict(report, fraction, methods, chosen, e2e_chosen,
                  judged=model == GOAL_MODEL and goal_config(config))
     if report.plt is not None:
-        _plot(report, name, where, key + (config or ()), methods)
+        _plot(report, name, where, key + ((config[0], _layout(config)) if config else ()),
+              methods)
 
 
 def _fmt(st) -> str:
