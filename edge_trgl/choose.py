@@ -12,9 +12,9 @@ images, TRGL module-wise training (finite tau; planned in 4 modules unless the o
 layout) that fits at the requested batch in two or more modules is the pick. On
 CIFAR-10 with 800 training images (small-data suite, ResNet-20, K=4, 5 seeds, trained to
 convergence, tau chosen on validation) it reached 45.6 % test accuracy with 16 cached views
-(the default gives 15 at 120 epochs; 45.4 % with 2) against end-to-end's 40.1 % (its learning rate chosen on validation too); with 4,000 images, trained to convergence (120
-epochs, seed 0), end-to-end was ahead (72.5 vs 64.3 %), so the exception stops at the smaller
-size."""
+(the default gives 15 at 120 epochs; 45.4 % with 2) against end-to-end's 40.1 % (its learning
+rate chosen on validation too); with 4,000 images, trained to convergence (120 epochs, seed 0),
+end-to-end was ahead (72.5 vs 64.3 %), so the exception stops at the smaller size."""
 
 from __future__ import annotations
 

@@ -27,32 +27,34 @@ def test_multilap_counts_one_laps_epochs_and_an_explicit_count_wins():
 Usage = namedtuple("Usage", "total used free")
 
 
+def _data():
+    return load_dataset("synthetic", seed=0, synthetic_train=200, synthetic_test=50)
+
+
 def _fit(monkeypatch, free_bytes, **kw):
-    data = load_dataset("synthetic", seed=0, synthetic_train=200, synthetic_test=50)
+    data = _data()
     cfg = TrainConfig(model="resnet8", epochs=120, **kw)
     arch = architecture(cfg, data.in_shape, data.num_classes)
     monkeypatch.setattr(shutil, "disk_usage", lambda where: Usage(free_bytes, 0, free_bytes))
     notes = []
     splits = [(0, 1), (1, 2), (2, len(arch))]
     views, _, _ = fit_disk(cfg, data, arch, splits, notes)
-    return views, notes, data, arch
+    return views, notes
 
 
 def test_the_default_views_take_at_most_half_the_free_disk(monkeypatch):
-    views, notes, _, _ = _fit(monkeypatch, 10**12)
+    views, notes = _fit(monkeypatch, 10**12)
     assert views == 15 and not any("to fit" in n for n in notes)
-    # find the free space where 15 views need more than half of it but 4 do not
-    data = load_dataset("synthetic", seed=0, synthetic_train=200, synthetic_test=50)
+    # free space where 15 views need more than half of it
     sample = 16 * 32 * 32 * 2        # resnet8's first block's outputs, fp16
-    free = 2 * 2 * cache_disk_bytes(data, sample, 5)
-    views, notes, _, _ = _fit(monkeypatch, free)
+    free = 2 * 2 * cache_disk_bytes(_data(), sample, 5)
+    views, notes = _fit(monkeypatch, free)
     assert 2 <= views < 15, views
     assert any(f"{views} cached view(s), not 15, to fit the free disk" in n for n in notes), notes
 
 
 def test_asked_for_views_and_a_disk_budget_may_use_it_all(monkeypatch):
-    free = 4 * cache_disk_bytes(load_dataset("synthetic", seed=0, synthetic_train=200,
-                                             synthetic_test=50), 16 * 32 * 32 * 2, 15)
-    asked, _, _, _ = _fit(monkeypatch, free, aug_views=15)
-    default, _, _, _ = _fit(monkeypatch, free)
+    free = 4 * cache_disk_bytes(_data(), 16 * 32 * 32 * 2, 15)
+    asked, _ = _fit(monkeypatch, free, aug_views=15)
+    default, _ = _fit(monkeypatch, free)
     assert asked == 15 and default < 15
