@@ -25,7 +25,7 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 # the identity hash only when it differs from it, so the older runs keep resuming.
 LATER_FIELDS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "checkpoint_segments": None,
                 "image_size": None, "test_modules": "all", "distributed": False,
-                "wire_dtype": "fp32", "dist_timeout_s": 300.0}
+                "wire_dtype": "fp32", "dist_timeout_s": 300.0, "compile": False}
 TEST_MODULES = ("best", "all")  # final_test.py
 # --image-size: the datasets whose loader resizes images (the others have a fixed size)
 RESIZABLE_DATA = ("folder",)
@@ -94,6 +94,7 @@ class TrainConfig:
     backend: str = Unchosen("torch")  # a --profile's backend / device replaces these defaults,
     device: str = Unchosen("cpu")     # not a value the user gave (profile_target.py)
     amp: str | None = None           # None, "fp16", "bf16" (CUDA)
+    compile: bool = False            # torch.compile the training step's forward (compiled.py)
     mem_budget: str | None = None
     disk_budget: str | None = None
     profile: str | None = None
@@ -163,6 +164,8 @@ class TrainConfig:
                 bad(f"--checkpoint-segments must be a number of segments (at least 1) or 'auto', "
                     f"not {self.checkpoint_segments}.")
         self._validate_data()
+        from .compiled import check_compile
+        check_compile(self)
         from .distributed import check_options
         check_options(self)
         given = [n for n in ("module_size", "modules", "splits") if getattr(self, n) is not None]

@@ -3,9 +3,12 @@ They exist as baselines and for users who have the memory; they read raw images 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
+from .compiled import compiled
 from .backends.torch_backend import (check_budget, forward_module, load_scaler_state, make_scaler,
                                      optimizer_step, scaler_state, step_figures, to_device)
 from .loop import check_finite, train_epoch
@@ -115,6 +118,12 @@ def score_test_at_end(ctx, wanted: list[int]) -> None:
     release_memory()
 
 
+def forward_network(blocks, head, segments, x):
+    """End-to-end's forward pass: (output, logits, energy), checkpointed in `segments`."""
+    out, energy = forward_blocks(blocks, x, segments)
+    return out, head(out), energy
+
+
 class ResidentEngine:
     """Every module resident, stepped as the scheme says, for the shared epoch loop (loop.py):
     e2e backpropagates through the whole network into the last head; parallel steps each module
@@ -127,6 +136,11 @@ class ResidentEngine:
             self.all_blocks = [b for blocks, _ in modules for b in blocks]
             self.final_head = modules[-1][1]
             self.segments = checkpoint_segment_count(cfg, len(self.all_blocks))
+            self._forward = compiled(cfg, partial(forward_network, self.all_blocks,
+                                                  self.final_head, self.segments))
+        else:
+            self._forwards = [compiled(cfg, partial(forward_module, blocks, head))
+                              for blocks, head in modules]
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers:
@@ -144,8 +158,7 @@ class ResidentEngine:
         x, y = to_device(x_np, device), to_device(y_np, device)
         if self.e2e:
             with autocast(cfg, device):
-                out, energy = forward_blocks(self.all_blocks, x, self.segments)
-                logits = self.final_head(out)
+                out, logits, energy = self._forward(x)
                 loss, ce = module_loss(logits.float(), y, energy.float(), self.weights[0],
                                        cfg.label_smoothing)
             optimizer_step(self.optimizers[0], loss, self.scalers[0])
@@ -156,10 +169,10 @@ class ResidentEngine:
         """The parallel step: each module steps on the previous one's detached output; returns
         the last module's detached output and its figures."""
         cfg, device = self.cfg, self.device
-        for (blocks, head), opt, scaler, w in zip(self.modules, self.optimizers, self.scalers,
-                                                  self.weights):
+        for forward, opt, scaler, w in zip(self._forwards, self.optimizers, self.scalers,
+                                           self.weights):
             with autocast(cfg, device):
-                out, logits, energy = forward_module(blocks, head, x)
+                out, logits, energy = forward(x)
                 loss, ce = module_loss(logits.float(), y, energy.float(), w, cfg.label_smoothing)
             optimizer_step(opt, loss, scaler)
             x = out.detach()

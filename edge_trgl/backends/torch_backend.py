@@ -4,10 +4,13 @@ resident schemes share (forward pass, device copies, loss scaling, evaluation)."
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
 from ..cache import write_module_cache
+from ..compiled import compiled
 from ..errors import UserError
 from ..harvest import intact_views
 from ..memory.measure import release_memory
@@ -123,6 +126,7 @@ class TorchEngine:
         self.scaler = make_scaler(ctx.cfg, device)
         self.out_shape = tuple(self.blocks[-1].out_shape)
         self._kept = None
+        self._forward = compiled(ctx.cfg, partial(forward_module, self.blocks, self.head))
 
     # state ---------------------------------------------------------------------------------------
     def load_from_store(self, task) -> None:
@@ -172,7 +176,7 @@ class TorchEngine:
             self._freeze_norm_statistics()
         x, y = to_device(x_np, self.device), to_device(y_np, self.device)
         with autocast(self.cfg, self.device):
-            out, logits, energy = forward_module(self.blocks, self.head, x)
+            out, logits, energy = self._forward(x)
             loss, ce = module_loss(logits.float(), y, energy.float(), weight,
                                    self.cfg.label_smoothing)
         optimizer_step(self.optimizer, loss, self.scaler)

@@ -139,7 +139,7 @@ def train_args(options: dict) -> list[str]:
             if value is False:
                 argv.append("--no-augment")
             continue
-        if name in ("e2e_energy", "keep_cache"):
+        if name in ("e2e_energy", "keep_cache", "compile"):
             if value is True:
                 argv.append(flag)
             continue

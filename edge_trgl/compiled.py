@@ -1,0 +1,50 @@
+"""`--compile`: the training step's forward pass (the module's blocks and head; end-to-end, the
+whole network) through `torch.compile` (inductor), its backward with it. Measured on this
+project's ResNet-56 pieces at batch 128, one thread (benchmarks/results/cpu-speedups/): a K=4
+module's step 0.72x the eager time, a one-block module's 0.59x, the whole network's 0.90x, after
+a first call of 22-73 s that compiles it (a new process compiles again; inductor's on-disk cache
+makes that quicker). So it pays on long runs, and more for module-wise training than for
+end-to-end.
+
+What stays eager: the loss (a cross-entropy on the logits), the optimizer step, and every
+eval-mode pass (validation, test, the feature cache): each would be one more compile per module
+for a few percent of the run.
+
+Refused where its cost is not known or it cannot run: with a memory budget (the compiler's own
+memory, inductor's worker processes and the C++ compiler it starts, is not planned), with
+--backend ort (no torch while training), and where no C compiler is found (inductor's CPU code is
+C++, built at run time)."""
+
+from __future__ import annotations
+
+import shutil
+
+from .errors import UserError
+
+
+def check_compile(cfg) -> None:
+    """UserError unless `--compile` can run with these options on this machine."""
+    if not getattr(cfg, "compile", False):
+        return
+    if cfg.backend == "ort":
+        raise UserError("--compile compiles the PyTorch training step; --backend ort trains "
+                        "without torch. Leave --compile out with --backend ort.")
+    if cfg.mem_budget is not None or cfg.profile is not None:
+        raise UserError("--compile cannot be planned under a memory budget yet: the compiler's "
+                        "own memory (inductor's worker processes and the C++ compiler it starts) "
+                        "is not measured by the planner, so the budget could not be promised. "
+                        "Leave out --compile, or --mem-budget / --profile.")
+    if cfg.device == "cpu" and not any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++")):
+        raise UserError("--compile needs a C/C++ compiler on the CPU (inductor builds its kernels "
+                        "at run time) and none was found on PATH (cc, gcc, clang, g++). Install "
+                        "one (e.g. `apt-get install build-essential`) or leave out --compile.")
+
+
+def compiled(cfg, fn):
+    """`fn` through torch.compile with --compile, else `fn` itself. Shapes are static: a run
+    compiles once per batch shape it meets (the full batch and the epoch's last, shorter one)
+    and once more where BatchNorm switches to eval mode (--aug-policy training's harvest)."""
+    if not getattr(cfg, "compile", False):
+        return fn
+    import torch
+    return torch.compile(fn, dynamic=False)

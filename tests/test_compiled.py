@@ -1,0 +1,121 @@
+"""--compile (edge_trgl/compiled.py): the training step's forward through torch.compile in every
+torch scheme, refused where its memory or its compiler is not available, part of a run's
+identity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_trgl import compiled as compiled_module
+from edge_trgl.cli.main import build_parser
+from edge_trgl.config import TrainConfig
+from edge_trgl.errors import UserError
+from edge_trgl.train import train
+
+from helpers import assert_clean_error, cli
+
+from test_checkpointing import store
+
+TINY = dict(synthetic_train=200, synthetic_test=100, model="resnet8", width=0.25, batch_size=32,
+            threads=1, progress=False, epochs=1)
+SCHEMES = (dict(scheme="sequential", modules=2), dict(scheme="e2e"),
+           dict(scheme="e2e", checkpoint_segments=2), dict(scheme="parallel", modules=2),
+           dict(scheme="multilap", modules=2, laps=1))
+
+
+def test_the_option_parses_and_is_documented(capsys):
+    assert build_parser().parse_args(["train", "--compile"]).compile is True
+    assert build_parser().parse_args(["train"]).compile is False
+    rc, out, _ = cli(capsys, "train", "--help")
+    assert rc == 0 and "--compile" in out and "torch.compile" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("options, phrase", [
+    (dict(mem_budget="512MB"), "memory budget"),
+    (dict(profile="rpi4-4gb"), "memory budget"),
+    (dict(backend="ort"), "--backend ort"),
+])
+def test_refused_where_it_cannot_be_promised_or_run(options, phrase):
+    with pytest.raises(UserError, match=phrase):
+        TrainConfig(compile=True, **options).validate()
+    TrainConfig(**options).validate()  # the same options without --compile are fine
+
+
+def test_refused_without_a_c_compiler(monkeypatch):
+    monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="C/C\\+\\+ compiler"):
+        TrainConfig(compile=True).validate()
+    TrainConfig(compile=False).validate()
+
+
+def test_a_refused_command_is_one_paragraph_and_writes_nothing(capsys, tmp_path):
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--compile", "--mem-budget", "512MB", "--out", out)
+    assert_clean_error(rc, err, "--compile", "memory budget")
+    assert not out.exists()
+
+
+def test_benchmark_matrices_spell_it_as_the_flag():
+    from edge_trgl.bench.matrix import train_args
+    assert train_args({"compile": True, "epochs": 8}) == ["--compile", "--epochs", "8"]
+    assert train_args({"compile": False}) == []
+
+
+def test_it_is_part_of_the_run_identity_and_older_runs_keep_theirs():
+    eager = TrainConfig()
+    assert TrainConfig(compile=True).identity_hash() != eager.identity_hash()
+    older = eager.to_json()
+    del older["compile"]  # a config.json written before the option existed
+    assert TrainConfig.from_json(older).identity_hash() == eager.identity_hash()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+def test_every_scheme_trains_through_the_compiled_forward(scheme, tmp_path, monkeypatch):
+    """torch.compile replaced by a recorder (a real compile takes a minute): each scheme's steps
+    go through what it returned, and a recorder that computes the same thing trains the same
+    weights as a run without --compile."""
+    import torch
+    calls = {"compiled": 0, "steps": 0}
+
+    def recorder(fn, **kwargs):
+        calls["compiled"] += 1
+        assert kwargs == {"dynamic": False}
+
+        def step(*args):
+            calls["steps"] += 1
+            return fn(*args)
+        return step
+
+    plain = train(TrainConfig(**TINY, **scheme, out=str(tmp_path / "plain")))
+    monkeypatch.setattr(torch, "compile", recorder)
+    done = train(TrainConfig(**TINY, **scheme, compile=True, out=str(tmp_path / "compiled")))
+    modules = scheme.get("modules", 1)
+    assert calls["compiled"] >= (1 if scheme["scheme"] == "e2e" else modules)
+    assert calls["steps"] >= 5 * modules  # 180 train images at batch 32: 6 steps a module
+    a, b = store(tmp_path / "plain"), store(tmp_path / "compiled")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert done["best_test_acc"] == plain["best_test_acc"]
+    stored = json.loads((tmp_path / "compiled" / "config.json").read_text())
+    assert stored["compile"] is True
+
+
+@pytest.mark.slow
+def test_a_really_compiled_run_trains_what_an_eager_one_does(tmp_path):
+    """One real inductor compile (end-to-end: one graph; a batch that divides the train set: one
+    shape). Compiled kernels reorder float sums, so the weights agree to float noise, not bits."""
+    options = dict(TINY, scheme="e2e", batch_size=36)
+    train(TrainConfig(**options, out=str(tmp_path / "eager")))
+    import torch._dynamo
+    torch._dynamo.reset()
+    train(TrainConfig(**options, compile=True, out=str(tmp_path / "compiled")))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    a, b = store(tmp_path / "eager"), store(tmp_path / "compiled")
+    assert a.keys() == b.keys()
+    for k in a:
+        if np.issubdtype(a[k].dtype, np.floating):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-4, err_msg=k)
+        else:  # BatchNorm's batch counts
+            assert np.array_equal(a[k], b[k]), k
