@@ -385,3 +385,25 @@ def test_labels_name_a_head_other_than_the_default():
     pooled["options"]["head"] = "pooled-conv"
     assert method_label(conv) == "TRGL K=4"
     assert method_label(pooled) == "TRGL K=4, pooled-conv head"
+
+
+def test_throughput_measures_compiled_rows_against_compiled_end_to_end(tmp_path):
+    """--compile rows are labelled so and measured against the compiled end-to-end row, the eager
+    rows against the eager one."""
+    results = []
+    for scheme, compile_, per_epoch in (("e2e", False, 10.0), ("e2e", True, 8.0),
+                                        ("sequential", False, 11.0), ("sequential", True, 8.4)):
+        r = fake_result("accuracy", "resnet20", 64, scheme, 500)
+        if compile_:
+            r["options"]["compile"] = True
+            r["group"] += "-compile"
+            r["row_id"] = r["group"] + "-s0"
+        r["measurements"]["run_s_per_network_epoch"] = per_epoch
+        results.append(r)
+    write_results(tmp_path, results)
+    text = bench.render_report(tmp_path, plots=False).read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[6].strip()
+            for line in text.split("### Throughput")[1].split("###")[0].splitlines()
+            if line.startswith("| ") and "method" not in line}
+    assert rows == {"end-to-end": "1.00", "end-to-end, compiled": "1.00",
+                    "TRGL K=4": "1.10", "TRGL K=4, compiled": "1.05"}

@@ -23,6 +23,14 @@ _MEM_KEYS = ("data", "backend", "device")
 _TPUT_KEYS = ("model", "data", "batch_size", "epochs", "backend", "device")
 
 
+def _end_to_end_of(g, groups):
+    """The end-to-end row a throughput row is measured against: plain (not checkpointed), and
+    compiled where the row is (--compile: both sides get the compiler's speed-up and its cost)."""
+    compiled = g.label.endswith(", compiled")
+    return next((e for e in groups if e.label.startswith("end-to-end") and "checkpointed" not in
+                 e.label and e.label.endswith(", compiled") == compiled), None)
+
+
 def _suite_order(names) -> list[str]:
     def key(n):
         if n in SUITE_ORDER:
@@ -409,9 +417,9 @@ class _Report:
             settings.setdefault(setting_of(g, _TPUT_KEYS), []).append(g)
         for setting, gs in settings.items():
             gs.sort(key=lambda g: method_order(g.label))
-            e2e = next((g for g in gs if g.label.startswith("end-to-end")), None)
             rows = []
             for g in gs:
+                e2e = _end_to_end_of(g, gs)
                 per_epoch = g.stat("run_s_per_network_epoch")
                 ref = e2e.stat("run_s_per_network_epoch") if e2e else None
                 cpu = g.stat("cpu_s_per_network_epoch")

@@ -31,7 +31,8 @@ def method_label(result: dict) -> str:
     if scheme == "e2e":
         segments = cfg.get("checkpoint_segments")
         return ("end-to-end" + (" + energy" if cfg.get("e2e_energy") else "")
-                + ("" if segments is None else ", checkpointed" + (f" ({segments})" if segments else "")))
+                + ("" if segments is None else ", checkpointed" + (f" ({segments})" if segments else ""))
+                + (", compiled" if cfg.get("compile") else ""))
     splits = (result.get("plan") or {}).get("splits") or []
     tau = cfg.get("tau")
     greedy = tau is None or (isinstance(tau, float) and math.isinf(tau))
@@ -48,6 +49,8 @@ def method_label(result: dict) -> str:
         name += ", views from training"
     if cfg.get("head", "conv") != "conv":
         name += f", {cfg['head']} head"
+    if cfg.get("compile"):
+        name += ", compiled"
     return name
 
 
