@@ -21,23 +21,27 @@ import shutil
 
 from .errors import UserError
 
+COMPILERS = ("cc", "gcc", "clang", "g++")
 
-def check_compile(cfg) -> None:
-    """UserError unless `--compile` can run with these options on this machine."""
-    if not getattr(cfg, "compile", False):
-        return
-    if cfg.backend == "ort":
-        raise UserError("--compile compiles the PyTorch training step; --backend ort trains "
-                        "without torch. Leave --compile out with --backend ort.")
-    if cfg.mem_budget is not None or cfg.profile is not None:
+
+def check_compile_options(cfg) -> None:
+    """TrainConfig.validate's rule: --compile is not planned under a memory budget. (--backend ort
+    refuses it in its target's rules; whether a compiler is here: require_compiler.)"""
+    if getattr(cfg, "compile", False) and (cfg.mem_budget is not None or cfg.profile is not None):
         raise UserError("--compile cannot be planned under a memory budget yet: the compiler's "
                         "own memory (inductor's worker processes and the C++ compiler it starts) "
                         "is not measured by the planner, so the budget could not be promised. "
                         "Leave out --compile, or --mem-budget / --profile.")
-    if cfg.device == "cpu" and not any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++")):
-        raise UserError("--compile needs a C/C++ compiler on the CPU (inductor builds its kernels "
-                        "at run time) and none was found on PATH (cc, gcc, clang, g++). Install "
-                        "one (e.g. `apt-get install build-essential`) or leave out --compile.")
+
+
+def require_compiler(cfg) -> None:
+    """The torch targets' availability check for --compile: inductor builds its kernels at run
+    time with the C/C++ compiler (on CUDA, triton builds its launcher with it). Checked where a
+    run is about to train here, not when a stored config is read (an export needs none)."""
+    if getattr(cfg, "compile", False) and not any(shutil.which(c) for c in COMPILERS):
+        raise UserError("--compile needs a C/C++ compiler (inductor builds its kernels at run "
+                        f"time) and none was found on PATH ({', '.join(COMPILERS)}). Install one "
+                        "(e.g. `apt-get install build-essential`) or leave out --compile.")
 
 
 def compiled(cfg, fn):

@@ -164,8 +164,8 @@ class TrainConfig:
                 bad(f"--checkpoint-segments must be a number of segments (at least 1) or 'auto', "
                     f"not {self.checkpoint_segments}.")
         self._validate_data()
-        from .compiled import check_compile
-        check_compile(self)
+        from .compiled import check_compile_options
+        check_compile_options(self)
         from .distributed import check_options
         check_options(self)
         given = [n for n in ("module_size", "modules", "splits") if getattr(self, n) is not None]

@@ -13,6 +13,7 @@ from edge_trgl import compiled as compiled_module
 from edge_trgl.cli.main import build_parser
 from edge_trgl.config import TrainConfig
 from edge_trgl.errors import UserError
+from edge_trgl.targets import get_target, validate
 from edge_trgl.train import train
 
 from helpers import assert_clean_error, cli
@@ -40,15 +41,21 @@ def test_the_option_parses_and_is_documented(capsys):
 ])
 def test_refused_where_it_cannot_be_promised_or_run(options, phrase):
     with pytest.raises(UserError, match=phrase):
-        TrainConfig(compile=True, **options).validate()
-    TrainConfig(**options).validate()  # the same options without --compile are fine
+        validate(TrainConfig(compile=True, **options))
+    validate(TrainConfig(**options))  # the same options without --compile are fine
 
 
-def test_refused_without_a_c_compiler(monkeypatch):
+def test_a_missing_compiler_is_refused_when_training_starts_not_when_a_config_is_read(
+        monkeypatch, tmp_path):
     monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
+    cfg = TrainConfig(**TINY, compile=True, out=str(tmp_path / "run"))
+    validate(cfg)  # a stored config (export, describe) is read on a machine without one
     with pytest.raises(UserError, match="C/C\\+\\+ compiler"):
-        TrainConfig(compile=True).validate()
-    TrainConfig(compile=False).validate()
+        get_target(cfg).check_available(cfg)
+    with pytest.raises(UserError, match="C/C\\+\\+ compiler"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+    get_target(TrainConfig()).check_available(TrainConfig())  # without --compile: none needed
 
 
 def test_a_refused_command_is_one_paragraph_and_writes_nothing(capsys, tmp_path):

@@ -24,7 +24,8 @@ class Target:
     always_driven = False
 
     def check_available(self, cfg, *, setup: bool = False) -> None:
-        return None
+        from ..compiled import require_compiler
+        require_compiler(cfg)
 
     def validate(self, cfg) -> None:
         from ..errors import UserError

@@ -75,6 +75,7 @@ class CudaTarget(Target):
 
     def check_available(self, cfg, *, setup: bool = False) -> None:
         require_cuda(cfg)
+        super().check_available(cfg, setup=setup)
 
     def validate(self, cfg) -> None:
         return None  # --amp fp16 / bf16 belong here (bf16's hardware check: check_available)

@@ -306,6 +306,9 @@ class OrtTarget(Target):
         if cfg.device == "cuda":
             raise UserError("--backend ort runs on the CPU only; use --backend torch with --device cuda.")
         super().validate(cfg)
+        if cfg.compile:
+            raise UserError("--compile compiles the PyTorch training step; --backend ort trains "
+                            "without torch. Leave --compile out with --backend ort.")
         if cfg.scheme not in self.schemes:
             raise UserError(
                 f"--backend ort trains one module at a time, so it supports --scheme sequential and "
