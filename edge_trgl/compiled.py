@@ -34,11 +34,16 @@ def check_compile_options(cfg) -> None:
                         "Leave out --compile, or --mem-budget / --profile.")
 
 
+def compiler_found() -> str | None:
+    """The first C/C++ compiler on PATH (what `edge-trgl env` reports for --compile), else None."""
+    return next((path for c in COMPILERS if (path := shutil.which(c))), None)
+
+
 def require_compiler(cfg) -> None:
     """The torch targets' availability check for --compile: inductor builds its kernels at run
     time with the C/C++ compiler (on CUDA, triton builds its launcher with it). Checked where a
     run is about to train here, not when a stored config is read (an export needs none)."""
-    if getattr(cfg, "compile", False) and not any(shutil.which(c) for c in COMPILERS):
+    if getattr(cfg, "compile", False) and compiler_found() is None:
         raise UserError("--compile needs a C/C++ compiler (inductor builds its kernels at run "
                         f"time) and none was found on PATH ({', '.join(COMPILERS)}). Install one "
                         "(e.g. `apt-get install build-essential`) or leave out --compile.")

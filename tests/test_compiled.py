@@ -126,3 +126,15 @@ def test_a_really_compiled_run_trains_what_an_eager_one_does(tmp_path):
             np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-4, err_msg=k)
         else:  # BatchNorm's batch counts
             assert np.array_equal(a[k], b[k]), k
+
+
+def test_env_reports_whether_it_can_compile(capsys, monkeypatch):
+    monkeypatch.setattr(compiled_module.shutil, "which",
+                        lambda name: "/opt/bin/gcc" if name == "gcc" else None)
+    rc, out, _ = cli(capsys, "env")
+    assert rc == 0 and "--compile (torch.compile): C compiler /opt/bin/gcc" in out
+    rc, out, _ = cli(capsys, "env", "--json")
+    assert json.loads(out)["compile"]["c_compiler"] == "/opt/bin/gcc"
+    monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
+    rc, out, _ = cli(capsys, "env")
+    assert "--compile (torch.compile): not available: no C/C++ compiler on PATH" in out

@@ -38,6 +38,8 @@ def run(args) -> int:
     from ..envinfo import report
     info = report()
     info["ort_training"] = ort_training_status(info)
+    from ..compiled import compiler_found
+    info["compile"] = {"c_compiler": compiler_found()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -48,6 +50,8 @@ def run(args) -> int:
     if info["ort_training"]["note"]:
         print(f"  ONNX Runtime training (--backend ort): {info['ort_training']['note']}")
     print(f"  devices: {', '.join(info['devices'])}")
+    cc = info["compile"]["c_compiler"]
+    print(f"  --compile (torch.compile): {'C compiler ' + cc if cc else 'not available: no C/C++ compiler on PATH'}")
     if info["cuda"]:
         c = info["cuda"]
         print(f"  CUDA {c['cuda_version']}, cuDNN {c['cudnn']}, bf16 (native) {c['bf16']}")
