@@ -402,8 +402,35 @@ def test_throughput_measures_compiled_rows_against_compiled_end_to_end(tmp_path)
         results.append(r)
     write_results(tmp_path, results)
     text = bench.render_report(tmp_path, plots=False).read_text()
-    rows = {line.split("|")[1].strip(): line.split("|")[6].strip()
+    rows = {line.split("|")[1].strip(): line.split("|")[7].strip()
             for line in text.split("### Throughput")[1].split("###")[0].splitlines()
             if line.startswith("| ") and "method" not in line}
     assert rows == {"end-to-end": "1.00", "end-to-end, compiled": "1.00",
                     "TRGL K=4": "1.10", "TRGL K=4, compiled": "1.05"}
+
+
+def test_steady_loop_time_leaves_out_each_modules_first_epoch():
+    from edge_trgl.bench.report import steady_loop_s
+    log = [{"module": 0, "epoch": 1, "seconds": 60.0}, {"module": 0, "epoch": 2, "seconds": 10.0},
+           {"module": 0, "epoch": 3, "seconds": 12.0}, {"module": 1, "epoch": 1, "seconds": 30.0},
+           {"module": 1, "epoch": 2, "seconds": 5.0}]
+    assert steady_loop_s({"metrics": log}) == pytest.approx(11.0 + 5.0)
+    assert steady_loop_s({"metrics": log[:4]}) is None  # module 1 has one epoch only
+    assert steady_loop_s({}) is None
+    laps = [{"lap": lap, "module": 0, "epoch": e, "seconds": s}
+            for lap in (0, 1) for e, s in ((1, 9.0), (2, 4.0))]
+    assert steady_loop_s({"metrics": laps}) == pytest.approx(4.0)  # per network epoch
+
+
+def test_memory_goals_judge_the_method_not_a_compiled_run(tmp_path):
+    compiled = fake_result("memory", "resnet56", 128, "sequential", 600, module_size=1)
+    compiled["options"]["compile"] = True
+    compiled["group"] += "-compile"
+    compiled["row_id"] = compiled["group"] + "-s0"
+    write_results(tmp_path, [fake_result("memory", "resnet56", 128, "e2e", 1000),
+                             fake_result("memory", "resnet56", 128, "sequential", 350, module_size=1),
+                             compiled])
+    text = bench.render_report(tmp_path, plots=False).read_text()
+    assert "TRGL block-wise / end-to-end peak RSS at ResNet-56, batch 128" in text
+    assert "TRGL block-wise, compiled" in text  # listed in the tables
+    assert "compiled / end-to-end peak RSS" not in text  # but not judged
