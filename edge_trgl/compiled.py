@@ -1,10 +1,10 @@
 """`--compile`: the training step's forward pass (the module's blocks and head; end-to-end, the
 whole network) through `torch.compile` (inductor), its backward with it. Measured on this
-project's ResNet-56 pieces at batch 128, one thread (benchmarks/results/cpu-speedups/): a K=4
-module's step 0.72x the eager time, a one-block module's 0.59x, the whole network's 0.90x, after
-a first call of 22-73 s that compiles it (a new process compiles again; inductor's on-disk cache
-makes that quicker). So it pays on long runs, and more for module-wise training than for
-end-to-end.
+project's ResNet-56 at batch 128, one thread: single steps (benchmarks/results/cpu-speedups/) a
+K=4 module's 0.72x the eager time, the whole network's 0.90x; whole 8-epoch runs (throughput
+suite, tput8-*-compile rows) warm epochs 0.81x at K=4, 0.87x end-to-end, 0.97x block-wise, after
+about 150 s of compiling a run, which made those runs slower than eager ones. So it pays on long
+runs only, and more for K=4 module-wise training than for end-to-end.
 
 What stays eager: the loss (a cross-entropy on the logits), the optimizer step, and every
 eval-mode pass (validation, test, the feature cache): each would be one more compile per module

@@ -180,10 +180,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, metavar="N", help="torch threads (default: all cores)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training step's forward pass (inductor; needs a C "
-                   "compiler on the CPU): measured 0.6-0.7x the step time of a module, 0.9x of "
-                   "the whole network, after a first call of 20-75 s per module; pays on long "
-                   "runs. Not with --mem-budget / --profile (the compiler's memory is not "
-                   "planned) or --backend ort")
+                   "compiler): ResNet-56 warm epochs measured 0.81x the eager time at K=4, "
+                   "0.87x end-to-end, 0.97x block-wise, after about 150 s of compiling a run, "
+                   "so it pays on long runs only. Not with --mem-budget / --profile (the "
+                   "compiler's memory is not planned) or --backend ort")
     g.add_argument("--mem-budget", metavar="SIZE",
                    help=f"peak memory budget, e.g. 512MB; {SIZE_HELP}")
     g.add_argument("--disk-budget", metavar="SIZE", help="disk budget for the feature cache, e.g. "
