@@ -308,7 +308,7 @@ def test_image_size_is_a_later_field_that_keeps_old_identities():
     cfg = TrainConfig(data="folder", data_dir="x")
     old = cfg.to_json()
     del old["image_size"]                               # a config.json written before the field
-    for later in ("test_modules", "distributed", "wire_dtype", "dist_timeout_s"):
+    for later in ("test_modules", "distributed", "wire_dtype", "dist_timeout_s", "compile"):
         del old[later]                                  # (and before these later ones)
     assert TrainConfig.from_json(old).image_size is None
     for key in ("out", "progress", "keep_cache", "threads", "module_peaks"):
