@@ -150,16 +150,21 @@ def assert_one_paragraph_error(rc: int, err: str, *phrases: str) -> None:
         assert phrase in text, (phrase, text)
 
 
-def run_weights(run: Path) -> dict[str, bytes]:
-    """Every stored weight of a run (blocks and heads), as bytes: equal dicts = bit-identical."""
+def run_arrays(run: Path) -> dict[str, np.ndarray]:
+    """Every stored weight of a run (blocks and heads), keyed 'blocks/<file>/<tensor>'."""
     from safetensors.numpy import load_file
     out = {}
     for folder in ("blocks", "heads"):
         for path in sorted((run / folder).glob("*.safetensors")):
             for name, arr in load_file(str(path)).items():
-                out[f"{folder}/{path.stem}/{name}"] = np.ascontiguousarray(arr).tobytes()
+                out[f"{folder}/{path.stem}/{name}"] = arr
     assert out, f"no stored weights under {run}"
     return out
+
+
+def run_weights(run: Path) -> dict[str, bytes]:
+    """Every stored weight of a run (blocks and heads), as bytes: equal dicts = bit-identical."""
+    return {k: np.ascontiguousarray(v).tobytes() for k, v in run_arrays(run).items()}
 
 
 def fill_disk_after(monkeypatch, module, free_bytes: int, only: str | None = None) -> None:

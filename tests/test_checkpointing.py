@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,16 +15,10 @@ from edge_trgl.errors import UserError
 from edge_trgl.segments import checkpoint_segment_count, segment_bounds
 from edge_trgl.train import train
 
-from helpers import assert_imports_no_dynamo
+from helpers import assert_imports_no_dynamo, run_arrays
 
 TINY = dict(synthetic_train=200, synthetic_test=100, model="resnet8", width=0.5, batch_size=32,
             threads=1, progress=False, scheme="e2e", epochs=2)
-
-
-def store(run: Path) -> dict:
-    from safetensors.numpy import load_file
-    return {f"{p.parent.name}/{p.name}/{k}": v for folder in ("blocks", "heads")
-            for p in sorted((run / folder).glob("*")) for k, v in load_file(str(p)).items()}
 
 
 def test_segments_auto_is_twice_the_square_root_rule_and_balanced():
@@ -54,7 +47,7 @@ def test_checkpointed_training_is_plain_training_bit_for_bit(tmp_path):
     for segments in (2, 0):
         out = tmp_path / f"ckpt{segments}"
         done = train(TrainConfig(**TINY, checkpoint_segments=segments, out=str(out)))
-        a, b = store(tmp_path / "plain"), store(out)
+        a, b = run_arrays(tmp_path / "plain"), run_arrays(out)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         assert done["best_test_acc"] == plain["best_test_acc"]
         plan = json.loads((out / "plan.json").read_text())

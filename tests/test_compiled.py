@@ -16,9 +16,7 @@ from edge_trgl.errors import UserError
 from edge_trgl.targets import get_target, validate
 from edge_trgl.train import train
 
-from helpers import assert_clean_error, cli
-
-from test_checkpointing import store
+from helpers import assert_clean_error, cli, run_arrays, run_weights
 
 TINY = dict(synthetic_train=200, synthetic_test=100, model="resnet8", width=0.25, batch_size=32,
             threads=1, progress=False, epochs=1)
@@ -102,8 +100,7 @@ def test_every_scheme_trains_through_the_compiled_forward(scheme, tmp_path, monk
     modules = scheme.get("modules", 1)
     assert calls["compiled"] >= (1 if scheme["scheme"] == "e2e" else modules)
     assert calls["steps"] >= 5 * modules  # 180 train images at batch 32: 6 steps a module
-    a, b = store(tmp_path / "plain"), store(tmp_path / "compiled")
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert run_weights(tmp_path / "plain") == run_weights(tmp_path / "compiled")
     assert done["best_test_acc"] == plain["best_test_acc"]
     stored = json.loads((tmp_path / "compiled" / "config.json").read_text())
     assert stored["compile"] is True
@@ -121,7 +118,7 @@ def test_a_really_compiled_run_trains_what_an_eager_one_does(tmp_path):
     torch._dynamo.reset()
     train(TrainConfig(**options, compile=True, out=str(tmp_path / "compiled")))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
-    a, b = store(tmp_path / "eager"), store(tmp_path / "compiled")
+    a, b = run_arrays(tmp_path / "eager"), run_arrays(tmp_path / "compiled")
     assert a.keys() == b.keys()
     for k in a:
         if np.issubdtype(a[k].dtype, np.floating):
