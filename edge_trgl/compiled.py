@@ -27,7 +27,7 @@ COMPILERS = ("cc", "gcc", "clang", "g++")
 def check_compile_options(cfg) -> None:
     """TrainConfig.validate's rule: --compile is not planned under a memory budget. (--backend ort
     refuses it in its target's rules; whether a compiler is here: require_compiler.)"""
-    if getattr(cfg, "compile", False) and (cfg.mem_budget is not None or cfg.profile is not None):
+    if cfg.compile and (cfg.mem_budget is not None or cfg.profile is not None):
         raise UserError("--compile cannot be planned under a memory budget yet: the compiler's "
                         "own memory (inductor's worker processes and the C++ compiler it starts) "
                         "is not measured by the planner, so the budget could not be promised. "
@@ -43,7 +43,7 @@ def require_compiler(cfg) -> None:
     """The torch targets' availability check for --compile: inductor builds its kernels at run
     time with the C/C++ compiler (on CUDA, triton builds its launcher with it). Checked where a
     run is about to train here, not when a stored config is read (an export needs none)."""
-    if getattr(cfg, "compile", False) and compiler_found() is None:
+    if cfg.compile and compiler_found() is None:
         raise UserError("--compile needs a C/C++ compiler (inductor builds its kernels at run "
                         f"time) and none was found on PATH ({', '.join(COMPILERS)}). Install one "
                         "(e.g. `apt-get install build-essential`) or leave out --compile.")
@@ -53,7 +53,7 @@ def compiled(cfg, fn):
     """`fn` through torch.compile with --compile, else `fn` itself. Shapes are static: a run
     compiles once per batch shape it meets (the full batch and the epoch's last, shorter one)
     and once more where BatchNorm switches to eval mode (--aug-policy training's harvest)."""
-    if not getattr(cfg, "compile", False):
+    if not cfg.compile:
         return fn
     import torch
     return torch.compile(fn, dynamic=False)
