@@ -127,6 +127,47 @@ def test_a_really_compiled_run_trains_what_an_eager_one_does(tmp_path):
             assert np.array_equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(compiled_module.compiler_found() is None,
+                    reason="--compile needs a C/C++ compiler on PATH (gcc, cc, clang or g++)")
+def test_a_compiled_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    """A compiled end-to-end run killed (SIGKILL, a power cut) in its second epoch and resumed,
+    each in a fresh process, as a user's would be: the epoch checkpoint holds every weight, the
+    optimizer state and the learning rate's place, and the compiled forward computes the same
+    thing in every process, so the weights are the uninterrupted compiled run's bit for bit.
+    The resumed process gets an empty inductor cache of its own: it compiled (it wrote kernels),
+    not merely loaded the killed one's. Batches: epoch 1 is 5 train (180 images at 36) + 1 val,
+    so batch 8 lands in epoch 2."""
+    import os
+    import subprocess
+    import sys
+
+    from edge_trgl.killpoints import ENV
+
+    args = ["train", "--compile", "--synthetic-train", "200", "--synthetic-test", "100",
+            "--model", "resnet8", "--width", "0.25", "--scheme", "e2e", "--batch-size", "36",
+            "--threads", "1", "--epochs", "2", "--lr-schedule", "cosine", "--quiet"]
+
+    def child(name, *argv, kill=None):
+        env = {k: v for k, v in os.environ.items() if k != ENV}
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / f"inductor-{name}")
+        if kill:
+            env[ENV] = kill
+        return subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", *map(str, argv)],
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    done = child("whole", *args, "--out", tmp_path / "whole")
+    assert done.returncode == 0, done.stderr
+    killed = child("whole", *args, "--out", tmp_path / "stopped", kill="batch:8")
+    assert killed.returncode == -9, killed.stderr
+    progress = json.loads((tmp_path / "stopped" / "manifest.json").read_text())["progress"]
+    assert progress["phase"] == "train" and progress["ckpt"]  # after epoch 1's checkpoint
+    resumed = child("resumed", "train", "--resume", tmp_path / "stopped", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert any(p.is_file() for p in (tmp_path / "inductor-resumed").rglob("*"))
+    assert run_weights(tmp_path / "stopped") == run_weights(tmp_path / "whole")
+
+
 def test_env_reports_whether_it_can_compile(capsys, monkeypatch):
     monkeypatch.setattr(compiled_module.shutil, "which",
                         lambda name: "/opt/bin/gcc" if name == "gcc" else None)
