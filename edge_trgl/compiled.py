@@ -3,8 +3,9 @@ whole network) through `torch.compile` (inductor), its backward with it. Measure
 project's ResNet-56 at batch 128, one thread: single steps (benchmarks/results/cpu-speedups/) a
 K=4 module's 0.72x the eager time, the whole network's 0.90x; whole 8-epoch runs (throughput
 suite, tput8-*-compile rows) warm epochs 0.81x at K=4, 0.87x end-to-end, 0.97x block-wise, after
-about 150 s of compiling a run, which made those runs slower than eager ones. So it pays on long
-runs only, and more for K=4 module-wise training than for end-to-end.
+about 150 s of compiling a run, which made those runs slower than eager ones; a 40-epoch
+ResNet-20 end-to-end run (tput40 rows) took 0.89x the eager time. So it pays on long runs only,
+and more for K=4 module-wise training than for end-to-end.
 
 What stays eager: the loss (a cross-entropy on the logits), the optimizer step, and every
 eval-mode pass (validation, test, the feature cache): each would be one more compile per module

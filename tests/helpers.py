@@ -112,10 +112,13 @@ def python_child(code: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def cli_child(*argv, kill: str | None = None) -> subprocess.CompletedProcess:
+def cli_child(*argv, kill: str | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`edge-trgl ARGV` in a child process (text output captured, 300 s limit); `kill` sets the
-    EDGE_TRGL_TEST_KILL_AT kill point (edge_trgl/killpoints.py), which is otherwise unset."""
+    EDGE_TRGL_TEST_KILL_AT kill point (edge_trgl/killpoints.py), which is otherwise unset;
+    `extra_env` adds variables to the child's environment."""
     env = {k: v for k, v in os.environ.items() if k != ENV}
+    env.update(extra_env or {})
     if kill:
         env[ENV] = kill
     return subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", *map(str, argv)],

@@ -16,7 +16,7 @@ from edge_trgl.errors import UserError
 from edge_trgl.targets import get_target, validate
 from edge_trgl.train import train
 
-from helpers import assert_clean_error, cli, run_arrays, run_weights
+from helpers import assert_clean_error, cli, cli_child, run_arrays, run_weights
 
 TINY = dict(synthetic_train=200, synthetic_test=100, model="resnet8", width=0.25, batch_size=32,
             threads=1, progress=False, epochs=1)
@@ -138,23 +138,13 @@ def test_a_compiled_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path
     The resumed process gets an empty inductor cache of its own: it compiled (it wrote kernels),
     not merely loaded the killed one's. Batches: epoch 1 is 5 train (180 images at 36) + 1 val,
     so batch 8 lands in epoch 2."""
-    import os
-    import subprocess
-    import sys
-
-    from edge_trgl.killpoints import ENV
-
     args = ["train", "--compile", "--synthetic-train", "200", "--synthetic-test", "100",
             "--model", "resnet8", "--width", "0.25", "--scheme", "e2e", "--batch-size", "36",
             "--threads", "1", "--epochs", "2", "--lr-schedule", "cosine", "--quiet"]
 
-    def child(name, *argv, kill=None):
-        env = {k: v for k, v in os.environ.items() if k != ENV}
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / f"inductor-{name}")
-        if kill:
-            env[ENV] = kill
-        return subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", *map(str, argv)],
-                              env=env, capture_output=True, text=True, timeout=600)
+    def child(cache, *argv, kill=None):
+        return cli_child(*argv, kill=kill,
+                         extra_env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{cache}")})
 
     done = child("whole", *args, "--out", tmp_path / "whole")
     assert done.returncode == 0, done.stderr
