@@ -3,6 +3,7 @@ A reader (or a resumed run) sees either the old file or the complete new one, ne
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -17,6 +18,20 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def directory_lock(path: str | os.PathLike):
+    """Exclusive flock on a directory, held while a read-modify-write of a file in it runs, so two
+    processes updating the same file one after the other never lose each other's update. Locking
+    the directory itself leaves no lock file behind."""
+    import fcntl
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
 

@@ -434,3 +434,30 @@ def test_memory_goals_judge_the_method_not_a_compiled_run(tmp_path):
     assert "TRGL block-wise / end-to-end peak RSS at ResNet-56, batch 128" in text
     assert "TRGL block-wise, compiled" in text  # listed in the tables
     assert "compiled / end-to-end peak RSS" not in text  # but not judged
+
+
+def test_invocations_written_at_the_same_moment_are_all_kept(tmp_path, monkeypatch):
+    """Two runners of one suite finishing together once lost an invocation record: each read
+    _suite.json, then each wrote its own list. The read is slowed here so that, unlocked, every
+    writer would read before any wrote."""
+    import threading
+    import time as time_mod
+
+    matrix = bench.load_matrix(str(write(tmp_path, TINY)))
+    slow_read = runner.read_json
+
+    def read_then_wait(path):
+        data = slow_read(path)
+        time_mod.sleep(0.05)
+        return data
+
+    monkeypatch.setattr(runner, "read_json", read_then_wait)
+    threads = [threading.Thread(target=runner._write_invocation,
+                                args=(tmp_path, matrix, {"started_at": f"t{i}"}, 0.0))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kept = json.loads((tmp_path / "_suite.json").read_text())["invocations"]
+    assert sorted(r["started_at"] for r in kept) == [f"t{i}" for i in range(6)]

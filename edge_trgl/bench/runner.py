@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, directory_lock
 from ..config import TrainConfig
 from ..errors import UserError
 from ..memory.measure import run_measured
@@ -320,12 +320,15 @@ def _write_invocation(suite_dir: Path, matrix: Matrix, invocation: dict, t0: flo
     invocation = {**invocation, "seconds": time.perf_counter() - t0, "complete": done,
                   "loadavg_end": loadavg(), "finished_at": timestamp()}
     path = suite_dir / "_suite.json"
-    data = read_json(path) or {}
-    runs = [r for r in data.get("invocations", []) if r.get("started_at") != invocation["started_at"]]
-    runs.append(invocation)
-    atomic_write_json(path, {"suite": matrix.name, "description": matrix.description,
-                             "notes": matrix.notes, "sections": matrix.sections,
-                             "matrix": matrix.path, "invocations": runs})
+    # Two runners of one suite (rows run side by side) may finish at the same moment.
+    with directory_lock(suite_dir):
+        data = read_json(path) or {}
+        runs = [r for r in data.get("invocations", [])
+                if r.get("started_at") != invocation["started_at"]]
+        runs.append(invocation)
+        atomic_write_json(path, {"suite": matrix.name, "description": matrix.description,
+                                 "notes": matrix.notes, "sections": matrix.sections,
+                                 "matrix": matrix.path, "invocations": runs})
 
 
 def rerun_check(result_path: str | os.PathLike, *, tolerance: float = 0.10,

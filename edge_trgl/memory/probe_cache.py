@@ -48,12 +48,9 @@ def load_cache() -> dict:
 def store_cache(cache: dict) -> None:
     """Merge `cache` into the file under an exclusive lock, so that two commands planning at the
     same time never lose each other's entries; the file itself is replaced atomically."""
-    import fcntl
-
-    from ..atomic import atomic_write_json
+    from ..atomic import atomic_write_json, directory_lock
     path = cache_file()
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with directory_lock(path.parent):
         merged = load_cache()
         merged.update(cache)
         atomic_write_json(path, merged)
