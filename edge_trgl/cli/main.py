@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import textwrap
 
@@ -124,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         label = "stopped" if getattr(exc, "exit_code", 2) == 130 else "error"
         print(f"edge-trgl: {label}: {text}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except BrokenPipeError:
+        # The reader went away (`edge-trgl bench run ... --dry-run | head`): stop quietly, as
+        # other Unix tools do, and keep Python's exit-time flush from raising once more.
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("edge-trgl: interrupted; files written so far are intact. Resume a training run with "
               "`edge-trgl train --resume RUN_DIR`.", file=sys.stderr)
