@@ -77,6 +77,21 @@ def test_three_seeds_are_enough_at_10_percent_and_not_at_2():
     assert "provisional" in text(0.02, 3)
 
 
+def test_greedy_seeds_count_only_where_a_goal_compares_with_greedy():
+    """At 10 % the goals compare TRGL with end-to-end only: one greedy seed beside three of each
+    leaves the verdict final; at 2 % (TRGL >= greedy + 3) it makes it provisional."""
+    def text(fraction):
+        runs = [_run("greedy", 0, 0.55, 0.55, [0.55, 0.54], tau=math.inf, fraction=fraction)]
+        for s in range(5):
+            runs.append(_run("trgl-t1", s, 0.60, 0.60, [0.55, 0.60], tau=1.0, fraction=fraction))
+            runs.append(_run("e2e", s, 0.61, 0.61, scheme="e2e", fraction=fraction))
+        report = CollectingReport()
+        sd.small_data_section(report, "small-data", runs)
+        return "\n".join(report.lines)
+    assert "provisional" not in text(0.1)
+    assert "(Seeds so far: 1;" in text(0.02)
+
+
 def test_the_convergence_rows_pair_each_long_run_with_its_short_twin():
     runs = [_run("e2e", 0, 0.40, 0.41, scheme="e2e"),
             _run("e2e", 0, 0.41, 0.42, scheme="e2e", epochs=120, row="calib-resnet20-e2e-e120-s0")]
