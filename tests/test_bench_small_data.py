@@ -3,6 +3,7 @@ on test; the goals of issue 14 are judged from the medians; stagnation is judged
 seeds' spread."""
 
 import math
+from pathlib import Path
 
 from edge_trgl.bench import small_data as sd
 
@@ -262,3 +263,40 @@ def test_the_views_a_run_cached_come_from_its_plan_and_each_count_is_judged():
     assert text.count("Goal TRGL >= greedy + 3 points") == 2, text
     assert "TRGL 50.0 % vs greedy 46.0 % (+4.0 points): **met**" in text, text
     assert "TRGL 55.0 % vs greedy 46.0 % (+9.0 points): **met**" in text, text
+
+
+def _goal_runs():
+    runs = []
+    for s in range(5):
+        runs.append(_run("trgl-t1", s, 0.50, 0.50, [0.45, 0.48, 0.50, 0.50], tau=1.0))
+        runs.append(_run("greedy", s, 0.46, 0.46, [0.45, 0.47, 0.46, 0.46], tau=math.inf))
+        runs.append(_run("e2e", s, 0.52, 0.515, scheme="e2e"))
+        r = _run("trgl-t1", s, 0.5, 0.40, tau=1.0, row=f"sd2-resnet56-trgl-t1-s{s}")
+        r["options"]["model"] = "resnet56"           # shown, not judged: not in the headline
+        runs.append(r)
+    return runs
+
+
+def test_the_judged_goals_are_handed_to_the_headline():
+    report = CollectingReport()
+    report.headline_goals = []
+    sd.small_data_section(report, "small-data", _goal_runs())
+    assert len(report.headline_goals) == 1, report.headline_goals
+    line = report.headline_goals[0]
+    assert line.startswith("- resnet20, cifar10 2 % of the train set, 40 epochs"), line
+    assert "TRGL (tau 1) chosen on validation, 5 seeds" in line, line
+    assert "greedy 46.0 % (+4.0 points): **met**" in line, line
+    assert "end-to-end 51.5 % (-1.5 points): **not met**" in line, line
+
+
+def test_the_report_headline_leads_with_the_converged_small_data_goals(monkeypatch):
+    from edge_trgl.bench import report as rp
+    monkeypatch.setattr(rp._Report, "all_runs", lambda self, name, suite: None)
+    suites = {"small-data": {"results": _goal_runs(), "meta": {"sections": ["small_data"]},
+                             "baselines": [], "checks": []}}
+    text = rp._Report(suites, Path("."), plots=False).render()
+    head = text.index("## Headline")
+    goal = text.index("Converged accuracy with little data")
+    section = text.index("## Suite `small-data`")
+    assert head < goal < section, text[:2000]
+    assert text[goal:section].count("**not met**") == 1, text[goal:section]

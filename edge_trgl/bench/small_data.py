@@ -258,7 +258,7 @@ def _setting_table(report, name: str, key: tuple, config: tuple | None, runs: li
                      "that passed its convergence check), shown beside it, not judged.")
     else:
         _verdict(report, fraction, methods, chosen, e2e_chosen,
-                 judged=model == GOAL_MODEL and goal_config(config))
+                 judged=model == GOAL_MODEL and goal_config(config), where=where)
     if report.plt is not None:
         _plot(report, name, where, key + ((config[0], _layout(config)) if config else ()),
               methods)
@@ -295,9 +295,11 @@ def _per_module(report, methods: list[Method]) -> None:
 def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
              e2e: Method | None, judged: bool = True,
              why: str = "The goals are stated for ResNet-20, sequential K=4; this model and "
-                        "configuration are shown beside it, not judged.") -> None:
+                        "configuration are shown beside it, not judged.",
+             where: str = "") -> None:
     """The goals, met or not, for the configuration they are stated for; for the others the same
-    differences, as a reference (judged=False)."""
+    differences, as a reference (judged=False). Judged verdicts are also handed to the report's
+    headline (report.headline_goals, where the report has one), prefixed with `where`."""
     greedy = next((m for m in methods if m.family == "greedy"), None)
     if chosen is None:
         return
@@ -353,6 +355,11 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
         lines.append(f"(Seeds so far: {seeds}; the goals ask for at least 5 at 2 % and 3 at 10 %: "
                      "provisional.)")
     report.add(*[f"- {x}" for x in lines], "")
+    goals = getattr(report, "headline_goals", None)
+    if goals is not None:
+        judged_lines = [x for x in lines if x.startswith(("Goal", "(Seeds so far"))]
+        goals.append(f"- {where} ({chosen.name} chosen on validation, {seeds} seed{'s' if seeds != 1 else ''}): "
+                     + " ".join(judged_lines))
 
 
 def _convergence(report, calib: list[dict], main: list[dict]) -> None:
