@@ -206,6 +206,7 @@ class CollectingReport:
 
     def __init__(self):
         self.lines: list[str] = []
+        self.headline_goals: list[str] = []
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)

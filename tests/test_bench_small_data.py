@@ -279,7 +279,6 @@ def _goal_runs():
 
 def test_the_judged_goals_are_handed_to_the_headline():
     report = CollectingReport()
-    report.headline_goals = []
     sd.small_data_section(report, "small-data", _goal_runs())
     assert len(report.headline_goals) == 1, report.headline_goals
     line = report.headline_goals[0]

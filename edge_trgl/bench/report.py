@@ -57,8 +57,10 @@ class _Report:
     def __init__(self, suites: dict, results_dir: Path, plots: bool):
         self.suites, self.root, self.plots_wanted = suites, results_dir, plots
         self.lines: list[str] = []
-        # the small-data goals' verdicts, gathered while its section renders, shown in the headline
+        # the small-data goals' verdicts, gathered while its section renders, and where in the
+        # headline they go (set by headline(); the section renders after it)
         self.headline_goals: list[str] = []
+        self.headline_goals_at: int | None = None
         self.plot_note: str | None = None
         self.plt = None
         if plots:
@@ -149,9 +151,11 @@ class _Report:
                           if "accuracy" in self._sections(n)), None)
         mem_suite = next((n for n in _suite_order(self.suites)
                           if "memory" in self._sections(n)), None)
-        if acc_suite is None and mem_suite is None:
+        small_data = any("small_data" in self._sections(n) for n in self.suites)
+        if acc_suite is None and mem_suite is None and not small_data:
             return
         self.add("## Headline", "")
+        self.headline_goals_at = len(self.lines)
         if acc_suite is not None:
             self.add(f"From suite `{acc_suite}`:", "")
             self.accuracy_table(self.suites[acc_suite]["results"], headline=True)
@@ -508,9 +512,7 @@ class _Report:
 
     def render(self) -> str:
         self.header()
-        headline_at = len(self.lines)
         self.headline()
-        has_headline = len(self.lines) > headline_at
         self.timings()
         for name in _suite_order(self.suites):
             suite = self.suites[name]
@@ -538,11 +540,10 @@ class _Report:
             self.add(f"_{self.plot_note}_", "")
         if self.headline_goals:
             # converged accuracy first: the accuracy suite's table below it is a short-run one
-            block = ["Converged accuracy with little data (suite `small-data`; test accuracy of "
-                     "the module chosen on validation, medians over seeds):", "",
-                     *self.headline_goals, ""]
-            at = headline_at + 2 if has_headline else headline_at
-            self.lines[at:at] = block if has_headline else ["## Headline", "", *block]
+            at = self.headline_goals_at
+            self.lines[at:at] = ["Converged accuracy with little data (suite `small-data`; test "
+                                 "accuracy of the module chosen on validation, medians over "
+                                 "seeds):", "", *self.headline_goals, ""]
         return "\n".join(self.lines).rstrip() + "\n"
 
 

@@ -298,8 +298,8 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
                         "configuration are shown beside it, not judged.",
              where: str = "") -> None:
     """The goals, met or not, for the configuration they are stated for; for the others the same
-    differences, as a reference (judged=False). Judged verdicts are also handed to the report's
-    headline (report.headline_goals, where the report has one), prefixed with `where`."""
+    differences, as a reference (judged=False). Judged verdicts also go to the report's headline
+    (report.headline_goals), prefixed with `where`."""
     greedy = next((m for m in methods if m.family == "greedy"), None)
     if chosen is None:
         return
@@ -355,11 +355,10 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
         lines.append(f"(Seeds so far: {seeds}; the goals ask for at least 5 at 2 % and 3 at 10 %: "
                      "provisional.)")
     report.add(*[f"- {x}" for x in lines], "")
-    goals = getattr(report, "headline_goals", None)
-    if goals is not None:
-        judged_lines = [x for x in lines if x.startswith(("Goal", "(Seeds so far"))]
-        goals.append(f"- {where} ({chosen.name} chosen on validation, {seeds} seed{'s' if seeds != 1 else ''}): "
-                     + " ".join(judged_lines))
+    judged_lines = [x for x in lines if x.startswith(("Goal", "(Seeds so far"))]
+    report.headline_goals.append(
+        f"- {where} ({chosen.name} chosen on validation, {seeds} seed{'s' if seeds != 1 else ''}): "
+        + " ".join(judged_lines))
 
 
 def _convergence(report, calib: list[dict], main: list[dict]) -> None:
