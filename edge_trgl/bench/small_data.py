@@ -324,6 +324,7 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
         lines.append(f"({why})")
         report.add(*[f"- {x}" for x in lines], "")
         return
+    first_goal = len(lines)         # what follows (the goals, the seeds caveat) is the headline's
     small = fraction is not None and fraction <= 0.025
     # the seeds that count are those of the methods the goals compare (greedy only at 2 %)
     seeds = min([len(chosen.runs)] + [len(m.runs) for m in ((greedy, e2e) if small else (e2e,))
@@ -355,10 +356,9 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
         lines.append(f"(Seeds so far: {seeds}; the goals ask for at least 5 at 2 % and 3 at 10 %: "
                      "provisional.)")
     report.add(*[f"- {x}" for x in lines], "")
-    judged_lines = [x for x in lines if x.startswith(("Goal", "(Seeds so far"))]
     report.headline_goals.append(
         f"- {where} ({chosen.name} chosen on validation, {seeds} seed{'s' if seeds != 1 else ''}): "
-        + " ".join(judged_lines))
+        + " ".join(lines[first_goal:]))
 
 
 def _convergence(report, calib: list[dict], main: list[dict]) -> None:
