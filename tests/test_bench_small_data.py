@@ -33,6 +33,20 @@ def test_tau_is_chosen_on_validation_not_on_test():
     assert chosen.tau == 1.0            # best validation, although tau 10 tests better
 
 
+def test_a_tau_with_fewer_seeds_is_compared_on_the_seeds_it_has():
+    # tau 1: five seeds, seed 0 its best (0.525), median 0.48; tau 10: seed 0 only, 0.52. Median
+    # against a single value would pick tau 10; on seed 0, the seed both have, tau 1 is better.
+    vals = [0.525, 0.48, 0.47, 0.45, 0.49]
+    runs = [_run("trgl-t1", s, val=v, test=0.4, tau=1.0) for s, v in enumerate(vals)]
+    runs.append(_run("trgl-t10", 0, val=0.52, test=0.5, tau=10.0))
+    methods = sd._methods(runs)
+    assert sd.choose_tau(methods).tau == 1.0
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    assert "on the seeds all of them have, 0: 1: 52.5 %, 10: 52.0 %" in text
+
+
 def test_families_and_greedy_is_tau_inf():
     assert sd.family(_run("greedy", 0, 0.4, 0.4, tau=math.inf)) == "greedy"
     assert sd.family(_run("e2e", 0, 0.4, 0.4, scheme="e2e")) == "e2e"

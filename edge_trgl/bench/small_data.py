@@ -98,16 +98,49 @@ def _methods(runs: list[dict]) -> list[Method]:
                 order.index(kv[0][0]), kv[0][1] or 0, kv[0][2] or 0))]
 
 
+def _seed(r: dict):
+    return r.get("options", {}).get("seed", r.get("seed"))
+
+
+def shared_seeds(candidates: list[Method]) -> set | None:
+    """The seeds every candidate has a validation accuracy for: a tau run on one seed is compared
+    with the others on that seed, not its single value with their medians over five."""
+    sets = [{_seed(r) for r in m.runs if r["measurements"].get("best_val_acc") is not None}
+            for m in candidates]
+    common = set.intersection(*sets) if sets else set()
+    return common if common and any(len(x) > len(common) for x in sets) else None
+
+
+def val_median(m: Method, seeds: set | None) -> float:
+    runs = m.runs if seeds is None else [r for r in m.runs if _seed(r) in seeds]
+    return runs_stat(runs, "best_val_acc")["median"]
+
+
+def _scored(candidates: list[Method]) -> list[Method]:
+    return [m for m in candidates if m.stat("best_val_acc")]
+
+
 def _best_on_validation(candidates: list[Method], tie) -> Method | None:
-    scored = [m for m in candidates if m.stat("best_val_acc")]
+    scored = _scored(candidates)
     if not scored:
         return None
-    return max(scored, key=lambda m: (m.stat("best_val_acc")["median"], len(m.runs), tie(m)))
+    seeds = shared_seeds(scored)
+    return max(scored, key=lambda m: (val_median(m, seeds), len(m.runs), tie(m)))
+
+
+def _choice_medians(candidates: list[Method], label) -> str:
+    """'label: median %, ...' as the choice saw them, naming the shared seeds where it used them."""
+    scored = _scored(candidates)
+    seeds = shared_seeds(scored)
+    on = "" if seeds is None else (" on the seeds all of them have, "
+                                   + ", ".join(str(x) for x in sorted(seeds)))
+    return on + ": " + ", ".join(f"{label(m)}: {fmt_pct(val_median(m, seeds))} %" for m in scored)
 
 
 def choose_tau(methods: list[Method]) -> Method | None:
-    """TRGL's tau by the median validation accuracy of each seed's chosen module; ties go to the
-    tau with more seeds, then to the larger tau (the weaker regulariser)."""
+    """TRGL's tau by the median validation accuracy of each seed's chosen module, over the seeds
+    every tau has; ties go to the tau with more seeds, then to the larger tau (the weaker
+    regulariser)."""
     return _best_on_validation([m for m in methods if m.family == "trgl"], lambda m: m.tau)
 
 
@@ -306,15 +339,13 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
     t = chosen.stat("best_test_acc")["median"]
     taus = [m for m in methods if m.family == "trgl" and m.stat("best_val_acc")]
     lines = [f"Chosen tau: {chosen.tau:g} (median validation accuracy of each tau's chosen "
-             "modules: " + ", ".join(f"{m.tau:g}: {fmt_pct(m.stat('best_val_acc')['median'])} %"
-                                     for m in taus) + ")."
+             "modules" + _choice_medians(taus, lambda m: f"{m.tau:g}") + ")."
              if len(taus) > 1 else
              f"Tau: {chosen.tau:g}, the only one run in this configuration (no choice made here)."]
     if e2e is not None and e2e.lr is not None:
-        lines.append(f"End-to-end's learning rate, chosen the same way: {e2e.lr:g} ("
-                     + ", ".join(f"{m.lr:g}: {fmt_pct(m.stat('best_val_acc')['median'])} %"
-                                 for m in methods if m.family == "e2e" and m.stat("best_val_acc"))
-                     + ").")
+        lines.append(f"End-to-end's learning rate, chosen the same way: {e2e.lr:g} (median "
+                     "validation accuracy" + _choice_medians(
+                         [m for m in methods if m.family == "e2e"], lambda m: f"{m.lr:g}") + ").")
     if not judged:
         for ref in (greedy, e2e):
             if ref:
