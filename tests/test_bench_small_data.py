@@ -60,6 +60,14 @@ def test_stagnation_is_judged_within_the_seeds_spread():
     falling = [{"median": m, "min": m - 0.005, "max": m + 0.005, "n": 3} for m in (0.45, 0.40)]
     assert sd.non_decreasing(falling) is False
     assert sd.non_decreasing(flat[:1]) is None
+    # ResNet-56 greedy at 2 % (4 seeds): every step is inside its spread, the whole fall is not
+    stairs = [{"median": md, "min": lo, "max": hi, "n": 4} for md, lo, hi in
+              ((0.439, 0.433, 0.447), (0.417, 0.407, 0.435), (0.412, 0.405, 0.424),
+               (0.409, 0.398, 0.424))]
+    assert sd.non_decreasing(stairs) is False
+    rising = [{"median": m, "min": m - 0.01, "max": m + 0.01, "n": 3}
+              for m in (0.643, 0.678, 0.680, 0.681)]
+    assert sd.non_decreasing(rising) is True
 
 
 def test_the_goals_are_reported_met_or_not_from_the_medians():
