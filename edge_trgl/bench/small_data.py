@@ -98,21 +98,17 @@ def _methods(runs: list[dict]) -> list[Method]:
                 order.index(kv[0][0]), kv[0][1] or 0, kv[0][2] or 0))]
 
 
-def _seed(r: dict):
-    return r.get("options", {}).get("seed", r.get("seed"))
-
-
 def shared_seeds(candidates: list[Method]) -> set | None:
     """The seeds every candidate has a validation accuracy for: a tau run on one seed is compared
     with the others on that seed, not its single value with their medians over five."""
-    sets = [{_seed(r) for r in m.runs if r["measurements"].get("best_val_acc") is not None}
-            for m in candidates]
+    sets = [{run_config(r).get("seed") for r in m.runs
+             if r["measurements"].get("best_val_acc") is not None} for m in candidates]
     common = set.intersection(*sets) if sets else set()
     return common if common and any(len(x) > len(common) for x in sets) else None
 
 
 def val_median(m: Method, seeds: set | None) -> float:
-    runs = m.runs if seeds is None else [r for r in m.runs if _seed(r) in seeds]
+    runs = m.runs if seeds is None else [r for r in m.runs if run_config(r).get("seed") in seeds]
     return runs_stat(runs, "best_val_acc")["median"]
 
 
