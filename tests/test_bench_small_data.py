@@ -121,7 +121,7 @@ def test_the_convergence_rows_pair_each_long_run_with_its_short_twin():
     report = CollectingReport()
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
-    assert "| 2 % | end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) | 41.0 -> 42.0 |" in text, text
+    assert "| 2 % | end-to-end (lr 0.05) | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) | 41.0 -> 42.0 |" in text, text
 
 
 def test_end_to_end_keeps_its_own_learning_rate_chosen_on_validation():
@@ -246,8 +246,8 @@ def test_a_second_convergence_check_pairs_with_the_next_shorter_length():
     report = CollectingReport()
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
-    assert "| 2 % | end-to-end | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) |" in text, text
-    assert "| 2 % | end-to-end | seed 0 | 120 -> 360 | 41.0 -> 43.0 (+2.0) |" in text, text
+    assert "| 2 % | end-to-end (lr 0.05) | seed 0 | 40 -> 120 | 40.0 -> 41.0 (+1.0) |" in text, text
+    assert "| 2 % | end-to-end (lr 0.05) | seed 0 | 120 -> 360 | 41.0 -> 43.0 (+2.0) |" in text, text
 
 
 def test_runs_with_more_cached_views_are_their_own_configuration():
@@ -321,3 +321,19 @@ def test_the_report_headline_leads_with_the_converged_small_data_goals(monkeypat
     section = text.index("## Suite `small-data`")
     assert head < goal < section, text[:2000]
     assert text[goal:section].count("**not met**") == 1, text[goal:section]
+
+
+def test_a_convergence_check_pairs_end_to_end_runs_of_the_same_learning_rate():
+    """End-to-end seed 0 at 120 epochs with lr 0.05 and with lr 0.02 (the lr chosen on
+    validation), and 360 epochs at lr 0.02: the check compares lr 0.02 with lr 0.02."""
+    def e2e(lr, val, epochs, row):
+        r = _run("e2e", 0, val, val, scheme="e2e", epochs=epochs, row=row)
+        r["options"]["lr"] = lr
+        return r
+    runs = [e2e(0.05, 0.41, 120, "sd2-resnet20-e2e-e120-s0"),
+            e2e(0.02, 0.45, 120, "sd2-resnet20-e2e-lr0.02-e120-s0"),
+            e2e(0.02, 0.46, 360, "calib360-resnet20-e2e-lr0.02-e360-s0")]
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    assert "| 2 % | end-to-end (lr 0.02) | seed 0 | 120 -> 360 | 45.0 -> 46.0 (+1.0) |" in text, text

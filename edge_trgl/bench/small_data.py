@@ -200,14 +200,21 @@ def goal_config(config: tuple | None) -> bool:
     return config is None or config[:2] == GOAL_CONFIG
 
 
+def _recipe(r: dict) -> tuple:
+    """What makes two runs of one setting the same method: family, tau, and the learning rate
+    (end-to-end's is tuned per setting; one lr's seeds are not another's)."""
+    cfg = run_config(r)
+    return family(r), cfg.get("tau"), cfg.get("lr")
+
+
 def _short_twin(r: dict, runs: list[dict]) -> dict | None:
-    """The run `r`'s convergence check compares it with: same method, seed, setting and
-    configuration at the next shorter length (120 against 360, not 40, where both exist)."""
+    """The run `r`'s convergence check compares it with: same method (end-to-end: same learning
+    rate), seed, setting and configuration at the next shorter length (120 against 360, not 40,
+    where both exist)."""
     cfg = run_config(r)
     twin = [m for m in runs if m is not r and run_config(m).get("epochs") < cfg.get("epochs")
-            and family(m) == family(r) and run_config(m).get("seed") == cfg.get("seed")
-            and run_config(m).get("tau") == cfg.get("tau") and setting(m)[:3] == setting(r)[:3]
-            and setting(m)[4:] == setting(r)[4:]]
+            and _recipe(m) == _recipe(r) and run_config(m).get("seed") == cfg.get("seed")
+            and setting(m)[:3] == setting(r)[:3] and setting(m)[4:] == setting(r)[4:]]
     return max(twin, key=lambda m: run_config(m).get("epochs")) if twin else None
 
 
@@ -224,8 +231,7 @@ def _main_epochs(calib: list[dict], runs: list[dict]) -> dict[tuple, int]:
         a, b = short["measurements"].get("best_val_acc"), r["measurements"].get("best_val_acc")
         if a is None or b is None:
             continue
-        same = [m for m in runs if setting(m) == setting(short) and family(m) == family(short)
-                and run_config(m).get("tau") == run_config(short).get("tau")]
+        same = [m for m in runs if setting(m) == setting(short) and _recipe(m) == _recipe(short)]
         vals = [m["measurements"].get("best_val_acc") for m in same]
         vals = [v for v in vals if v is not None]
         spread = max(max(vals) - min(vals), 0.005)
@@ -401,7 +407,9 @@ def _convergence(report, calib: list[dict], main: list[dict]) -> None:
         a, b = short["measurements"].get("best_val_acc"), r["measurements"].get("best_val_acc")
         ta, tb = short["measurements"].get("best_test_acc"), r["measurements"].get("best_test_acc")
         rows.append([f"{100 * (cfg.get('train_fraction') or 1):g} %",
-                     Method(family(r), cfg.get("tau"), [r]).name, f"seed {cfg.get('seed')}",
+                     Method(family(r), cfg.get("tau"), [r],
+                            cfg.get("lr") if family(r).startswith("e2e") else None).name,
+                     f"seed {cfg.get('seed')}",
                      f"{run_config(short).get('epochs')} -> {cfg.get('epochs')}",
                      f"{fmt_pct(a)} -> {fmt_pct(b)}" + (f" ({_pp(b, a)})" if a is not None and b is not None else ""),
                      f"{fmt_pct(ta)} -> {fmt_pct(tb)}"])
