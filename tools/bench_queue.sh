@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run benchmark rows one after another, each as its own `edge-trgl bench run SUITE --only ROW`,
+# skipping a row that would end past a deadline: how the long small-data rows fill a sitting on a
+# shared machine without a row being cut off half-way (a half-run row is lost work).
+#
+#   tools/bench_queue.sh [--after PID] [--code DIR] [--results DIR] [--log FILE] \
+#       --until HH:MM SUITE ROW:EST_S [ROW:EST_S ...] [-- EXTRA bench run ARGS]
+#
+#   --after PID    start once PID has exited (queue behind a row already running)
+#   --code DIR     run the harness and training from this checkout (PYTHONPATH), e.g. a clone of
+#                  main, so that editing the working tree does not change rows in flight
+#   --results DIR  where the row JSON goes (default: benchmarks/results of this checkout)
+#   --until HH:MM  today's deadline; a row starts only if now + EST_S seconds is before it
+# Two queues side by side give two single-thread rows at a time on a 2-core machine.
+set -uo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+after="" code="$here" results="$here/benchmarks/results" log="" until=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --after) after="$2"; shift 2 ;;
+    --code) code="$(cd "$2" && pwd)"; shift 2 ;;
+    --results) results="$2"; shift 2 ;;
+    --log) log="$2"; shift 2 ;;
+    --until) until="$2"; shift 2 ;;
+    *) break ;;
+  esac
+done
+if [[ -z "$until" || $# -lt 2 ]]; then
+  echo "usage: $0 [--after PID] [--code DIR] [--results DIR] [--log FILE] --until HH:MM SUITE ROW:EST_S ... [-- ARGS]" >&2
+  exit 2
+fi
+deadline=$(date -d "today $until" +%s) || exit 2
+if [[ -n "$log" ]]; then exec 3>>"$log"; else exec 3>&1; fi
+suite="$1"; shift
+rows=()
+while [[ $# -gt 0 && "$1" != "--" ]]; do rows+=("$1"); shift; done
+[[ "${1:-}" == "--" ]] && shift
+if [[ -n "$after" ]]; then
+  while kill -0 "$after" 2>/dev/null; do sleep 20; done
+fi
+cd "$code" || exit 2
+export PYTHONPATH="$code${PYTHONPATH:+:$PYTHONPATH}"
+for spec in "${rows[@]}"; do
+  row="${spec%:*}"; est="${spec##*:}"
+  if (( $(date +%s) + est > deadline )); then
+    echo "$(date +%T) skip $row (${est} s would end after $until)" >&3; continue
+  fi
+  echo "$(date +%T) start $row" >&3
+  python -m edge_trgl.cli.main bench run "$suite" --only "$row" --results "$results" \
+    --no-report "$@" >&3 2>&1
+  rc=$?
+  echo "$(date +%T) end $row rc=$rc" >&3
+done
