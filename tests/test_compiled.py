@@ -106,10 +106,30 @@ def test_every_scheme_trains_through_the_compiled_forward(scheme, tmp_path, monk
     assert stored["compile"] is True
 
 
+@pytest.fixture(scope="module")
+def compiled_code_runs_here(tmp_path_factory):
+    """One compiled end-to-end run in a child process first. On some hosts torch's own
+    inductor-compiled code kills the process (seen 2026-12-02 with torch 2.13.0 on an AVX2-only
+    AMD EPYC: SIGSEGV / SIGABRT inside the compiled graph's aten.convolution_backward), which
+    would take the whole test session down with it; there the real-compile tests skip, naming
+    the signal. Any other failure of the child fails the test."""
+    out = tmp_path_factory.mktemp("compile-probe") / "run"
+    done = cli_child("train", "--compile", "--synthetic-train", "200", "--synthetic-test", "100",
+                     "--model", "resnet8", "--width", "0.25", "--scheme", "e2e",
+                     "--batch-size", "36", "--threads", "1", "--epochs", "1", "--quiet",
+                     "--out", out)
+    if done.returncode < 0:
+        first = next((line for line in done.stderr.splitlines() if "Fatal" in line), "")
+        pytest.skip(f"torch.compile's generated code killed a training child on this CPU "
+                    f"(signal {-done.returncode}{': ' + first if first else ''}): a fault of "
+                    f"torch's inductor on this host, not of the compiled step's wiring")
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(compiled_module.compiler_found() is None,
                     reason="a real compile needs a C/C++ compiler on PATH (inductor) and none is here")
-def test_a_really_compiled_run_trains_what_an_eager_one_does(tmp_path):
+def test_a_really_compiled_run_trains_what_an_eager_one_does(tmp_path, compiled_code_runs_here):
     """One real inductor compile (end-to-end: one graph; a batch that divides the train set: one
     shape). Compiled kernels reorder float sums, so the weights agree to float noise, not bits."""
     options = dict(TINY, scheme="e2e", batch_size=36)
@@ -130,7 +150,8 @@ def test_a_really_compiled_run_trains_what_an_eager_one_does(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(compiled_module.compiler_found() is None,
                     reason="--compile needs a C/C++ compiler on PATH (gcc, cc, clang or g++)")
-def test_a_compiled_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
+def test_a_compiled_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path,
+                                                                       compiled_code_runs_here):
     """A compiled end-to-end run killed (SIGKILL, a power cut) in its second epoch and resumed,
     each in a fresh process, as a user's would be: the epoch checkpoint holds every weight, the
     optimizer state and the learning rate's place, and the compiled forward computes the same
