@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow   # every test reads one trained and exported run 
 
 TRAIN = ["train", "--synthetic-train", "600", "--synthetic-test", "300", "--model", "resnet8",
          "--width", "0.5", "--modules", "2", "--epochs", "2", "--batch-size", "64",
-         "--threads", "1", "--seed", "1", "--quiet"]
+         "--threads", "1", "--seed", "1", "--quiet",
+         "--test-modules", "all"]  # every module has a test accuracy to compare an export with
 
 
 @pytest.fixture(scope="module")
