@@ -106,6 +106,12 @@ def test_every_scheme_trains_through_the_compiled_forward(scheme, tmp_path, monk
     assert stored["compile"] is True
 
 
+# a compiled end-to-end training command of the tiny model, less its epochs and run directory
+COMPILED_E2E = ["train", "--compile", "--synthetic-train", "200", "--synthetic-test", "100",
+                "--model", "resnet8", "--width", "0.25", "--scheme", "e2e", "--batch-size", "36",
+                "--threads", "1", "--quiet"]
+
+
 @pytest.fixture(scope="module")
 def compiled_code_runs_here(tmp_path_factory):
     """One compiled end-to-end run in a child process first. On some hosts torch's own
@@ -114,10 +120,7 @@ def compiled_code_runs_here(tmp_path_factory):
     would take the whole test session down with it; there the real-compile tests skip, naming
     the signal. Any other failure of the child fails the test."""
     out = tmp_path_factory.mktemp("compile-probe") / "run"
-    done = cli_child("train", "--compile", "--synthetic-train", "200", "--synthetic-test", "100",
-                     "--model", "resnet8", "--width", "0.25", "--scheme", "e2e",
-                     "--batch-size", "36", "--threads", "1", "--epochs", "1", "--quiet",
-                     "--out", out)
+    done = cli_child(*COMPILED_E2E, "--epochs", "1", "--out", out)
     if done.returncode < 0:
         first = next((line for line in done.stderr.splitlines() if "Fatal" in line), "")
         pytest.skip(f"torch.compile's generated code killed a training child on this CPU "
@@ -159,9 +162,7 @@ def test_a_compiled_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path
     The resumed process gets an empty inductor cache of its own: it compiled (it wrote kernels),
     not merely loaded the killed one's. Batches: epoch 1 is 5 train (180 images at 36) + 1 val,
     so batch 8 lands in epoch 2."""
-    args = ["train", "--compile", "--synthetic-train", "200", "--synthetic-test", "100",
-            "--model", "resnet8", "--width", "0.25", "--scheme", "e2e", "--batch-size", "36",
-            "--threads", "1", "--epochs", "2", "--lr-schedule", "cosine", "--quiet"]
+    args = [*COMPILED_E2E, "--epochs", "2", "--lr-schedule", "cosine"]
 
     def child(cache, *argv, kill=None):
         return cli_child(*argv, kill=kill,

@@ -82,15 +82,19 @@ class Method:
         return runs_module_stats(self.runs, key)
 
 
+def _method_key(r: dict) -> tuple:
+    """(family, tau, lr) as a Method names them: tau for TRGL only, lr for end-to-end only."""
+    fam, cfg = family(r), run_config(r)
+    return (fam, cfg.get("tau") if fam == "trgl" else None,
+            cfg.get("lr") if fam.startswith("e2e") else None)
+
+
 def _methods(runs: list[dict]) -> list[Method]:
     """Seeds grouped by method; TRGL by tau, end-to-end by learning rate where several were
     tried (its own recipe, tuned on validation)."""
     by: dict[tuple, list[dict]] = {}
     for r in runs:
-        fam = family(r)
-        tau = run_config(r).get("tau") if fam == "trgl" else None
-        lr = run_config(r).get("lr") if fam.startswith("e2e") else None
-        by.setdefault((fam, tau, lr), []).append(r)
+        by.setdefault(_method_key(r), []).append(r)
     several_lrs = {f for f, _, lr in by if len({l for g, _, l in by if g == f}) > 1}
     order = ("trgl", "greedy", "e2e", "e2e-ckpt")
     return [Method(f, t, rs, lr if f in several_lrs else None)
@@ -396,6 +400,11 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
         + " ".join(lines[first_goal:]))
 
 
+def _name(r: dict) -> str:
+    fam, tau, lr = _method_key(r)
+    return Method(fam, tau, [r], lr).name
+
+
 def _convergence(report, calib: list[dict], main: list[dict]) -> None:
     """Seed-0 runs at E and at 3E epochs: the convergence rule's evidence."""
     rows = []
@@ -407,9 +416,7 @@ def _convergence(report, calib: list[dict], main: list[dict]) -> None:
         a, b = short["measurements"].get("best_val_acc"), r["measurements"].get("best_val_acc")
         ta, tb = short["measurements"].get("best_test_acc"), r["measurements"].get("best_test_acc")
         rows.append([f"{100 * (cfg.get('train_fraction') or 1):g} %",
-                     Method(family(r), cfg.get("tau"), [r],
-                            cfg.get("lr") if family(r).startswith("e2e") else None).name,
-                     f"seed {cfg.get('seed')}",
+                     _name(r), f"seed {cfg.get('seed')}",
                      f"{run_config(short).get('epochs')} -> {cfg.get('epochs')}",
                      f"{fmt_pct(a)} -> {fmt_pct(b)}" + (f" ({_pp(b, a)})" if a is not None and b is not None else ""),
                      f"{fmt_pct(ta)} -> {fmt_pct(tb)}"])
