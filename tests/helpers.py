@@ -112,9 +112,9 @@ def python_child(code: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def cli_child(*argv, kill: str | None = None,
-              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`edge-trgl ARGV` in a child process (text output captured, 300 s limit); `kill` sets the
+def cli_child(*argv, kill: str | None = None, extra_env: dict[str, str] | None = None,
+              timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """`edge-trgl ARGV` in a child process (text output captured, `timeout_s` limit); `kill` sets the
     EDGE_TRGL_TEST_KILL_AT kill point (edge_trgl/killpoints.py), which is otherwise unset;
     `extra_env` adds variables to the child's environment."""
     env = {k: v for k, v in os.environ.items() if k != ENV}
@@ -122,7 +122,7 @@ def cli_child(*argv, kill: str | None = None,
     if kill:
         env[ENV] = kill
     return subprocess.run([sys.executable, "-m", "edge_trgl.cli.main", *map(str, argv)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=timeout_s)
 
 
 # --- the one-paragraph error ----------------------------------------------------------------------

@@ -5,6 +5,8 @@ identity."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -96,6 +98,7 @@ def test_every_scheme_trains_through_the_compiled_forward(scheme, tmp_path, monk
 
     plain = train(TrainConfig(**TINY, **scheme, out=str(tmp_path / "plain")))
     monkeypatch.setattr(torch, "compile", recorder)
+    monkeypatch.setattr(compiled_module, "require_compiled_code_runs", lambda cfg: None)
     done = train(TrainConfig(**TINY, **scheme, compile=True, out=str(tmp_path / "compiled")))
     modules = scheme.get("modules", 1)
     assert calls["compiled"] >= (1 if scheme["scheme"] == "e2e" else modules)
@@ -112,15 +115,24 @@ COMPILED_E2E = ["train", "--compile", "--synthetic-train", "200", "--synthetic-t
                 "--threads", "1", "--quiet"]
 
 
+# a first compiled command on a machine: the probe child (1-2 min on 2 loaded cores) and the run
+PROBED_RUN_S = 900
+
+
 @pytest.fixture(scope="module")
 def compiled_code_runs_here(tmp_path_factory):
     """One compiled end-to-end run in a child process first. On some hosts torch's own
     inductor-compiled code kills the process (seen 2026-12-02 with torch 2.13.0 on an AVX2-only
     AMD EPYC: SIGSEGV / SIGABRT inside the compiled graph's aten.convolution_backward), which
-    would take the whole test session down with it; there the real-compile tests skip, naming
-    the signal. Any other failure of the child fails the test."""
+    would take the whole test session down with it. The command now checks that itself
+    (compiled.require_compiled_code_runs) and refuses there; the real-compile tests then skip
+    with its message, or, should a real run still die of a signal, naming the signal. Any
+    other failure of the child fails the test."""
     out = tmp_path_factory.mktemp("compile-probe") / "run"
-    done = cli_child(*COMPILED_E2E, "--epochs", "1", "--out", out)
+    done = cli_child(*COMPILED_E2E, "--epochs", "1", "--out", out, timeout_s=PROBED_RUN_S)
+    if done.returncode == 2 and "generated code crashed" in done.stderr:
+        pytest.skip("the command's own check refused --compile on this host: "
+                    + " ".join(done.stderr.split())[:600])
     if done.returncode < 0:
         first = next((line for line in done.stderr.splitlines() if "Fatal" in line), "")
         pytest.skip(f"torch.compile's generated code killed a training child on this CPU "
@@ -180,11 +192,111 @@ def test_a_compiled_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path
     assert run_weights(tmp_path / "stopped") == run_weights(tmp_path / "whole")
 
 
-def test_env_reports_whether_it_can_compile(capsys, monkeypatch):
+# --- the check that compiled code runs here (compiled.require_compiled_code_runs) -------------
+
+SEGFAULT = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+FINE = [sys.executable, "-c", "pass"]
+
+
+@pytest.fixture
+def probe_env(monkeypatch, tmp_path):
+    """A private measurement cache, a compiler on PATH, and no outcome inherited from this
+    process (the check sets PROBED_ENV where compiled code ran; setenv makes the undo remove
+    it); `use(argv)` makes the probe child that command and counts how often it starts."""
+    monkeypatch.setenv("EDGE_TRGL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(compiled_module.PROBED_ENV, "")
+    monkeypatch.setattr(compiled_module, "compiler_found", lambda: "/usr/bin/gcc")
+    started = []
+
+    def use(argv):
+        monkeypatch.setattr(compiled_module, "probe_command",
+                            lambda device: started.append(device) or list(argv))
+    return use, started
+
+
+def test_compiled_code_that_crashes_here_is_a_clear_refusal_that_writes_nothing(
+        probe_env, capsys, tmp_path):
+    use, started = probe_env
+    use(SEGFAULT)
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--compile", "--synthetic-train", "200", "--model",
+                     "resnet8", "--width", "0.25", "--scheme", "e2e", "--epochs", "1",
+                     "--out", out)
+    assert_clean_error(rc, err, "--compile cannot be used on this machine",
+                       "signal 11 (SIGSEGV)", "Leave out --compile")
+    assert not out.exists() and started == ["cpu"]
+    # recorded: the next command is refused at once, without a second probe
+    use(FINE)
+    with pytest.raises(UserError, match="SIGSEGV"):
+        get_target(TrainConfig(**TINY, compile=True)).check_available(
+            TrainConfig(**TINY, compile=True))
+    assert started == ["cpu"]
+    get_target(TrainConfig(**TINY)).check_available(TrainConfig(**TINY))  # eager: no check
+    rc, out, _ = cli(capsys, "env")
+    assert rc == 0 and "its code crashed here (SIGSEGV): --compile is refused" in out
+
+
+def test_compiled_code_that_runs_is_probed_once_per_machine(probe_env, monkeypatch, capsys):
+    use, started = probe_env
+    use(FINE)
+    cfg = TrainConfig(**TINY, compile=True)
+    compiled_module.require_compiled_code_runs(cfg)
+    assert started == ["cpu"] and compiled_module.cached_probe("cpu")["ok"] is True
+    monkeypatch.setenv(compiled_module.PROBED_ENV, "")  # a new command: read from the cache
+    compiled_module.require_compiled_code_runs(cfg)
+    assert started == ["cpu"]
+    assert compiled_module.cached_probe("cuda") is None  # per device
+    rc, out, _ = cli(capsys, "env")
+    assert rc == 0 and "C compiler /usr/bin/gcc; its code runs here (checked)" in out
+
+
+def test_a_probe_that_fails_without_a_signal_is_reported_and_not_recorded(probe_env):
+    use, started = probe_env
+    use([sys.executable, "-c", "import sys; sys.exit('inductor: Python.h not found')"])
+    cfg = TrainConfig(**TINY, compile=True)
+    with pytest.raises(UserError, match="exit status 1: inductor: Python.h not found"):
+        compiled_module.require_compiled_code_runs(cfg)
+    assert compiled_module.cached_probe("cpu") is None  # may not be the machine's fault
+    use(FINE)
+    compiled_module.require_compiled_code_runs(cfg)
+    assert len(started) == 2
+
+
+def test_the_probe_child_steps_the_trainers_forward():
+    """The real child with dynamo disabled (torch.compile then returns the function itself):
+    its wiring to the trainer's forward runs, in seconds, on any host."""
+    import subprocess
+    done = subprocess.run(compiled_module.probe_command("cpu"), capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TORCHDYNAMO_DISABLE="1"))
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiled_module.compiler_found() is None,
+                    reason="--compile needs a C/C++ compiler on PATH (gcc, cc, clang or g++)")
+def test_a_real_compiled_command_trains_or_refuses_but_is_never_killed(tmp_path):
+    """The real probe and the real command, in a fresh cache: where inductor's code runs the
+    command trains (exit 0); where it crashes (seen on an AVX2-only AMD EPYC with torch 2.13.0)
+    the command refuses with the one-paragraph error. Before the probe existed it died of
+    SIGSEGV there."""
+    done = cli_child(*COMPILED_E2E, "--epochs", "1", "--out", tmp_path / "run",
+                     extra_env={"EDGE_TRGL_CACHE": str(tmp_path / "cache")},
+                     timeout_s=PROBED_RUN_S)
+    assert done.returncode in (0, 2), done.stderr
+    if done.returncode == 2:
+        assert_clean_error(2, done.stderr, "generated code crashed", "Leave out --compile")
+        assert not (tmp_path / "run").exists()
+    else:
+        assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_env_reports_whether_it_can_compile(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(compiled_module.shutil, "which",
                         lambda name: "/opt/bin/gcc" if name == "gcc" else None)
+    monkeypatch.setenv("EDGE_TRGL_CACHE", str(tmp_path / "cache"))
     rc, out, _ = cli(capsys, "env")
-    assert rc == 0 and "--compile (torch.compile): C compiler /opt/bin/gcc" in out
+    assert rc == 0 and ("--compile (torch.compile): C compiler /opt/bin/gcc; its code not yet "
+                        "tried here") in out
     rc, out, _ = cli(capsys, "env", "--json")
     assert json.loads(out)["compile"]["c_compiler"] == "/opt/bin/gcc"
     monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)

@@ -183,7 +183,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    "compiler): ResNet-56 warm epochs measured 0.81x the eager time at K=4, "
                    "0.87x end-to-end, 0.97x block-wise, after about 150 s of compiling a run, "
                    "so it pays on long runs only. Not with --mem-budget / --profile (the "
-                   "compiler's memory is not planned) or --backend ort")
+                   "compiler's memory is not planned) or --backend ort. The first compiled run "
+                   "on a machine checks in a child (1-2 min, then cached) that the generated "
+                   "code runs here, and refuses where it crashes")
     g.add_argument("--mem-budget", metavar="SIZE",
                    help=f"peak memory budget, e.g. 512MB; {SIZE_HELP}")
     g.add_argument("--disk-budget", metavar="SIZE", help="disk budget for the feature cache, e.g. "

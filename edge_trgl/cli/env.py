@@ -34,12 +34,21 @@ def ort_training_status(info: dict) -> dict:
             "note": note}
 
 
+def probe_words(probe: dict | None) -> str:
+    """What the check that compiled code runs on this machine found (compiled.py), on the CPU."""
+    if probe is None:
+        return "its code not yet tried here (the first --compile run checks it)"
+    if probe.get("ok"):
+        return "its code runs here (checked)"
+    return f"its code crashed here ({probe['signal_name']}): --compile is refused"
+
+
 def run(args) -> int:
     from ..envinfo import report
     info = report()
     info["ort_training"] = ort_training_status(info)
-    from ..compiled import compiler_found
-    info["compile"] = {"c_compiler": compiler_found()}
+    from ..compiled import cached_probe, compiler_found
+    info["compile"] = {"c_compiler": compiler_found(), "probe": cached_probe("cpu")}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -50,8 +59,9 @@ def run(args) -> int:
     if info["ort_training"]["note"]:
         print(f"  ONNX Runtime training (--backend ort): {info['ort_training']['note']}")
     print(f"  devices: {', '.join(info['devices'])}")
-    cc = info["compile"]["c_compiler"]
-    print(f"  --compile (torch.compile): {'C compiler ' + cc if cc else 'not available: no C/C++ compiler on PATH'}")
+    cc, probe = info["compile"]["c_compiler"], info["compile"]["probe"]
+    print(f"  --compile (torch.compile): {'C compiler ' + cc if cc else 'not available: no C/C++ compiler on PATH'}"
+          f"{'; ' + probe_words(probe) if cc else ''}")
     if info["cuda"]:
         c = info["cuda"]
         print(f"  CUDA {c['cuda_version']}, cuDNN {c['cudnn']}, bf16 (native) {c['bf16']}")
