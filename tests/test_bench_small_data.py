@@ -317,7 +317,7 @@ def test_the_report_headline_leads_with_the_converged_small_data_goals(monkeypat
                              "baselines": [], "checks": []}}
     text = rp._Report(suites, Path("."), plots=False).render()
     head = text.index("## Headline")
-    goal = text.index("Converged accuracy with little data")
+    goal = text.index("Accuracy with little data at each setting's main length")
     section = text.index("## Suite `small-data`")
     assert head < goal < section, text[:2000]
     assert text[goal:section].count("**not met**") == 1, text[goal:section]

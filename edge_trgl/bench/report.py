@@ -539,11 +539,12 @@ class _Report:
         if self.plot_note:
             self.add(f"_{self.plot_note}_", "")
         if self.headline_goals:
-            # converged accuracy first: the accuracy suite's table below it is a short-run one
+            # small-data accuracy first: the accuracy suite's table below it is a short-run one
             at = self.headline_goals_at
-            self.lines[at:at] = ["Converged accuracy with little data (suite `small-data`; test "
-                                 "accuracy of the module chosen on validation, medians over "
-                                 "seeds):", "", *self.headline_goals, ""]
+            self.lines[at:at] = ["Accuracy with little data at each setting's main length "
+                                 "(suite `small-data`: the length its convergence rule gives; "
+                                 "test accuracy of the module chosen on validation, medians "
+                                 "over seeds):", "", *self.headline_goals, ""]
         return "\n".join(self.lines).rstrip() + "\n"
 
 
