@@ -40,6 +40,11 @@ if [[ -n "$after" ]]; then
 fi
 cd "$code" || exit 2
 export PYTHONPATH="$code${PYTHONPATH:+:$PYTHONPATH}"
+# a queue started from a shell without the environment would fail every row, one by one
+if ! python -c "import edge_trgl, psutil, torch" 2>/dev/null; then
+  echo "$0: the python on PATH ($(command -v python || echo none found)) cannot import edge-trgl and its dependencies; activate the environment it is installed in" >&2
+  exit 2
+fi
 for spec in "${rows[@]}"; do
   row="${spec%:*}"; est="${spec##*:}"
   if (( $(date +%s) + est > deadline )); then
