@@ -113,6 +113,11 @@ def require_compiled_code_runs(cfg) -> None:
     if outcome.get("ok"):
         os.environ[PROBED_ENV] = key
         return
+    try:
+        recorded = (f" The outcome is recorded in {cache_file()} with the planner's measurements "
+                    f"(delete that file to check again).")
+    except OSError:  # the cache directory cannot be made: nothing was recorded
+        recorded = ""
     raise UserError(
         f"--compile cannot be used on this machine: torch.compile's generated code crashed here. "
         f"A one-step compiled training of a tiny ResNet (the kind of step --compile compiles), "
@@ -121,8 +126,7 @@ def require_compiled_code_runs(cfg) -> None:
         f"That is a fault of torch {outcome.get('torch')}'s inductor compiler on this CPU "
         f"({outcome.get('cpu') or 'unknown model'}), not of your data or model, and a run with "
         f"--compile would die the same way. Leave out --compile (eager training, the default, "
-        f"computes the same thing), or try another torch version. The outcome is recorded in "
-        f"{cache_file()} with the planner's measurements (delete that file to check again).")
+        f"computes the same thing), or try another torch version.{recorded}")
 
 
 def run_probe(device: str) -> dict:
