@@ -76,13 +76,8 @@ def probe_command(device: str) -> list[str]:
 
 
 def probe_key(device: str) -> str:
-    import hashlib
-    import json
-
-    from .memory.probe_cache import machine_identity
-    ident = {"what": "compile-probe", "format": PROBE_FORMAT, "device": device,
-             **machine_identity(1)}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    from .memory.probe_cache import machine_key
+    return machine_key({"what": "compile-probe", "format": PROBE_FORMAT, "device": device}, 1)
 
 
 def cached_probe(device: str) -> dict | None:

@@ -82,10 +82,15 @@ def machine_identity(threads: int) -> dict:
             "edge_trgl": __version__, "threads": int(threads), "probe_format": PROBE_FORMAT}
 
 
+def machine_key(ident: dict, threads: int) -> str:
+    """The cache key of what `ident` names, measured on this machine at `threads` threads."""
+    return hashlib.sha256(json.dumps({**ident, **machine_identity(threads)},
+                                     sort_keys=True).encode()).hexdigest()[:24]
+
+
 def cached_child_result(ident: dict, threads: int, cmd: list[str], what: str) -> dict:
     """The JSON result of a measuring child `cmd`, cached under `ident` + this machine."""
-    key = hashlib.sha256(json.dumps({**ident, **machine_identity(threads)},
-                                    sort_keys=True).encode()).hexdigest()[:24]
+    key = machine_key(ident, threads)
     cache = load_cache()
     if key in cache:
         return cache[key]
