@@ -25,7 +25,6 @@ module's structure) so re-planning is fast.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,9 +33,12 @@ from dataclasses import asdict
 
 from ..segments import checkpoint_segment_count
 from .probe_cache import (PROBE_LIMIT, ProbeOverBudget, load_cache,  # noqa: F401
-                          machine_identity, run_json_child, store_cache)
+                          machine_key, run_json_child, store_cache)
 
 
+# What probe.py's block and module measurements are: bump it when they change, so entries measured
+# before are measured again (7: it now reaches the key; 6 was overridden by machine_identity's).
+BLOCK_PROBE_FORMAT = 7
 PROBE_BATCHES = (8, 32)
 # Where a block at PROBE_BATCHES does not fit the budget: the smallest batches BatchNorm allows.
 SMALL_PROBE_BATCHES = (2, 4)
@@ -47,7 +49,8 @@ PROBE_STEPS = 4
 
 
 def probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
-    ident = {"probe_format": 6, **machine_identity(threads), "device": cfg.device,
+    # BLOCK_PROBE_FORMAT under its own name: machine_identity's "probe_format" would override it
+    ident = {"block_probe_format": BLOCK_PROBE_FORMAT, "device": cfg.device,
              "optimizer": cfg.optimizer, "head": cfg.head, "amp": cfg.amp, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width, "model": cfg.model,
              "in_shape": list(in_shape)}
@@ -60,7 +63,7 @@ def probe_key(cfg, in_shape, num_classes, signatures, batches, threads) -> str:
         # A CUDA probe's figures (reserved, context, integrated) belong to one GPU: a changed
         # GPU selection must not reuse them.
         ident.update({"visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    return machine_key(ident, threads)
 
 
 def run_probe_child(cfg, in_shape, num_classes, lo, hi, batches, threads) -> dict:

@@ -10,7 +10,6 @@ itself, probed on each module's real artifacts), and its summary fields (every p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -96,10 +95,8 @@ def ort_framework_bytes(cfg, dataset) -> int:
 
 def _ort_baselines(cfg) -> dict:
     cache, store = _probe_cache()
-    from ..memory.probe_cache import machine_identity
-    key = hashlib.sha256(json.dumps({"ort_baseline": ORT_PROBE_FORMAT, "ort": ort_version(),
-                                     **machine_identity(cfg.thread_count())},
-                                    sort_keys=True).encode()).hexdigest()[:24]
+    from ..memory.probe_cache import machine_key
+    key = machine_key({"ort_baseline": ORT_PROBE_FORMAT, "ort": ort_version()}, cfg.thread_count())
     if key not in cache:
         from ..memory.describe import orchestrator_bytes
         orchestrator = orchestrator_bytes(cfg.thread_count())
@@ -135,13 +132,13 @@ def probe_ort_module(cfg, in_shape, num_classes, arch, lo, hi, batches, threads)
     an eval batch on the module's real artifacts in a fresh process. Cached like the torch probes."""
     require_ort(need_onnx=True)
     signatures = [arch[i].signature() for i in range(lo, hi)]
-    from ..memory.probe_cache import machine_identity
-    ident = {"ort_probe": ORT_PROBE_FORMAT, "ort": ort_version(), **machine_identity(threads),
+    from ..memory.probe_cache import machine_key
+    ident = {"ort_probe": ORT_PROBE_FORMAT, "ort": ort_version(),
              "optimizer": cfg.optimizer, "head": cfg.head, "classes": num_classes,
              "blocks": signatures, "batches": sorted(batches), "width": cfg.width,
              "model": cfg.model, "in_shape": list(in_shape),
              "label_smoothing": float(cfg.label_smoothing)}
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    key = machine_key(ident, threads)
     cache, store = _probe_cache()
     if key in cache:
         return {int(b): v for b, v in cache[key].items()}
