@@ -461,3 +461,27 @@ def test_invocations_written_at_the_same_moment_are_all_kept(tmp_path, monkeypat
         t.join()
     kept = json.loads((tmp_path / "_suite.json").read_text())["invocations"]
     assert sorted(r["started_at"] for r in kept) == [f"t{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("ran_from_a_repository", [True, False])
+def test_the_report_describes_a_suite_as_this_checkouts_matrix_does(tmp_path, ran_from_a_repository):
+    """A row run from an older clone of the repository writes that clone's notes into
+    _suite.json when it finishes; the report takes them from this checkout's matrix of the same
+    name instead. A matrix the user gave by another path keeps what _suite.json recorded."""
+    from edge_trgl.bench.matrix import load_toml, matrices_dir
+    from edge_trgl.bench.results import load_results
+    write_results(tmp_path, [fake_result("quick", "resnet8", 32, "e2e", 300)])
+    stored_path = (tmp_path / "old-clone" / "benchmarks" / "matrices" / "quick.toml"
+                   if ran_from_a_repository else tmp_path / "mine" / "quick.toml")
+    (tmp_path / "quick" / "_suite.json").write_text(json.dumps(
+        {"suite": "quick", "matrix": str(stored_path), "description": "stale description",
+         "notes": "stale notes", "sections": ["memory"], "invocations": []}))
+    meta = load_results(tmp_path)["quick"]["meta"]
+    current = load_toml(matrices_dir() / "quick.toml")
+    if ran_from_a_repository:
+        assert meta["notes"] == current["notes"] != "stale notes"
+        assert meta["description"] == current["description"]
+        assert meta["sections"] == current["sections"]
+    else:
+        assert (meta["notes"], meta["description"], meta["sections"]) == (
+            "stale notes", "stale description", ["memory"])

@@ -93,7 +93,7 @@ def resolve_matrix(name_or_path: str) -> Path:
                     + "; give one of those names or a path to a .toml file.")
 
 
-def _load_toml(path: Path) -> dict:
+def load_toml(path: Path) -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -209,7 +209,7 @@ def load_matrix(name_or_path: str, *, repeats: int = 1, overrides: dict | None =
     if repeats < 1:
         raise UserError(f"--repeats must be at least 1, not {repeats}.")
     path = resolve_matrix(name_or_path)
-    raw = _load_toml(path)
+    raw = load_toml(path)
     where = str(path)
     unknown = sorted(set(raw) - _MATRIX_KEYS)
     if unknown:

@@ -201,6 +201,29 @@ def result_ok(path: Path) -> bool:
     return bool(data) and data.get("format") == RESULT_FORMAT and data.get("status") == "ok"
 
 
+def _current_meta(meta: dict) -> dict:
+    """A suite's description, notes and sections as this checkout's matrix of the same name has
+    them, when its rows were run from a repository's benchmarks/matrices (this one, or a clone's):
+    a row run from an older clone writes that clone's notes into _suite.json when it finishes,
+    and the report should not go back to them. A matrix the user gave by another path keeps what
+    _suite.json recorded."""
+    from .matrix import matrices_dir
+    stored = Path(str(meta.get("matrix", "")))
+    folder = matrices_dir()
+    if folder is None or stored.parent.name != "matrices" or stored.parent.parent.name != "benchmarks":
+        return meta
+    current = folder / stored.name
+    if not current.is_file():
+        return meta
+    from .matrix import load_toml
+    try:
+        raw = load_toml(current)  # the header only: expanding every row is not needed here
+    except UserError:
+        return meta
+    return {**meta, "description": str(raw.get("description", "")),
+            "notes": str(raw.get("notes", "")), "sections": list(raw.get("sections", []))}
+
+
 def load_results(results_dir: str | os.PathLike) -> dict:
     """{suite: {"results": [...], "meta": _suite.json, "baselines": [...], "checks": [...]}}"""
     root = Path(results_dir)
@@ -220,7 +243,7 @@ def load_results(results_dir: str | os.PathLike) -> dict:
         if not results:
             continue
         suites[suite_dir.name] = {
-            "results": results, "meta": read_json(suite_dir / "_suite.json") or {},
+            "results": results, "meta": _current_meta(read_json(suite_dir / "_suite.json") or {}),
             "baselines": [b for b in (read_json(f) for f in sorted(suite_dir.glob("_baseline-*.json"))) if b],
             "checks": [c for c in (read_json(f) for f in sorted((suite_dir / "_checks").glob("*.json"))) if c]}
     if not suites:
