@@ -204,6 +204,16 @@ def _format_id(template: str, values: dict, where: str) -> str:
     return text
 
 
+def matrix_header(raw: dict, where: str) -> tuple[str, str, list[str]]:
+    """A parsed matrix's description, notes and report sections (checked): what the report shows
+    of a suite besides its rows."""
+    sections = list(raw.get("sections", []))
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        raise UserError(f"{where}: unknown report sections {bad}; choose from {', '.join(SECTIONS)}.")
+    return str(raw.get("description", "")), str(raw.get("notes", "")), sections
+
+
 def load_matrix(name_or_path: str, *, repeats: int = 1, overrides: dict | None = None) -> Matrix:
     """Read and expand a matrix. `overrides` (train options) apply to every row, last."""
     if repeats < 1:
@@ -218,10 +228,7 @@ def load_matrix(name_or_path: str, *, repeats: int = 1, overrides: dict | None =
     name = str(raw.get("name") or path.stem)
     if not _ID_CHARS.match(name):
         raise UserError(f"{where}: the suite name {name!r} may only hold letters, digits and . _ -.")
-    sections = list(raw.get("sections", []))
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        raise UserError(f"{where}: unknown report sections {bad}; choose from {', '.join(SECTIONS)}.")
+    description, notes, sections = matrix_header(raw, where)
     defaults = _normalize(raw.get("defaults", {}), f"{where} [defaults]")
     methods = {m: _normalize(opts, f"{where} [methods.{m}]")
                for m, opts in raw.get("methods", {}).items()}
@@ -229,8 +236,7 @@ def load_matrix(name_or_path: str, *, repeats: int = 1, overrides: dict | None =
     entries = raw.get("rows")
     if not entries:
         raise UserError(f"{where}: the matrix has no [[rows]]; add at least one.")
-    matrix = Matrix(name=name, path=str(path), description=str(raw.get("description", "")),
-                    notes=str(raw.get("notes", "")), sections=sections,
+    matrix = Matrix(name=name, path=str(path), description=description, notes=notes, sections=sections,
                     timeout_s=float(raw.get("timeout_s", DEFAULT_TIMEOUT_S)))
     seen: dict[str, int] = {}
     for index, entry in enumerate(entries):

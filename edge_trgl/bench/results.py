@@ -207,7 +207,7 @@ def _current_meta(meta: dict) -> dict:
     a row run from an older clone writes that clone's notes into _suite.json when it finishes,
     and the report should not go back to them. A matrix the user gave by another path keeps what
     _suite.json recorded."""
-    from .matrix import matrices_dir
+    from .matrix import load_toml, matrices_dir, matrix_header
     stored = Path(str(meta.get("matrix", "")))
     folder = matrices_dir()
     if folder is None or stored.parent.name != "matrices" or stored.parent.parent.name != "benchmarks":
@@ -215,13 +215,11 @@ def _current_meta(meta: dict) -> dict:
     current = folder / stored.name
     if not current.is_file():
         return meta
-    from .matrix import load_toml
-    try:
-        raw = load_toml(current)  # the header only: expanding every row is not needed here
+    try:  # the header only: expanding every row (load_matrix) is not needed here
+        description, notes, sections = matrix_header(load_toml(current), str(current))
     except UserError:
         return meta
-    return {**meta, "description": str(raw.get("description", "")),
-            "notes": str(raw.get("notes", "")), "sections": list(raw.get("sections", []))}
+    return {**meta, "description": description, "notes": notes, "sections": sections}
 
 
 def load_results(results_dir: str | os.PathLike) -> dict:
