@@ -135,6 +135,10 @@ def test_throughput_counts_network_epochs_and_gaps():
     assert t["overall_samples_per_s"] == pytest.approx(200 / 12.0)
     assert t["between_modules_s"] == pytest.approx(3.0)
     assert t["run_s_per_network_epoch"] == pytest.approx(6.0)
+    # a resumed run stopped at 105 and continued: the pause is not time between modules
+    assert bench.throughput(metrics, run_s=12.0, breaks=[105.0])["between_modules_s"] == 0.0
+    assert bench.throughput(metrics, run_s=12.0, breaks=[103.0])["between_modules_s"] == \
+        pytest.approx(3.0)  # a break inside module 0 leaves the module-to-module gap alone
 
 
 # --- the report from hand-made results (no child processes) -------------------------------------

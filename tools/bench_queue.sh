@@ -11,10 +11,17 @@
 #                  main, so that editing the working tree does not change rows in flight
 #   --results DIR  where the row JSON goes (default: benchmarks/results of this checkout)
 #   --until HH:MM  today's deadline; a row starts only if now + EST_S seconds is before it
+#   --resumable    rows longer than a sitting: a row starts if there are 10 minutes left before
+#                  the deadline and is asked to stop at the end of its epoch 10 minutes before it
+#                  (bench run --resumable --timeout-s); it stays in the --work-dir the extra
+#                  ARGS give, and the next --resumable queue of the row continues it. With
+#                  --work-dir benchmarks/partial the stopped row can be committed (.gitignore
+#                  leaves out its data store and feature cache, which resume rebuilds), so it
+#                  continues on another machine too
 # Two queues side by side give two single-thread rows at a time on a 2-core machine.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-after="" code="$here" results="$here/benchmarks/results" log="" until=""
+after="" code="$here" results="$here/benchmarks/results" log="" until="" resumable=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --after) after="$2"; shift 2 ;;
@@ -22,11 +29,12 @@ while [[ $# -gt 0 ]]; do
     --results) results="$2"; shift 2 ;;
     --log) log="$2"; shift 2 ;;
     --until) until="$2"; shift 2 ;;
+    --resumable) resumable=1; shift ;;
     *) break ;;
   esac
 done
 if [[ -z "$until" || $# -lt 2 ]]; then
-  echo "usage: $0 [--after PID] [--code DIR] [--results DIR] [--log FILE] --until HH:MM SUITE ROW:EST_S ... [-- ARGS]" >&2
+  echo "usage: $0 [--after PID] [--code DIR] [--results DIR] [--log FILE] [--resumable] --until HH:MM SUITE ROW:EST_S ... [-- ARGS]" >&2
   exit 2
 fi
 deadline=$(date -d "today $until" +%s) || exit 2
@@ -47,12 +55,19 @@ if ! python -c "import edge_trgl, psutil, torch" 2>/dev/null; then
 fi
 for spec in "${rows[@]}"; do
   row="${spec%:*}"; est="${spec##*:}"
-  if (( $(date +%s) + est > deadline )); then
+  limit=()
+  if [[ -n "$resumable" ]]; then
+    left=$(( deadline - $(date +%s) - 600 ))
+    if (( left < 600 )); then
+      echo "$(date +%T) skip $row (under 10 minutes before $until's stop margin)" >&3; continue
+    fi
+    limit=(--resumable --timeout-s "$left")
+  elif (( $(date +%s) + est > deadline )); then
     echo "$(date +%T) skip $row (${est} s would end after $until)" >&3; continue
   fi
   echo "$(date +%T) start $row" >&3
   python -m edge_trgl.cli.main bench run "$suite" --only "$row" --results "$results" \
-    --no-report "$@" >&3 2>&1
+    --no-report "$@" "${limit[@]}" >&3 2>&1
   rc=$?
   echo "$(date +%T) end $row rc=$rc" >&3
 done

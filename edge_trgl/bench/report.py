@@ -140,6 +140,8 @@ class _Report:
                              f"{len(inv.get('rows_run', []))} run, "
                              f"{len(inv.get('rows_skipped', []))} skipped, "
                              f"{len(inv.get('rows_failed', []))} failed"
+                             + (f", {len(inv['rows_stopped'])} stopped to resume"
+                                if inv.get("rows_stopped") else "")
                              + ("" if inv.get("complete", True) else ", interrupted")])
             rows.append([name, "(sum of the suite's run wall times)", "", f"{total / 60:.1f} min",
                          f"{len(results)} results"])

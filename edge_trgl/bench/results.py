@@ -104,13 +104,15 @@ def _read_metrics(path: Path) -> list[dict]:
     return out
 
 
-def throughput(metrics: list[dict], run_s: float | None) -> dict:
+def throughput(metrics: list[dict], run_s: float | None, breaks: list[float] = ()) -> dict:
     """Network-level throughput from the per-epoch records.
 
     One *network epoch* is every module seeing the train set once, so a block-wise run that
     trains 10 modules for 3 epochs each did 3 network epochs, like an end-to-end run of 3
     epochs. `train_samples_per_s` counts only the training loops; `overall_samples_per_s`
-    divides by the whole run (data loading, feature-cache writing, evaluation, checkpoints)."""
+    divides by the whole run (data loading, feature-cache writing, evaluation, checkpoints).
+    `breaks`: the times (epoch seconds) a resumed run was stopped at; a gap across one is the
+    pause between two attempts, not time between modules."""
     records = [m for m in metrics if m.get("seconds") and m.get("samples_per_s") is not None]
     if not records:
         return {}
@@ -130,7 +132,8 @@ def throughput(metrics: list[dict], run_s: float | None) -> dict:
     gaps = 0.0
     ordered = sorted(records, key=lambda m: m.get("time", 0))
     for prev, nxt in zip(ordered, ordered[1:]):
-        if "time" in prev and "time" in nxt and nxt.get("module") != prev.get("module"):
+        if "time" in prev and "time" in nxt and nxt.get("module") != prev.get("module") \
+                and not any(prev["time"] <= b <= nxt["time"] for b in breaks):
             gaps += max(0.0, (nxt["time"] - nxt["seconds"]) - prev["time"])
     out["between_modules_s"] = gaps
     if run_s:

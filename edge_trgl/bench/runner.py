@@ -25,6 +25,7 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..memory.measure import run_measured
 from ..memory.procfs import status_field
+from . import resumable as resumable_rows
 from .matrix import DEFAULT_TIMEOUT_S, BenchRow, Matrix
 from .results import (RESULT_FORMAT, host_info, loadavg, measurements_from_run, read_json,
                       result_ok, timestamp)
@@ -44,10 +45,12 @@ class _TreeSampler:
     and each descendant's VmHWM is kept. Past `timeout_s` it stops the whole tree, once (so
     run_measured gets no timeout of its own)."""
 
-    def __init__(self, timeout_s: float | None, rescan_s: float = 0.5):
+    def __init__(self, timeout_s: float | None, rescan_s: float = 0.5,
+                 grace_s: float | None = None):
         import psutil
         self._psutil = psutil
-        self.timeout_s, self.rescan_s = timeout_s, rescan_s
+        self.timeout_s, self.rescan_s, self.grace_s = timeout_s, rescan_s, grace_s
+        self._asked_at: float | None = None
         self.start = time.perf_counter()
         self.tree_peak = self.descendant_hwm = 0
         self.descendants: list[int] = []
@@ -72,6 +75,14 @@ class _TreeSampler:
         self.tree_peak = max(self.tree_peak, tree)
         if self.timeout_s is not None and now - self.start > self.timeout_s and not self.timed_out:
             self.timed_out = True
+            if self.grace_s is None:
+                self.kill(proc)
+            else:  # the trainer stops at the end of its epoch, saved, and forwards it to its children
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                self._asked_at = now
+        elif self._asked_at is not None and now - self._asked_at > self.grace_s:
+            self._asked_at = None
             self.kill(proc)
 
     def kill(self, proc) -> None:
@@ -83,7 +94,7 @@ class _TreeSampler:
 
 
 def _run_watched(cmd: list[str], *, env: dict | None = None, stdout=None, stderr=None,
-                 timeout_s: float | None = None) -> dict:
+                 timeout_s: float | None = None, grace_s: float | None = None) -> dict:
     """Run `cmd` as a child; measure its peak RSS from outside with run_measured.
 
     The figure is the child's VmHWM polled from /proc/<pid>/status every 20 ms, not os.wait4's
@@ -92,8 +103,9 @@ def _run_watched(cmd: list[str], *, env: dict | None = None, stdout=None, stderr
     (clear_refs, for per-module peaks) leaves ru_maxrss with only the peak since the last reset.
     VmHWM is a high-water mark, so a poll sees every earlier peak; only growth in the last 20 ms
     before a reset or exit can be missed. ru_maxrss is returned alongside, and the process tree
-    as _TreeSampler samples it."""
-    sampler = _TreeSampler(timeout_s)
+    as _TreeSampler samples it. Past `timeout_s` the child is killed, or with `grace_s` asked to
+    stop (SIGTERM) and killed only if it has not exited `grace_s` seconds later."""
+    sampler = _TreeSampler(timeout_s, grace_s=grace_s)
     started: list = []
     detail: dict = {}
     try:
@@ -209,32 +221,60 @@ def _data_key(options: dict) -> tuple:
 
 def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict | None = None,
             timeout_s: float = DEFAULT_TIMEOUT_S, work_dir: str | None = None,
-            keep_runs: bool = False) -> dict:
-    """Run one row in a fresh child process and return its result record."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"edge-trgl-bench-{row.row_id}-", dir=work_dir))
+            keep_runs: bool = False, resumable: bool = False) -> dict | None:
+    """Run one row in a fresh child process and return its result record. With `resumable` the
+    row trains in WORK_DIR/<row id>/run; a run stopped by `timeout_s` (asked to stop at the end of
+    its epoch) or killed by a signal is kept there and None is returned, and the next call
+    continues it (resumable.py)."""
+    if resumable:
+        tmp = resumable_rows.row_dir(work_dir, row)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f"edge-trgl-bench-{row.row_id}-", dir=work_dir))
     out = tmp / "run"
-    cmd = [sys.executable, "-m", "edge_trgl.cli.main", "train", *row.train_args,
-           "--out", str(out), "--quiet"]
+    first = [sys.executable, "-m", "edge_trgl.cli.main", "train", *row.train_args,
+             "--out", str(out), "--quiet"]
+    cmd = (first[:4] + ["--resume", str(out), "--quiet"]) if resumable and out.exists() else first
     load_start, started = loadavg(), timestamp()
+    t0, keep = time.perf_counter(), keep_runs
     try:
-        with open(tmp / "train.log", "wb") as log:
-            watched = _run_watched(cmd, env=_child_env(), stdout=log,
-                                   stderr=subprocess.STDOUT, timeout_s=timeout_s)
+        with open(tmp / "train.log", "ab" if resumable else "wb") as log:
+            watched = _run_watched(cmd, env=_child_env(), stdout=log, stderr=subprocess.STDOUT,
+                                   timeout_s=timeout_s,
+                                   grace_s=resumable_rows.STOP_GRACE_S if resumable else None)
         status = watched["status"]
         load_end = loadavg()
+        segment = {"command_line": shlex.join(cmd), "started_at": started,
+                   "finished_at": timestamp(), "finished_unix": time.time(),
+                   "loadavg_start": load_start,
+                   "loadavg_end": load_end, "returncode": status,
+                   "ended": resumable_rows.how_it_ended(status, watched["timed_out"]),
+                   "wall_s": watched["wall_s"], "cpu_s": watched.get("cpu_s"),
+                   "vmhwm_polled_bytes": watched["vmhwm_polled_bytes"],
+                   "tree_rss_peak_bytes": watched["tree_rss_peak_bytes"],
+                   "cpu_model": host_info().get("cpu_model")}
+        if resumable and resumable_rows.stopped(status, watched["timed_out"]) and out.exists():
+            resumable_rows.add_segment(tmp, row, segment)
+            keep = True
+            return None
         log_text = (tmp / "train.log").read_bytes().decode(errors="replace")
         record = {"format": RESULT_FORMAT, "suite": row.suite, "group": row.group,
                   "row_id": row.row_id, "method": row.method, "seed": row.seed,
                   "repeat": row.repeat,
                   "status": "ok" if status == 0 else ("timeout" if watched["timed_out"] else "failed"),
                   "returncode": status,
-                  "command": cmd, "command_line": shlex.join(cmd), "train_args": row.train_args,
+                  "command": first, "command_line": shlex.join(first), "train_args": row.train_args,
                   "options": row.options, "started_at": started, "finished_at": timestamp(),
                   "loadavg_start": load_start, "loadavg_end": load_end,
                   "timeout_s": timeout_s, "host": host_info(),
                   "baseline": baseline, "data_baseline": data_baseline,
                   "log_tail": log_text[-LOG_TAIL_CHARS:]}
         record.update(measurements_from_run(out, watched))
+        if resumable:
+            segments = [*resumable_rows.previous_segments(tmp), segment]
+            record["segments"] = segments
+            if len(segments) > 1:
+                record["started_at"] = segments[0]["started_at"]
+                resumable_rows.combine(record["measurements"], record["metrics"], segments)
         meas = record["measurements"]
         peak = meas["peak_rss_bytes"]
         base = (baseline or {}).get("peak_rss_bytes")
@@ -244,8 +284,17 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
         if status == 0 and not record["summary"]:
             record["status"] = "failed"
         return record
+    except BaseException:  # the harness itself was stopped: the run it killed can still resume
+        if resumable and out.exists():
+            resumable_rows.add_segment(tmp, row, {
+                "command_line": shlex.join(cmd), "started_at": started,
+                "finished_at": timestamp(), "finished_unix": time.time(),
+                "ended": "the harness was stopped",
+                "wall_s": time.perf_counter() - t0, "cpu_s": None})
+            keep = True
+        raise
     finally:
-        if not keep_runs:
+        if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -263,19 +312,23 @@ def select_rows(matrix: Matrix, only: list[str] | None) -> list:
 def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str] | None = None,
               force: bool = False, timeout_s: float | None = None, work_dir: str | None = None,
               keep_runs: bool = False, command: str | None = None, echo=None,
-              baseline_repeats: int = 3) -> dict:
-    """Run every row of `matrix` not already done (unless `force`); one JSON per run."""
+              baseline_repeats: int = 3, resumable: bool = False) -> dict:
+    """Run every row of `matrix` not already done (unless `force`); one JSON per run. With
+    `resumable`, a row stopped by its time limit is kept in WORK_DIR/<row id> (no JSON) and the
+    next invocation continues it (resumable.py)."""
     if echo is None:
         def echo(text):  # flushed: the suite usually runs for an hour under nohup
             print(text, flush=True)
     suite_dir = Path(results_dir) / matrix.name
     rows = select_rows(matrix, only)
+    if resumable and not work_dir:
+        resumable_rows.row_dir(work_dir, rows[0])  # the one-paragraph error, before any work
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     timeout = timeout_s if timeout_s is not None else matrix.timeout_s
     invocation = {"command": command or "(library call)", "matrix": matrix.path,
                   "started_at": timestamp(), "loadavg_start": loadavg(), "rows_run": [],
-                  "rows_skipped": [], "rows_failed": []}
+                  "rows_skipped": [], "rows_failed": [], "rows_stopped": []}
     t0 = time.perf_counter()
     baselines: dict[tuple, dict] = {}
     data_baselines: dict[tuple, dict] = {}
@@ -296,7 +349,15 @@ def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str]
         echo(f"[{matrix.name} {i}/{len(rows)}] {row.row_id}: edge-trgl train "
              f"{shlex.join(row.train_args)}")
         record = run_row(row, baseline=baselines[key], data_baseline=data_baselines[dkey],
-                         timeout_s=timeout, work_dir=work_dir, keep_runs=keep_runs)
+                         timeout_s=timeout, work_dir=work_dir, keep_runs=keep_runs,
+                         resumable=resumable)
+        if record is None:
+            invocation["rows_stopped"].append(row.row_id)
+            last = resumable_rows.previous_segments(Path(work_dir) / row.row_id)[-1]
+            echo(f"    stopped ({last['ended']}, {last['wall_s']:.0f} s); kept in "
+                 f"{Path(work_dir) / row.row_id} for the next --resumable run of this row")
+            _write_invocation(suite_dir, matrix, invocation, t0)
+            continue
         atomic_write_json(path, record)
         m = record["measurements"]
         invocation["rows_run"].append(row.row_id)

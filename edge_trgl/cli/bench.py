@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
     r.add_argument("--timeout-s", type=float, help="per-run time limit (default: the matrix's)")
     r.add_argument("--work-dir", help="where the temporary run directories go (default: $TMPDIR)")
     r.add_argument("--keep-runs", action="store_true", help="keep the run directories")
+    r.add_argument("--resumable", action="store_true",
+                   help="train each row in WORK_DIR/<row id>; a row stopped by --timeout-s (at the "
+                   "end of an epoch) is kept there and the next --resumable run continues it "
+                   "(for rows longer than one sitting; needs --work-dir)")
     r.add_argument("--no-report", action="store_true", help="do not re-render REPORT.md")
     r.add_argument("--no-plots", action="store_true", help="render the report without plots")
     r.set_defaults(func=run_cmd)
@@ -93,11 +97,14 @@ def run_cmd(args) -> int:
         for m in matrices:
             inv = run_suite(m, args.results, only=args.only, force=args.force,
                             timeout_s=args.timeout_s, work_dir=args.work_dir,
-                            keep_runs=args.keep_runs, command=command)
+                            keep_runs=args.keep_runs, command=command,
+                            resumable=args.resumable)
             failed += len(inv["rows_failed"])
     except KeyboardInterrupt:
-        print("edge-trgl bench: interrupted; the running row was stopped and its temporary run "
-              "removed. Finished rows are saved; the same command continues with the rest.",
+        kept = (f"kept in {args.work_dir}/<row id>, and the same command continues it"
+                if args.resumable else "removed")
+        print(f"edge-trgl bench: interrupted; the running row was stopped and its run {kept}. "
+              f"Finished rows are saved; the same command continues with the rest.",
               file=sys.stderr)
         return 130
     if not args.no_report:
