@@ -238,6 +238,27 @@ def test_the_main_length_is_the_shortest_that_passed_its_convergence_check():
     assert "provisional" in failed
 
 
+def test_when_only_end_to_end_reached_the_main_length_the_headline_says_not_judged():
+    """10 %: end-to-end gains more than the spread from 120 to 360 epochs, so 360 is the main
+    length, where no module-wise run exists yet: the headline says so instead of dropping 10 %."""
+    runs = []
+    for s, v in enumerate((0.72, 0.73, 0.74)):
+        runs.append(_run("trgl-t1", s, 0.69, 0.68, [0.64, 0.68], tau=1.0, fraction=0.1,
+                         epochs=120))
+        runs.append(_run("e2e", s, v, 0.72, scheme="e2e", fraction=0.1, epochs=120,
+                         row="calib10-resnet20-e2e-e120-s0" if s == 0 else None))
+    runs.append(_run("e2e", 0, 0.77, 0.745, scheme="e2e", fraction=0.1, epochs=360,
+                     row="calib10-resnet20-e2e-e360-s0"))
+    report = CollectingReport()
+    sd.small_data_section(report, "small-data", runs)
+    text = "\n".join(report.lines)
+    [line] = report.headline_goals
+    assert line.startswith("- resnet20, cifar10 10 % of the train set, 360 epochs"), line
+    assert "No module-wise run at this length yet" in line and "not judged" in line, line
+    assert "120 epochs is not this model and data's main length" in text, text
+    assert "**met**" not in text and "**not met**" not in text, text
+
+
 def test_a_second_convergence_check_pairs_with_the_next_shorter_length():
     runs = [_run("e2e", 0, 0.40, 0.41, scheme="e2e"),
             _run("e2e", 0, 0.41, 0.42, scheme="e2e", epochs=120, row="calib-resnet20-e2e-e120-s0"),

@@ -343,6 +343,12 @@ def _verdict(report, fraction, methods: list[Method], chosen: Method | None,
     (report.headline_goals), prefixed with `where`."""
     greedy = next((m for m in methods if m.family == "greedy"), None)
     if chosen is None:
+        if judged and e2e is not None:  # the main length moved past every module-wise run
+            line = ("No module-wise run at this length yet (the shorter lengths failed their "
+                    "convergence check): the goals are not judged; the shorter lengths' tables "
+                    "are shown beside it.")
+            report.add(f"- {line}", "")
+            report.headline_goals.append(f"- {where}: {line}")
         return
     t = chosen.stat("best_test_acc")["median"]
     taus = [m for m in methods if m.family == "trgl" and m.stat("best_val_acc")]
