@@ -38,6 +38,16 @@ SYNTHETIC_300 = ("--synthetic-train", "300", "--synthetic-test", "100", "--threa
 
 # --- the CIFAR-10 file format ---------------------------------------------------------------------
 
+# the [defaults] of a benchmark matrix whose rows are tiny synthetic runs (a few seconds each)
+TINY_MATRIX_DEFAULTS = """[defaults]
+data = "synthetic"
+synthetic-train = 64
+synthetic-test = 32
+model = "resnet8"
+width = 0.25
+batch-size = 32
+"""
+
 CIFAR_CLASSES = (b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
                  b"ship", b"truck")
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)

@@ -13,7 +13,7 @@ from edge_trgl.bench import runner
 from edge_trgl.cli.main import main
 from edge_trgl.errors import UserError
 
-from helpers import CollectingReport
+from helpers import TINY_MATRIX_DEFAULTS, CollectingReport
 
 TINY = """
 name = "tiny"
@@ -21,14 +21,7 @@ description = "two tiny rows"
 sections = ["accuracy", "memory", "throughput"]
 timeout_s = 120
 
-[defaults]
-data = "synthetic"
-synthetic-train = 64
-synthetic-test = 32
-model = "resnet8"
-width = 0.25
-epochs = 1
-batch-size = 32
+""" + TINY_MATRIX_DEFAULTS + """epochs = 1
 
 [methods.e2e]
 scheme = "e2e"

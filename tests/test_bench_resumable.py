@@ -16,21 +16,14 @@ from edge_trgl.cli.main import main
 from edge_trgl.errors import UserError
 from edge_trgl.killpoints import ENV as KILL_ENV
 
-from helpers import assert_one_paragraph_error
+from helpers import TINY_MATRIX_DEFAULTS, assert_one_paragraph_error
 
 ROW = """
 name = "resume"
 description = "one tiny module-wise row"
 timeout_s = 300
 
-[defaults]
-data = "synthetic"
-synthetic-train = 64
-synthetic-test = 32
-model = "resnet8"
-width = 0.25
-epochs = 2
-batch-size = 32
+""" + TINY_MATRIX_DEFAULTS + """epochs = 2
 scheme = "sequential"
 module-size = 1
 tau = 1.0
