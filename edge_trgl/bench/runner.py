@@ -25,7 +25,10 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..memory.measure import run_measured
 from ..memory.procfs import status_field
-from . import resumable as resumable_rows
+from .resumable import STOP_GRACE_S, add_segment, how_it_ended, previous_segments
+from .resumable import combine as combine_segments
+from .resumable import row_dir as resumable_row_dir
+from .resumable import stopped as worth_resuming
 from .matrix import DEFAULT_TIMEOUT_S, BenchRow, Matrix
 from .results import (RESULT_FORMAT, host_info, loadavg, measurements_from_run, read_json,
                       result_ok, timestamp)
@@ -227,7 +230,7 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
     its epoch) or killed by a signal is kept there and None is returned, and the next call
     continues it (resumable.py)."""
     if resumable:
-        tmp = resumable_rows.row_dir(work_dir, row)
+        tmp = resumable_row_dir(work_dir, row)
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f"edge-trgl-bench-{row.row_id}-", dir=work_dir))
     out = tmp / "run"
@@ -240,20 +243,20 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
         with open(tmp / "train.log", "ab" if resumable else "wb") as log:
             watched = _run_watched(cmd, env=_child_env(), stdout=log, stderr=subprocess.STDOUT,
                                    timeout_s=timeout_s,
-                                   grace_s=resumable_rows.STOP_GRACE_S if resumable else None)
+                                   grace_s=STOP_GRACE_S if resumable else None)
         status = watched["status"]
         load_end = loadavg()
         segment = {"command_line": shlex.join(cmd), "started_at": started,
                    "finished_at": timestamp(), "finished_unix": time.time(),
                    "loadavg_start": load_start,
                    "loadavg_end": load_end, "returncode": status,
-                   "ended": resumable_rows.how_it_ended(status, watched["timed_out"]),
+                   "ended": how_it_ended(status, watched["timed_out"]),
                    "wall_s": watched["wall_s"], "cpu_s": watched.get("cpu_s"),
                    "vmhwm_polled_bytes": watched["vmhwm_polled_bytes"],
                    "tree_rss_peak_bytes": watched["tree_rss_peak_bytes"],
                    "cpu_model": host_info().get("cpu_model")}
-        if resumable and resumable_rows.stopped(status, watched["timed_out"]) and out.exists():
-            resumable_rows.add_segment(tmp, row, segment)
+        if resumable and worth_resuming(status, watched["timed_out"]) and out.exists():
+            add_segment(tmp, row, segment)
             keep = True
             return None
         log_text = (tmp / "train.log").read_bytes().decode(errors="replace")
@@ -270,11 +273,11 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
                   "log_tail": log_text[-LOG_TAIL_CHARS:]}
         record.update(measurements_from_run(out, watched))
         if resumable:
-            segments = [*resumable_rows.previous_segments(tmp), segment]
+            segments = [*previous_segments(tmp), segment]
             record["segments"] = segments
             if len(segments) > 1:
                 record["started_at"] = segments[0]["started_at"]
-                resumable_rows.combine(record["measurements"], record["metrics"], segments)
+                combine_segments(record["measurements"], record["metrics"], segments)
         meas = record["measurements"]
         peak = meas["peak_rss_bytes"]
         base = (baseline or {}).get("peak_rss_bytes")
@@ -286,7 +289,7 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
         return record
     except BaseException:  # the harness itself was stopped: the run it killed can still resume
         if resumable and out.exists():
-            resumable_rows.add_segment(tmp, row, {
+            add_segment(tmp, row, {
                 "command_line": shlex.join(cmd), "started_at": started,
                 "finished_at": timestamp(), "finished_unix": time.time(),
                 "ended": "the harness was stopped",
@@ -322,7 +325,7 @@ def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str]
     suite_dir = Path(results_dir) / matrix.name
     rows = select_rows(matrix, only)
     if resumable and not work_dir:
-        resumable_rows.row_dir(work_dir, rows[0])  # the one-paragraph error, before any work
+        resumable_row_dir(work_dir, rows[0])  # the one-paragraph error, before any work
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     timeout = timeout_s if timeout_s is not None else matrix.timeout_s
@@ -353,7 +356,7 @@ def run_suite(matrix: Matrix, results_dir: str | os.PathLike, *, only: list[str]
                          resumable=resumable)
         if record is None:
             invocation["rows_stopped"].append(row.row_id)
-            last = resumable_rows.previous_segments(Path(work_dir) / row.row_id)[-1]
+            last = previous_segments(Path(work_dir) / row.row_id)[-1]
             echo(f"    stopped ({last['ended']}, {last['wall_s']:.0f} s); kept in "
                  f"{Path(work_dir) / row.row_id} for the next --resumable run of this row")
             _write_invocation(suite_dir, matrix, invocation, t0)
