@@ -358,3 +358,28 @@ def test_a_convergence_check_pairs_end_to_end_runs_of_the_same_learning_rate():
     sd.small_data_section(report, "small-data", runs)
     text = "\n".join(report.lines)
     assert "| 2 % | end-to-end (lr 0.02) | seed 0 | 120 -> 360 | 45.0 -> 46.0 (+1.0) |" in text, text
+
+
+def test_a_setting_of_end_to_end_runs_alone_gets_no_per_module_plot(tmp_path):
+    import pytest
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    class Plotting(CollectingReport):
+        def __init__(self):
+            super().__init__()
+            self.plt, self.saved = plt, []
+
+        def save_plot(self, fig, name):
+            self.saved.append(name)
+            plt.close(fig)
+            return name
+
+    runs = [_run("e2e", s, 0.5, 0.5, scheme="e2e", epochs=40) for s in range(3)]
+    runs += [_run("trgl-t1", s, 0.5, 0.5, [0.4, 0.5], tau=1.0, epochs=120) for s in range(3)]
+    report = Plotting()
+    sd.small_data_section(report, "small-data", runs)
+    assert report.saved == ["small-data-resnet20-cifar10-0-02-120-sequential-K-4-per_module.png"], \
+        report.saved
