@@ -74,9 +74,9 @@ def test_how_a_segment_ended_and_whether_it_is_worth_continuing():
     assert resumable.how_it_ended(-9, True).startswith("time limit: killed")
     assert resumable.how_it_ended(-9, False) == "killed by SIGKILL"
     assert resumable.how_it_ended(130, False).startswith("asked to stop")
-    assert resumable.stopped(130, True) and resumable.stopped(-9, False)
-    assert not resumable.stopped(0, True)   # finished during the grace: a result
-    assert not resumable.stopped(2, False)  # an error exit would fail the same way again
+    assert resumable.worth_resuming(130, True) and resumable.worth_resuming(-9, False)
+    assert not resumable.worth_resuming(0, True)   # finished during the grace: a result
+    assert not resumable.worth_resuming(2, False)  # an error exit would fail the same way again
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -84,15 +84,15 @@ def test_how_a_segment_ended_and_whether_it_is_worth_continuing():
 def test_a_resumable_row_needs_a_work_dir_and_the_same_options(tmp_path):
     row = _row(tmp_path)
     with pytest.raises(UserError, match="--resumable needs --work-dir"):
-        resumable.row_dir(None, row)
+        resumable.resumable_row_dir(None, row)
     work = tmp_path / "work"
-    root = resumable.row_dir(str(work), row)
+    root = resumable.resumable_row_dir(str(work), row)
     assert root == work / row.row_id and root.is_dir()
     resumable.add_segment(root, row, {"wall_s": 1.0})
-    assert resumable.row_dir(str(work), row) == root           # the same row: continue it
+    assert resumable.resumable_row_dir(str(work), row) == root           # the same row: continue it
     changed = _row(tmp_path, ROW.replace("epochs = 2", "epochs = 3"))
     with pytest.raises(UserError, match="other train options"):
-        resumable.row_dir(str(work), changed)
+        resumable.resumable_row_dir(str(work), changed)
     assert json.loads((root / resumable.SEGMENTS_FILE).read_text())["segments"] == [{"wall_s": 1.0}]
 
 

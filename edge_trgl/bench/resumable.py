@@ -26,7 +26,7 @@ SEGMENTS_FILE = "segments.json"
 STOP_GRACE_S = 600.0
 
 
-def row_dir(work_dir: str | None, row: BenchRow) -> Path:
+def resumable_row_dir(work_dir: str | None, row: BenchRow) -> Path:
     """WORK_DIR/<row id>, created if new. Refuses (UserError) when it holds a stopped run of
     different train options: resuming would continue the old recipe under the new row's name."""
     if not work_dir:
@@ -70,13 +70,13 @@ def how_it_ended(returncode: int, timed_out: bool) -> str:
     return f"exit {returncode}"
 
 
-def stopped(returncode: int, timed_out: bool) -> bool:
+def worth_resuming(returncode: int, timed_out: bool) -> bool:
     """A run worth continuing: stopped by its time limit, or killed by a signal (an OOM kill, a
     `kill -9`); an error exit (bad data, a refused plan) would fail again the same way."""
     return returncode != 0 and (timed_out or returncode < 0 or returncode == 130)
 
 
-def combine(measurements: dict, metrics: list[dict], segments: list[dict]) -> None:
+def combine_segments(measurements: dict, metrics: list[dict], segments: list[dict]) -> None:
     """Turn the last attempt's measurements into the row's: sums of time, maxima of peaks."""
     m = measurements
     for key in ("vmhwm_polled_bytes", "tree_rss_peak_bytes"):

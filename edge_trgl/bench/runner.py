@@ -25,10 +25,8 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..memory.measure import run_measured
 from ..memory.procfs import status_field
-from .resumable import STOP_GRACE_S, add_segment, how_it_ended, previous_segments
-from .resumable import combine as combine_segments
-from .resumable import row_dir as resumable_row_dir
-from .resumable import stopped as worth_resuming
+from .resumable import (STOP_GRACE_S, add_segment, combine_segments, how_it_ended,
+                        previous_segments, resumable_row_dir, worth_resuming)
 from .matrix import DEFAULT_TIMEOUT_S, BenchRow, Matrix
 from .results import (RESULT_FORMAT, host_info, loadavg, measurements_from_run, read_json,
                       result_ok, timestamp)
@@ -245,7 +243,7 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
                                    timeout_s=timeout_s,
                                    grace_s=STOP_GRACE_S if resumable else None)
         status = watched["status"]
-        load_end = loadavg()
+        load_end, host = loadavg(), host_info()
         segment = {"command_line": shlex.join(cmd), "started_at": started,
                    "finished_at": timestamp(), "finished_unix": time.time(),
                    "loadavg_start": load_start,
@@ -254,7 +252,7 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
                    "wall_s": watched["wall_s"], "cpu_s": watched.get("cpu_s"),
                    "vmhwm_polled_bytes": watched["vmhwm_polled_bytes"],
                    "tree_rss_peak_bytes": watched["tree_rss_peak_bytes"],
-                   "cpu_model": host_info().get("cpu_model")}
+                   "cpu_model": host.get("cpu_model")}
         if resumable and worth_resuming(status, watched["timed_out"]) and out.exists():
             add_segment(tmp, row, segment)
             keep = True
@@ -268,7 +266,7 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
                   "command": first, "command_line": shlex.join(first), "train_args": row.train_args,
                   "options": row.options, "started_at": started, "finished_at": timestamp(),
                   "loadavg_start": load_start, "loadavg_end": load_end,
-                  "timeout_s": timeout_s, "host": host_info(),
+                  "timeout_s": timeout_s, "host": host,
                   "baseline": baseline, "data_baseline": data_baseline,
                   "log_tail": log_text[-LOG_TAIL_CHARS:]}
         record.update(measurements_from_run(out, watched))

@@ -444,9 +444,9 @@ def _paper(report) -> None:
 
 
 def _plot(report, name: str, where: str, key: tuple, methods: list[Method]) -> None:
-    from matplotlib.ticker import MaxNLocator
     if all(m.family.startswith("e2e") for m in methods):
         return  # a per-module plot of end-to-end runs alone has no curve (their table says it all)
+    from matplotlib.ticker import MaxNLocator
     plt = report.plt
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     width = 0
