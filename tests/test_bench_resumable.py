@@ -96,6 +96,18 @@ def test_a_resumable_row_needs_a_work_dir_and_the_same_options(tmp_path):
     assert json.loads((root / resumable.SEGMENTS_FILE).read_text())["segments"] == [{"wall_s": 1.0}]
 
 
+def test_a_stopped_row_continues_where_its_data_lie_on_this_machine(tmp_path):
+    # the matrix's relative data-dir is another absolute path in another checkout; the same row
+    row = _row(tmp_path, ROW.replace('data = "synthetic"', 'data = "cifar10"\ndata-dir = "/a/cifar"'))
+    root = resumable.resumable_row_dir(str(tmp_path / "work"), row)
+    resumable.add_segment(root, row, {"wall_s": 1.0})
+    moved = _row(tmp_path, ROW.replace('data = "synthetic"', 'data = "cifar10"\ndata-dir = "/b/cifar"'))
+    assert resumable.resumable_row_dir(str(tmp_path / "work"), moved) == root
+    cmd = resumable.resume_command(["py", "-m", "x"], root / "run", moved)
+    assert cmd[cmd.index("--data-dir") + 1] == "/b/cifar" and "--resume" in cmd
+    assert "--data-dir" not in resumable.resume_command(["py"], root / "run", _row(tmp_path))
+
+
 def test_the_cli_refuses_resumable_without_a_work_dir(tmp_path, capsys):
     (tmp_path / "m.toml").write_text(ROW)
     rc = main(["bench", "run", str(tmp_path / "m.toml"), "--results", str(tmp_path / "res"),
@@ -135,6 +147,33 @@ def test_a_killed_resumable_row_continues_to_the_uninterrupted_result(tmp_path, 
     for key in ("val_acc_by_module", "test_acc_by_module", "best_module", "best_test_acc"):
         assert m[key] == whole["measurements"][key], key
     assert m["network_epochs"] == pytest.approx(whole["measurements"]["network_epochs"])
+
+
+@pytest.mark.slow
+def test_a_row_stopped_in_one_checkout_finishes_in_another_with_the_data_elsewhere(tmp_path,
+                                                                                    monkeypatch):
+    from helpers import write_fake_cifar
+
+    def matrix(data: Path) -> str:
+        return ROW.replace('data = "synthetic"', f'data = "cifar10"\ndata-dir = "{data}"')
+
+    here = write_fake_cifar(tmp_path / "here" / "cifar-10-batches-py", 40, test=64, learnable=True)
+    row, work = _row(tmp_path, matrix(here)), tmp_path / "work"
+    monkeypatch.setenv(KILL_ENV, "batch:9:INT")
+    assert runner.run_row(row, work_dir=str(work), timeout_s=300, resumable=True) is None
+    monkeypatch.delenv(KILL_ENV)
+    kept = work / row.row_id
+    # what a commit of benchmarks/partial carries: neither the run's copy of the data nor its cache
+    import shutil
+    for ignored in ("data", "cache"):
+        shutil.rmtree(kept / "run" / ignored, ignore_errors=True)
+    there = tmp_path / "there" / "cifar-10-batches-py"
+    shutil.move(str(here), str(there))
+    done = runner.run_row(_row(tmp_path, matrix(there)), work_dir=str(work), timeout_s=300,
+                          resumable=True)
+    assert done["status"] == "ok", done["log_tail"]
+    assert done["measurements"]["segments"] == 2
+    assert f"--data-dir {there}" in done["segments"][1]["command_line"]
 
 
 @pytest.mark.slow

@@ -35,12 +35,27 @@ def resumable_row_dir(work_dir: str | None, row: BenchRow) -> Path:
                         "directory that outlives the command (not $TMPDIR).")
     root = Path(work_dir) / row.row_id
     stored = read_json(root / SEGMENTS_FILE)
-    if stored is not None and stored.get("train_args") != row.train_args:
+    if stored is not None and _recipe(stored.get("train_args") or []) != _recipe(row.train_args):
         raise UserError(f"{root} holds a stopped run of row {row.row_id} with other train options "
                         f"({' '.join(map(str, stored.get('train_args') or []))}) than the matrix's "
                         f"row now has; delete that directory to start the row afresh.")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _recipe(args: list) -> list:
+    """Train arguments less where the data lie: the matrix's relative data-dir resolves to another
+    absolute path on another machine or checkout, and the trainer itself checks, by fingerprint,
+    that the data a run resumes on are the data it started with."""
+    args = [str(a) for a in args]
+    return [("<data-dir>" if i and args[i - 1] == "--data-dir" else a) for i, a in enumerate(args)]
+
+
+def resume_command(python_m: list[str], out: Path, row: BenchRow) -> list[str]:
+    """`train --resume` of the kept run, told where the row's data lie here (its own copy of the
+    data is not committed with a partial row, so a resume on another machine reads them anew)."""
+    where = ["--data-dir", str(row.options["data_dir"])] if row.options.get("data_dir") else []
+    return [*python_m, "train", "--resume", str(out), *where, "--quiet"]
 
 
 def previous_segments(root: Path) -> list[dict]:

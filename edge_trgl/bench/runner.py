@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..memory.measure import run_measured
 from ..memory.procfs import status_field
 from .resumable import (STOP_GRACE_S, add_segment, combine_segments, how_it_ended,
-                        previous_segments, resumable_row_dir, worth_resuming)
+                        previous_segments, resumable_row_dir, resume_command,
+                        worth_resuming)
 from .matrix import DEFAULT_TIMEOUT_S, BenchRow, Matrix
 from .results import (RESULT_FORMAT, host_info, loadavg, measurements_from_run, read_json,
                       result_ok, timestamp)
@@ -234,7 +235,7 @@ def run_row(row: BenchRow, *, baseline: dict | None = None, data_baseline: dict 
     out = tmp / "run"
     first = [sys.executable, "-m", "edge_trgl.cli.main", "train", *row.train_args,
              "--out", str(out), "--quiet"]
-    cmd = (first[:4] + ["--resume", str(out), "--quiet"]) if resumable and out.exists() else first
+    cmd = resume_command(first[:3], out, row) if resumable and out.exists() else first
     load_start, started = loadavg(), timestamp()
     t0, keep = time.perf_counter(), keep_runs
     try:
