@@ -4,6 +4,7 @@ WORK_DIR/<row id> and the next invocation continues it to the result an uninterr
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from edge_trgl.cli.main import main
 from edge_trgl.errors import UserError
 from edge_trgl.killpoints import ENV as KILL_ENV
 
-from helpers import TINY_MATRIX_DEFAULTS, assert_one_paragraph_error
+from helpers import TINY_MATRIX_DEFAULTS, assert_one_paragraph_error, write_fake_cifar
 
 ROW = """
 name = "resume"
@@ -36,6 +37,11 @@ id = "{model}-seq"
 def _row(tmp_path: Path, text: str = ROW):
     (tmp_path / "m.toml").write_text(text)
     return bench.load_matrix(str(tmp_path / "m.toml")).rows[0]
+
+
+def _on_cifar(data_dir) -> str:
+    """The tiny row on CIFAR-10-format data in `data_dir`."""
+    return ROW.replace('data = "synthetic"', f'data = "cifar10"\ndata-dir = "{data_dir}"')
 
 
 # --- asking the child to stop --------------------------------------------------------------------
@@ -89,7 +95,7 @@ def test_a_resumable_row_needs_a_work_dir_and_the_same_options(tmp_path):
     root = resumable.resumable_row_dir(str(work), row)
     assert root == work / row.row_id and root.is_dir()
     resumable.add_segment(root, row, {"wall_s": 1.0})
-    assert resumable.resumable_row_dir(str(work), row) == root           # the same row: continue it
+    assert resumable.resumable_row_dir(str(work), row) == root  # the same row: continue it
     changed = _row(tmp_path, ROW.replace("epochs = 2", "epochs = 3"))
     with pytest.raises(UserError, match="other train options"):
         resumable.resumable_row_dir(str(work), changed)
@@ -98,10 +104,10 @@ def test_a_resumable_row_needs_a_work_dir_and_the_same_options(tmp_path):
 
 def test_a_stopped_row_continues_where_its_data_lie_on_this_machine(tmp_path):
     # the matrix's relative data-dir is another absolute path in another checkout; the same row
-    row = _row(tmp_path, ROW.replace('data = "synthetic"', 'data = "cifar10"\ndata-dir = "/a/cifar"'))
+    row = _row(tmp_path, _on_cifar("/a/cifar"))
     root = resumable.resumable_row_dir(str(tmp_path / "work"), row)
     resumable.add_segment(root, row, {"wall_s": 1.0})
-    moved = _row(tmp_path, ROW.replace('data = "synthetic"', 'data = "cifar10"\ndata-dir = "/b/cifar"'))
+    moved = _row(tmp_path, _on_cifar("/b/cifar"))
     assert resumable.resumable_row_dir(str(tmp_path / "work"), moved) == root
     cmd = resumable.resume_command(["py", "-m", "x"], root / "run", moved)
     assert cmd[cmd.index("--data-dir") + 1] == "/b/cifar" and "--resume" in cmd
@@ -152,24 +158,18 @@ def test_a_killed_resumable_row_continues_to_the_uninterrupted_result(tmp_path, 
 @pytest.mark.slow
 def test_a_row_stopped_in_one_checkout_finishes_in_another_with_the_data_elsewhere(tmp_path,
                                                                                     monkeypatch):
-    from helpers import write_fake_cifar
-
-    def matrix(data: Path) -> str:
-        return ROW.replace('data = "synthetic"', f'data = "cifar10"\ndata-dir = "{data}"')
-
     here = write_fake_cifar(tmp_path / "here" / "cifar-10-batches-py", 40, test=64, learnable=True)
-    row, work = _row(tmp_path, matrix(here)), tmp_path / "work"
+    row, work = _row(tmp_path, _on_cifar(here)), tmp_path / "work"
     monkeypatch.setenv(KILL_ENV, "batch:9:INT")
     assert runner.run_row(row, work_dir=str(work), timeout_s=300, resumable=True) is None
     monkeypatch.delenv(KILL_ENV)
     kept = work / row.row_id
     # what a commit of benchmarks/partial carries: neither the run's copy of the data nor its cache
-    import shutil
     for ignored in ("data", "cache"):
         shutil.rmtree(kept / "run" / ignored, ignore_errors=True)
     there = tmp_path / "there" / "cifar-10-batches-py"
     shutil.move(str(here), str(there))
-    done = runner.run_row(_row(tmp_path, matrix(there)), work_dir=str(work), timeout_s=300,
+    done = runner.run_row(_row(tmp_path, _on_cifar(there)), work_dir=str(work), timeout_s=300,
                           resumable=True)
     assert done["status"] == "ok", done["log_tail"]
     assert done["measurements"]["segments"] == 2
